@@ -1,0 +1,211 @@
+"""The Neo decoder, readable top to bottom: RMSNorm → RoPE → attention → SwiGLU → block → model.
+
+MAP-Neo's architecture (arXiv 2405.19327 §5): a LLaMA-style decoder with pre-norm RMSNorm, rotary
+position embeddings, SwiGLU MLPs and multi-query / grouped-query attention. Weights and RoPE use the
+Hugging Face ``LlamaForCausalLM`` layout (rotate-half RoPE, separate q/k/v projections), so export in
+``neo.hf`` is a rename with no permutation.
+
+This module knows nothing of training, parallelism or serving: ``NeoModel.forward`` returns logits.
+Incremental decoding uses a ``KVCache`` whose slot index equals the token position, so one cache can
+hold a batch of sequences of different lengths (the serving engine's continuous batching).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neo.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), computed in fp32 as LLaMA does."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (Su et al. 2021) in the rotate-half layout: dims [0, hd/2) pair with [hd/2, hd)."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, T) int → cos, sin each (B, 1, T, hd) in fp32."""
+        freqs = positions[..., None].float() * self.inv_freq  # (B, T, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hd)
+        return emb.cos()[:, None], emb.sin()[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, h, T, hd) rotated by the angles in cos/sin (B, 1, T, hd)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of past tokens, one slot per position: k[layer] is (B, n_kv_heads, S, hd).
+
+    A row's token at position p lives in slot p. Rows may hold sequences of different lengths; the
+    attention mask built from the query positions keeps each row from seeing slots past its own end.
+    """
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+    @classmethod
+    def empty(
+        cls, config: ModelConfig, batch_size: int, max_len: int | None = None,
+        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+    ) -> KVCache:
+        max_len = max_len or config.max_seq_len
+        if max_len > config.max_seq_len:
+            raise ValueError(f"cache length {max_len} exceeds max_seq_len={config.max_seq_len}")
+        shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
+        return cls(
+            k=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
+            v=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        d, kv_dim = config.d_model, config.n_kv_heads * config.head_dim
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, kv_dim, bias=False)
+        self.v_proj = nn.Linear(d, kv_dim, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+        positions: torch.Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, h, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, kv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        if cache is not None:
+            # write this step's keys/values at their positions, then attend over the whole cache
+            rows = torch.arange(B, device=x.device)[:, None].expand(B, T)  # (B, T)
+            cache.k[layer][rows, :, positions] = k.transpose(1, 2).to(cache.k[layer].dtype)
+            cache.v[layer][rows, :, positions] = v.transpose(1, 2).to(cache.v[layer].dtype)
+            span = mask.shape[-1]  # only the slots any row can see
+            k, v = cache.k[layer][:, :, :span].to(q.dtype), cache.v[layer][:, :, :span].to(q.dtype)
+
+        groups = self.n_heads // self.n_kv_heads
+        if groups > 1:  # share each k/v head with its group of query heads
+            k = k.repeat_interleave(groups, dim=1)  # (B, h, S, hd)
+            v = v.repeat_interleave(groups, dim=1)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    """MLP with a SiLU-gated linear unit (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = Attention(config)
+        self.post_attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x, cos, sin, positions=None, cache=None, layer=0, mask=None) -> torch.Tensor:
+        x = x + self.attn(self.input_norm(x), cos, sin, positions, cache, layer, mask)
+        return x + self.mlp(self.post_attn_norm(x))
+
+
+class NeoModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rope = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights; residual outputs scaled by 1/sqrt(2·n_layers) (GPT-2 §2.3)."""
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers))
+            else:
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, T) → logits (B, T, vocab_size).
+
+        Without a cache: a causal pass over positions 0..T-1 (training, scoring).
+        With a cache: ``positions`` (B, T) gives each token's position (= its cache slot); each row
+        attends to its own slots 0..position. Use it for prefill and for one-token decode steps.
+        """
+        B, T = input_ids.shape
+        mask = None
+        if cache is None:
+            if T > self.config.max_seq_len:
+                raise ValueError(f"sequence length {T} exceeds max_seq_len={self.config.max_seq_len}")
+            if positions is None:
+                positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        else:
+            if positions is None:
+                raise ValueError("positions (B, T) are required when decoding with a KV cache")
+            span = int(positions.max()) + 1
+            if span > cache.max_len:
+                raise ValueError(f"position {span - 1} is past the KV cache length {cache.max_len}")
+            slots = torch.arange(span, device=input_ids.device)
+            mask = (slots[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, span) bool
+        cos, sin = self.rope(positions)
+        x = self.embed(input_ids)  # (B, T, d)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, positions, cache, i, mask)
+        return self.lm_head(self.norm(x))

@@ -1,0 +1,79 @@
+import pytest
+import torch
+from neo.config import ModelConfig
+from neo.model import KVCache, NeoModel
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return NeoModel(ModelConfig.from_name("tiny", vocab_size=300, max_seq_len=64, **kw)).eval()
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_param_count_matches_config(n_kv_heads):
+    for tie in (True, False):
+        model = tiny(n_kv_heads=n_kv_heads, tie_embeddings=tie)
+        unique = sum(p.numel() for p in model.parameters())  # parameters() dedups tied weights
+        assert unique == model.config.num_params()
+
+
+def test_forward_shape_and_causality():
+    model = tiny()
+    ids = torch.randint(0, 300, (2, 10))
+    logits = model(ids)
+    assert logits.shape == (2, 10, 300)
+    changed = ids.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % 300
+    logits2 = model(changed)
+    torch.testing.assert_close(logits[:, :7], logits2[:, :7])  # the past never sees the future
+    assert not torch.allclose(logits[:, 7:], logits2[:, 7:])
+
+
+def test_cache_prefill_and_decode_equal_full_pass():
+    model = tiny(n_kv_heads=1)
+    ids = torch.randint(0, 300, (1, 12))
+    full = model(ids)
+    cache = KVCache.empty(model.config, 1, 32)
+    pre = model(ids[:, :8], positions=torch.arange(8)[None], cache=cache)
+    steps = [model(ids[:, t : t + 1], positions=torch.tensor([[t]]), cache=cache) for t in range(8, 12)]
+    torch.testing.assert_close(torch.cat([pre] + steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_rows_of_different_lengths_batch_like_single_rows():
+    """Continuous batching: rows at different positions in one call give each row's own result."""
+    model = tiny()
+    a, b = torch.randint(0, 300, (1, 5)), torch.randint(0, 300, (1, 9))
+    cache = KVCache.empty(model.config, 2, 32)
+    model(a, positions=torch.arange(5)[None], cache=KVCache(k=[k[:1] for k in cache.k], v=[v[:1] for v in cache.v]))
+    model(b, positions=torch.arange(9)[None], cache=KVCache(k=[k[1:] for k in cache.k], v=[v[1:] for v in cache.v]))
+    step = torch.tensor([[7], [8]])
+    batched = model(step, positions=torch.tensor([[5], [9]]), cache=cache)[:, 0]
+    ref_a = model(torch.cat([a, step[:1]], 1))[0, -1]
+    ref_b = model(torch.cat([b, step[1:]], 1))[0, -1]
+    torch.testing.assert_close(batched, torch.stack([ref_a, ref_b]), atol=1e-5, rtol=1e-5)
+
+
+def test_errors_name_the_numbers():
+    model = tiny()
+    with pytest.raises(ValueError, match="sequence length 65 exceeds max_seq_len=64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    cache = KVCache.empty(model.config, 1, 8)
+    with pytest.raises(ValueError, match="past the KV cache length 8"):
+        model(torch.zeros(1, 1, dtype=torch.long), positions=torch.tensor([[8]]), cache=cache)
+    with pytest.raises(ValueError, match="exceeds max_seq_len=64"):
+        KVCache.empty(model.config, 1, 65)
+
+
+def test_loss_decreases_when_overfitting_one_batch():
+    model = tiny().train()
+    ids = torch.randint(0, 300, (4, 33))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        logits = model(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 300), ids[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
