@@ -1,0 +1,31 @@
+# The two set-up commands of the README. Both create .venv on first use and install into it.
+# torch is pinned to the CPU build on local disk (pyproject.toml); nothing here pulls a CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: up test lint install install-test
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip setuptools wheel
+
+install: $(PY)
+	$(PY) -m pip install -q -e .
+
+install-test: $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+
+## make up: install, build the demo model if none exists (a few minutes on 2 cores), then chat
+up: install
+	$(VENV)/bin/neo up
+
+## make test: install with test extras, lint, and run every test (slow ones included)
+test: install-test
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; \
+	  exit $$rc
+
+lint: install-test
+	$(VENV)/bin/ruff check .

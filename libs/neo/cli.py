@@ -1,0 +1,215 @@
+"""The ``neo`` command. libs/neo owns ``model``, ``tokenizer``, ``chat`` and ``up``; each service adds
+its own group (``neo data``, ``neo train``, ``neo serve``, ``neo ui``) through the ``neo.cli`` entry
+point group, so this file never imports a service.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from neo.config import PAPER_VOCAB_SIZE, PRESETS
+
+log = logging.getLogger("neo")
+console = Console()
+
+app = typer.Typer(
+    help="Neo: an open factory for a bilingual (English + Chinese) chat LLM, after MAP-Neo.",
+    no_args_is_help=True, pretty_exceptions_show_locals=False,
+)
+model_app = typer.Typer(help="Model presets, random init and checkpoints.", no_args_is_help=True)
+tok_app = typer.Typer(help="Train, inspect and measure SentencePiece tokenizers.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(tok_app, name="tokenizer")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.2f} GiB"
+
+
+# --- neo model -------------------------------------------------------------------------------------
+@model_app.command("info")
+def model_info(
+    preset: Annotated[str, typer.Argument(help=f"one of: {', '.join(PRESETS)}")],
+    seq_len: Annotated[int | None, typer.Option(help="sequence length for FLOPs (default: the preset's)")] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="override the preset's vocabulary")] = None,
+) -> None:
+    """Print a preset's shape, parameters, FLOPs per token and memory for weights + Adam."""
+    from neo.config import ModelConfig
+
+    try:
+        cfg = ModelConfig.from_name(preset, **({"vocab_size": vocab_size} if vocab_size else {}))
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    t = seq_len or cfg.max_seq_len
+    table = Table(title=f"{preset} ({cfg.attention_kind})", show_header=False)
+    rows = [
+        ("layers × d_model", f"{cfg.n_layers} × {cfg.d_model}"),
+        ("heads / kv heads / head dim", f"{cfg.n_heads} / {cfg.n_kv_heads} / {cfg.head_dim}"),
+        ("SwiGLU d_ff", str(cfg.d_ff)),
+        ("vocab / context", f"{cfg.vocab_size} / {cfg.max_seq_len}"),
+        ("tied embeddings", str(cfg.tie_embeddings)),
+        ("parameters", f"{cfg.num_params():,} ({cfg.num_params() / 1e6:,.1f}M)"),
+        ("parameters w/o embedding", f"{cfg.num_params(include_embedding=False):,}"),
+        (f"train FLOPs/token @ {t}", f"{cfg.flops_per_token(t):.3e}"),
+        (f"forward FLOPs/token @ {t}", f"{cfg.flops_per_token(t, training=False):.3e}"),
+    ]
+    rows += [(f"memory: {k}", _gib(v)) for k, v in cfg.memory_bytes().items()]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@model_app.command("presets")
+def model_presets() -> None:
+    """List the presets with their parameter counts."""
+    from neo.config import ModelConfig
+
+    table = Table("preset", "attention", "layers", "d_model", "params")
+    for name in PRESETS:
+        c = ModelConfig.from_name(name)
+        table.add_row(name, c.attention_kind, str(c.n_layers), str(c.d_model), f"{c.num_params() / 1e6:,.1f}M")
+    console.print(table)
+
+
+@model_app.command("init")
+def model_init(
+    preset: Annotated[str, typer.Argument(help="model preset")],
+    out: Annotated[Path, typer.Argument(help="directory to write the HF checkpoint to")],
+    tokenizer: Annotated[Path, typer.Option(help="tokenizer directory (sets vocab size, chat template)")],
+    seed: Annotated[int, typer.Option(help="init seed")] = 0,
+) -> None:
+    """Write a randomly initialised model as a Hugging Face directory (for tests and smoke runs)."""
+    import torch
+
+    from neo.config import ModelConfig
+    from neo.hf import export_hf
+    from neo.model import NeoModel
+    from neo.tokenizer import NeoTokenizer
+
+    tok = NeoTokenizer.load(tokenizer)
+    torch.manual_seed(seed)
+    model = NeoModel(ModelConfig.from_name(preset, vocab_size=tok.vocab_size))
+    console.print(f"wrote {export_hf(model, out, tokenizer=tok)}")
+
+
+# --- neo tokenizer ---------------------------------------------------------------------------------
+@tok_app.command("train")
+def tokenizer_train(
+    inputs: Annotated[list[Path], typer.Argument(help="text, .jsonl or .jsonl.gz files (JSONL: a 'text' field)")],
+    out: Annotated[Path, typer.Option(help="output directory")] = Path(".neo/tokenizers/neo"),
+    vocab_size: Annotated[int, typer.Option(help="pieces in the vocabulary (MAP-Neo: 64000)")] = PAPER_VOCAB_SIZE,
+    remove_extra_whitespaces: Annotated[
+        bool, typer.Option(help="collapse whitespace runs (MAP-Neo turned this off: it hurt code)")
+    ] = False,
+    input_sentence_size: Annotated[int | None, typer.Option(help="sample at most this many lines")] = None,
+) -> None:
+    """Train a SentencePiece BPE tokenizer with MAP-Neo's settings and write SentencePiece + HF files.
+
+    Defaults follow the paper: vocab 64000, max piece length 16, whitespace kept, byte fallback,
+    digits split, chat markers <|im_start|>/<|im_end|> as special tokens.
+    """
+    from neo.tokenizer import TokenizerConfig, train_tokenizer
+
+    overrides = {"vocab_size": vocab_size, "remove_extra_whitespaces": remove_extra_whitespaces}
+    if input_sentence_size:
+        overrides["input_sentence_size"] = input_sentence_size
+    try:
+        path = train_tokenizer(inputs, out, TokenizerConfig(**overrides))
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"tokenizer written to {path}")
+
+
+@tok_app.command("stats")
+def tokenizer_stats_cmd(
+    files: Annotated[list[Path], typer.Argument(help="text/JSONL files to measure")],
+    tokenizer: Annotated[list[Path], typer.Option(help="tokenizer dir; repeat to compare several")],
+) -> None:
+    """Bytes per token for each file (higher = better compression), to compare tokenizer settings."""
+    from neo.tokenizer import NeoTokenizer, tokenizer_stats
+
+    table = Table("tokenizer", "file", "docs", "bytes", "tokens", "bytes/token", "byte-fallback %")
+    for tok_dir in tokenizer:
+        for row in tokenizer_stats(NeoTokenizer.load(tok_dir), files):
+            table.add_row(
+                tok_dir.name, Path(row["file"]).name, f"{row['documents']:,}", f"{row['bytes']:,}",
+                f"{row['tokens']:,}", f"{row['bytes_per_token']:.3f}", f"{100 * row['byte_fallback_rate']:.2f}",
+            )
+    console.print(table)
+
+
+@tok_app.command("encode")
+def tokenizer_encode(
+    text: Annotated[str, typer.Argument(help="text to encode")],
+    tokenizer: Annotated[Path, typer.Option(help="tokenizer dir")],
+) -> None:
+    """Show the pieces and ids of a text."""
+    from neo.tokenizer import NeoTokenizer
+
+    tok = NeoTokenizer.load(tokenizer)
+    ids = tok.encode(text)
+    console.print(" ".join(f"{tok.id_to_piece(i)!r}:{i}" for i in ids))
+    console.print(f"{len(ids)} tokens, {len(text.encode())} bytes")
+
+
+# --- chat and up -----------------------------------------------------------------------------------
+@app.command("chat")
+def chat(
+    model: Annotated[Path, typer.Argument(help="HF checkpoint directory")],
+    system: Annotated[str, typer.Option(help="system prompt")] = "You are Neo, a helpful assistant.",
+    max_new_tokens: Annotated[int, typer.Option(help="tokens per answer")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.7,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling")] = 0.9,
+) -> None:
+    """Chat with a model in the terminal (streams tokens; empty line or Ctrl-D quits)."""
+    from neo.terminal_chat import run_chat
+
+    run_chat(model, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+
+
+@app.command("up")
+def up(
+    home: Annotated[Path | None, typer.Option(help="workspace (default: $NEO_HOME or ./.neo)")] = None,
+    steps: Annotated[int, typer.Option(help="pretraining steps for the demo model")] = 300,
+    rebuild: Annotated[bool, typer.Option(help="rebuild the demo model even if one exists")] = False,
+    chat_after: Annotated[bool, typer.Option("--chat/--no-chat", help="open a terminal chat when ready")] = True,
+) -> None:
+    """Build the demo model if none exists (tokenizer → tiny pretrain on the bundled corpus), then chat."""
+    from neo.settings import NeoSettings
+    from neo.stack import build_demo_model
+
+    settings = NeoSettings(**({"home": home} if home else {}))
+    model_dir = build_demo_model(settings, steps=steps, rebuild=rebuild)
+    console.print(f"[green]demo model ready:[/green] {model_dir}")
+    if chat_after:
+        chat(model_dir)
+
+
+def _add_service_commands() -> None:
+    """Mount each installed service's Typer app (entry point group ``neo.cli``)."""
+    for ep in sorted(entry_points(group="neo.cli"), key=lambda e: e.name):
+        try:
+            sub = ep.load()
+        except ImportError as exc:  # a service whose optional deps are missing must not break `neo`
+            log.warning("`neo %s` unavailable: %s", ep.name, exc)
+            continue
+        app.add_typer(sub, name=ep.name)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _add_service_commands()
+    app()
+
+
+if __name__ == "__main__":
+    main()

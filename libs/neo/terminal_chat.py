@@ -1,0 +1,60 @@
+"""A terminal chat with an exported checkpoint: the foundation's way to talk to a model.
+
+Streams tokens as they are sampled; holds back text while a multi-byte character is incomplete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from neo.generate import SamplingParams, stream_generate
+from neo.hf import load_hf
+from neo.tokenizer import NeoTokenizer
+
+console = Console()
+
+
+def stream_text(tokenizer: NeoTokenizer, ids_iter):
+    """Turn a stream of token ids into a stream of text pieces, never splitting a character."""
+    ids: list[int] = []
+    shown = ""
+    for token in ids_iter:
+        if token in (tokenizer.eos_id, tokenizer.im_end_id):
+            break
+        ids.append(token)
+        text = tokenizer.decode(ids)
+        if text.endswith("\ufffd"):  # a byte-fallback character is not complete yet
+            continue
+        yield text[len(shown):]
+        shown = text
+
+
+def run_chat(model_dir: Path, system: str, max_new_tokens: int, temperature: float, top_p: float) -> None:
+    model = load_hf(model_dir)
+    tokenizer = NeoTokenizer.load(model_dir)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            stop_ids=(tokenizer.eos_id, tokenizer.im_end_id))
+    messages = [{"role": "system", "content": system}] if system else []
+    console.print(f"[bold]Neo[/bold] chat with {model_dir} — an empty line or Ctrl-D quits.")
+    while True:
+        try:
+            user = console.input("[bold cyan]you>[/bold cyan] ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not user.strip():
+            break
+        messages.append({"role": "user", "content": user})
+        prompt = tokenizer.encode_chat(messages, add_generation_prompt=True)
+        room = model.config.max_seq_len - max_new_tokens
+        while len(prompt) > room and len(messages) > 2:  # forget the oldest turns first
+            del messages[1 if messages[0]["role"] == "system" else 0]
+            prompt = tokenizer.encode_chat(messages, add_generation_prompt=True)
+        console.print("[bold green]neo>[/bold green] ", end="")
+        answer = ""
+        for piece in stream_text(tokenizer, stream_generate(model, prompt[-room:], params)):
+            answer += piece
+            console.print(piece, end="", markup=False, highlight=False)
+        console.print()
+        messages.append({"role": "assistant", "content": answer})

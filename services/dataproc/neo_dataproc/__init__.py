@@ -1,0 +1,1 @@
+"""Neo dataproc service."""

@@ -1,0 +1,1 @@
+"""Neo trainer service."""
