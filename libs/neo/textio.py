@@ -1,58 +1,49 @@
-"""Reading documents from the files Neo exchanges: plain text, JSONL with a ``text`` field, either
-optionally gzip- or zstd-compressed. Errors name the file and line."""
+"""Reading documents from the files Neo exchanges: plain text (one document per line) or JSONL with a
+``text`` field, optionally gzip-compressed. Errors name the file, the line and the byte offset."""
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 
-def open_text(path: Path) -> IO[str]:
-    """Open a possibly compressed text file for reading (strict UTF-8)."""
+class InputError(ValueError):
+    """Input that cannot be read: empty, not UTF-8, bad JSONL. The message names file and line."""
+
+
+def iter_documents(path: str | Path, text_field: str = "text") -> Iterator[str]:
+    """Non-empty documents of one file: the ``text_field`` of each line of ``.jsonl``/``.json``/``.ndjson``
+    (optionally ``.gz``), else each line of a text file (without its newline)."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    if path.suffix == ".zst":
-        import zstandard
-
-        return io.TextIOWrapper(zstandard.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115 (returned to the caller)
-
-
-def is_jsonl(path: Path) -> bool:
-    return ".jsonl" in Path(path).suffixes or ".json" in Path(path).suffixes
-
-
-def iter_records(path: Path) -> Iterator[dict]:
-    """JSONL records; a bad line is a ValueError naming the file and line number."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    gz = path.suffix == ".gz"
+    jsonl = path.name.removesuffix(".gz").endswith((".jsonl", ".json", ".ndjson"))
+    where, offset = " (decompressed)" if gz else "", 0
+    with gzip.open(path, "rb") if gz else path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with a string 'text' field")
-            yield record
-
-
-def iter_texts(path: Path) -> Iterator[str]:
-    """Documents of one file: each JSONL record's text, or the whole plain-text file as one."""
-    path = Path(path)
-    try:
-        if is_jsonl(path):
-            for record in iter_records(path):
-                yield record["text"]
-        else:
-            with open_text(path) as f:
-                yield f.read()
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not valid UTF-8 at byte {exc.start}") from exc
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}: invalid UTF-8 at byte offset {offset + e.start}{where}, "
+                                          f"line {lineno}") from None
+            offset += len(raw)
+            if not jsonl:
+                text = line.rstrip("\n")
+            elif not line.strip():
+                continue
+            else:
+                try:
+                    text = json.loads(line)[text_field]
+                except (ValueError, KeyError, TypeError, IndexError) as e:
+                    raise InputError(f"{path}:{lineno}: expected a JSON object with a string "
+                                              f"{text_field!r} field ({type(e).__name__}: {e})") from None
+                if not isinstance(text, str):
+                    raise InputError(f"{path}:{lineno}: {text_field!r} is not a string")
+                if re.search("[\ud800-\udfff]", text):  # lone surrogates from \\u escapes are not UTF-8
+                    text = text.encode("utf-8", "replace").decode("utf-8")
+            if text:
+                yield text
