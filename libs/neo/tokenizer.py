@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import struct
 import sys
 import tempfile
 from collections import Counter
@@ -42,6 +41,7 @@ from typing import Any
 import sentencepiece as spm
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from sentencepiece import sentencepiece_model_pb2 as pb
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE
 
@@ -243,64 +243,23 @@ def train_tokenizer(inputs: Sequence[str | Path], out_dir: str | Path, config: T
 
 
 # ------------------------------------------------------------------------- SentencePiece model proto
-# Just enough protobuf to read the specs (the `protobuf` package is not a dependency). Field numbers
-# and defaults from sentencepiece_model.proto: ModelProto.pieces=1, .trainer_spec=2, .normalizer_spec=3.
-_SPEC_FIELDS = {
-    (2, 3): ("model_type", 1), (2, 4): ("vocab_size", 8000), (2, 10): ("character_coverage", 0.9995),
-    (2, 20): ("max_sentencepiece_length", 16), (2, 22): ("split_by_whitespace", True),
-    (2, 25): ("split_digits", False), (2, 26): ("allow_whitespace_only_pieces", False),
-    (2, 35): ("byte_fallback", False), (3, 1): ("normalization_rule_name", ""),
-    (3, 2): ("precompiled_charsmap", b""), (3, 3): ("add_dummy_prefix", True),
-    (3, 4): ("remove_extra_whitespaces", True), (3, 5): ("escape_whitespaces", True),
-}
-_MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
-_NORMAL, _USER_DEFINED = 1, 4
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte, i = buf[i], i + 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) of one message: varints as int, others (strings, floats) as bytes."""
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        if key & 7 == 0:
-            value, i = _varint(buf, i)
-            yield key >> 3, value
-            continue
-        n, i = _varint(buf, i) if key & 7 == 2 else ({1: 8, 5: 4}[key & 7], i)  # length-delimited / fixed
-        yield key >> 3, buf[i:i + n]
-        i += n
+_NORMAL, _USER_DEFINED = pb.ModelProto.SentencePiece.NORMAL, pb.ModelProto.SentencePiece.USER_DEFINED
+_SPECIAL_TYPES = (pb.ModelProto.SentencePiece.UNKNOWN, pb.ModelProto.SentencePiece.CONTROL, _USER_DEFINED)
+_TRAINER_FIELDS = ("vocab_size", "character_coverage", "max_sentencepiece_length", "split_by_whitespace",
+                   "split_digits", "allow_whitespace_only_pieces", "byte_fallback")
+_NORMALIZER_FIELDS = ("precompiled_charsmap", "add_dummy_prefix", "remove_extra_whitespaces",
+                      "escape_whitespaces")
 
 
 def model_spec(model_proto: bytes) -> dict[str, Any]:
-    """The trainer/normalizer settings stored in a ``tokenizer.model`` (defaults filled in), plus
-    ``piece_types`` (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte)."""
-    spec: dict[str, Any] = dict(_SPEC_FIELDS.values())
-    spec["piece_types"] = types = []
-    for num, value in _fields(model_proto):
-        if num == 1:
-            types.append(next((t for n, t in _fields(value) if n == 3), _NORMAL))  # type: ignore[arg-type]
-        elif num in (2, 3):
-            for fnum, v in _fields(value):  # type: ignore[arg-type]
-                if (name_default := _SPEC_FIELDS.get((num, fnum))) is None:
-                    continue
-                name, default = name_default
-                if isinstance(default, float):
-                    spec[name] = struct.unpack("<f", v)[0]  # type: ignore[arg-type]
-                elif isinstance(default, bool | int):
-                    spec[name] = type(default)(v)
-                else:
-                    spec[name] = v.decode() if isinstance(default, str) else v  # type: ignore[union-attr]
-    spec["model_type"] = _MODEL_TYPES.get(spec["model_type"], str(spec["model_type"]))
+    """The trainer/normalizer settings stored in a ``tokenizer.model`` (proto defaults filled in), plus
+    ``piece_types`` (sentencepiece_model.proto: 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte)."""
+    proto = pb.ModelProto.FromString(model_proto)
+    spec: dict[str, Any] = {f: getattr(proto.trainer_spec, f) for f in _TRAINER_FIELDS}
+    spec |= {f: getattr(proto.normalizer_spec, f) for f in _NORMALIZER_FIELDS}
+    spec["normalization_rule_name"] = proto.normalizer_spec.name
+    spec["model_type"] = pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower()
+    spec["piece_types"] = [piece.type for piece in proto.pieces]
     return spec
 
 
@@ -333,7 +292,7 @@ def sentencepiece_to_hf(sp: spm.SentencePieceProcessor, add_bos: bool = True, ad
     tok.post_processor = processors.TemplateProcessing(single=single, pair=pair,
                                                        special_tokens=[(BOS, sp.bos_id()), (EOS, sp.eos_id())])
     tok.add_special_tokens([AddedToken(p, special=True, normalized=False)
-                            for i, p in enumerate(pieces) if types[i] in (2, 3, _USER_DEFINED)])
+                            for i, p in enumerate(pieces) if types[i] in _SPECIAL_TYPES])
     return tok
 
 
