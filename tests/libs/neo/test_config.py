@@ -1,4 +1,5 @@
 import pytest
+
 from neo.config import PAPER_VOCAB_SIZE, PRESETS, ModelConfig
 
 

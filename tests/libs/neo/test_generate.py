@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from neo.config import ModelConfig
 from neo.generate import SamplingParams, filter_logits, generate, sample_next
 from neo.model import NeoModel

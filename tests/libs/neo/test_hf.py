@@ -2,12 +2,13 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
 from neo.config import ModelConfig
 from neo.hf import config_from_hf, export_hf, load_hf
 from neo.model import NeoModel
 from neo.schemas import NeoCheckpointInfo
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
 
 
 def random_tiny(**kw):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from neo.config import ModelConfig
 from neo.model import KVCache, NeoModel
 

@@ -1,0 +1,55 @@
+import uuid
+
+import pytest
+import redis
+
+from neo.registry import ModelRegistry, latest, list_versions, register
+
+
+@pytest.fixture
+def reg():
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    prefix = f"test-registry-{uuid.uuid4().hex[:8]}:"
+    yield ModelRegistry(client, prefix)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+
+def ckpt(tmp_path, name):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    return d
+
+
+def test_versions_count_up_and_latest_is_the_newest(reg, tmp_path):
+    assert reg.latest("chat") is None and reg.list() == []
+    v1 = reg.register("chat", ckpt(tmp_path, "sft"), stage="sft")
+    v2 = reg.register("chat", ckpt(tmp_path, "dpo1"), stage="dpo", parent=v1.ref)
+    other = reg.register("base", ckpt(tmp_path, "pre"), stage="pretrain")
+    assert (v1.version, v2.version, other.version) == ("v1", "v2", "v1")
+    assert reg.latest("chat") == v2 and v2.parent == "chat:v1" and v1.parent is None
+    assert v2.path == str((tmp_path / "dpo1").resolve())
+    assert [v.ref for v in reg.list()] == ["base:v1", "chat:v1", "chat:v2"]
+    assert [v.ref for v in reg.list("chat")] == ["chat:v1", "chat:v2"]
+    assert reg.names() == ["base", "chat"]
+    assert reg.get("chat", "v1") == v1 and reg.get("chat", "v9") is None
+    # the module functions see the same data
+    assert latest(reg.redis, reg.prefix, "base") == other
+    assert len(list_versions(reg.redis, reg.prefix)) == 3
+
+
+def test_keys_stay_under_the_prefix(reg, tmp_path):
+    reg.register("m", ckpt(tmp_path, "a"), stage="random")
+    keys = sorted(k.decode() for k in reg.redis.scan_iter(f"{reg.prefix}*"))
+    assert keys == [f"{reg.prefix}models:{s}" for s in ("m:seq", "m:v1", "m:versions", "names")]
+
+
+def test_refuses_what_serving_could_not_load(reg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        register(reg.redis, reg.prefix, "m", tmp_path, stage="sft")
+    with pytest.raises(ValueError, match="invalid stage 'rlhf'"):
+        reg.register("m", ckpt(tmp_path, "x"), stage="rlhf")
+    with pytest.raises(ValueError, match="invalid model name"):
+        reg.register("a:b", ckpt(tmp_path, "y"), stage="sft")
+    assert reg.list() == []
