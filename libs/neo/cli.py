@@ -194,6 +194,64 @@ def up(
         chat(model_dir)
 
 
+@app.command("eval")
+def evaluate(
+    model: Annotated[list[Path] | None, typer.Option(help="HF checkpoint dir, run in process; repeat to compare")] = None,
+    api: Annotated[list[str] | None, typer.Option(
+        help="MODEL@BASE_URL of an OpenAI-compatible server (e.g. demo@http://127.0.0.1:8000/v1); repeatable")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="NEO_API_KEY", help="key for --api servers")] = None,
+    task: Annotated[list[str] | None, typer.Option(
+        help="KIND or KIND=FILE, KIND in mmlu|ceval|gsm8k|humaneval; default: all four bundled mini sets")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most this many items per task")] = None,
+    max_tokens: Annotated[int, typer.Option(help="generation budget for gsm8k/humaneval")] = 256,
+    out: Annotated[Path | None, typer.Option(help="write the full JSON report (with samples) here")] = None,
+) -> None:
+    """Evaluate models on C-Eval / MMLU (log-likelihood of options), GSM8K and HumanEval (sandboxed).
+
+    Without --task it runs the small bundled item sets (written by Neo, for smoke tests); pass the real
+    benchmarks' files as KIND=FILE. For lm-eval-harness, point its `local-completions` model at
+    `neo serve` (see docs/evaluation.md).
+    """
+    import json
+
+    from neo.evals.backends import APIBackend, ModelBackend
+    from neo.evals.runner import report, run_task
+    from neo.evals.tasks import BUNDLED, TASK_KINDS
+
+    backends = [ModelBackend(m) for m in model or []]
+    for spec in api or []:
+        name, sep, url = spec.partition("@")
+        if not sep or not name or not url:
+            console.print(f"[red]error:[/red] --api expects MODEL@BASE_URL, got {spec!r}")
+            raise typer.Exit(2)
+        backends.append(APIBackend(url, name, api_key))
+    if not backends:
+        console.print("[red]error:[/red] give at least one --model DIR or --api MODEL@URL")
+        raise typer.Exit(2)
+    tasks = []
+    for spec in task or list(TASK_KINDS):
+        kind, _, path = spec.partition("=")
+        if kind not in TASK_KINDS:
+            console.print(f"[red]error:[/red] unknown task {kind!r}: choose from {', '.join(TASK_KINDS)}")
+            raise typer.Exit(2)
+        tasks.append((kind, Path(path) if path else BUNDLED[kind]))
+    results = {}
+    try:
+        for backend in backends:
+            results[backend.name] = [run_task(backend, kind, path, limit, max_tokens) for kind, path in tasks]
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    table = Table("task", "file", "metric", "n", *results)
+    for i, (kind, path) in enumerate(tasks):
+        first = next(iter(results.values()))[i]
+        table.add_row(kind, path.name, first.metric, str(first.n), *(f"{r[i].score:.3f}" for r in results.values()))
+    console.print(table)
+    if out:
+        out.write_text(json.dumps(report(results), indent=2, ensure_ascii=False))
+        console.print(f"report written to {out}")
+
+
 def _add_service_commands() -> None:
     """Mount each installed service's Typer app (entry point group ``neo.cli``)."""
     for ep in sorted(entry_points(group="neo.cli"), key=lambda e: e.name):

@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 
 class InputError(ValueError):
@@ -47,3 +48,13 @@ def iter_documents(path: str | Path, text_field: str = "text") -> Iterator[str]:
                     text = text.encode("utf-8", "replace").decode("utf-8")
             if text:
                 yield text
+
+
+def open_text(path: str | Path) -> TextIO:
+    """Open a text file, gzip-compressed when it ends in ``.gz``, as strict UTF-8 (CSV-friendly)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {path}")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return path.open(encoding="utf-8", newline="")
