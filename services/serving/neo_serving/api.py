@@ -1,0 +1,149 @@
+"""HTTP routes: each takes the services from ``app.state``, calls one, and picks JSON or SSE.
+
+No logic lives here; errors are raised as typed ``ServingError``s and turned into OpenAI error JSON
+by the handlers in ``app.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sse_starlette import EventSourceResponse
+
+from neo_serving.chat import ChatService
+from neo_serving.completions import CompletionService
+from neo_serving.errors import EngineUnavailableError, openai_error
+from neo_serving.metrics import ServingMetrics
+from neo_serving.models import ModelTable
+from neo_serving.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    ReloadRequest,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from neo_serving.service import check_token_ids
+from neo_serving.settings import ServingSettings
+
+T = TypeVar("T")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 503)
+}
+router = APIRouter()
+
+
+@dataclass
+class Services:
+    settings: ServingSettings
+    models: ModelTable
+    metrics: ServingMetrics
+    chat: ChatService
+    completions: CompletionService
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+class ClientDisconnected(Exception):
+    """The client went away before a non-streaming response was ready."""
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; if the client disconnects first, cancel it (which aborts its engine requests)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientDisconnected
+    return task.result()
+
+
+def _respond(result: Any) -> Any:
+    if hasattr(result, "__aiter__"):
+        return EventSourceResponse(result, sep="\n")
+    return result
+
+
+@router.get("/health", responses={503: {"model": ErrorResponse}})
+async def health(request: Request) -> Response:
+    if services(request).models.healthy():
+        return JSONResponse({"status": "ok"})
+    status, body = openai_error(EngineUnavailableError("an engine is not running"))
+    return JSONResponse(body, status_code=status)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(services(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models", response_model=ModelList, responses=ERRORS)
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=services(request).models.cards())
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    return _respond(await cancel_on_disconnect(request, services(request).chat.run(body)))
+
+
+@router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    return _respond(await cancel_on_disconnect(request, services(request).completions.run(body)))
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    table = services(request).models
+    model = table.get(body.model or table.default_name())
+    tok = model.engine.tokenizer
+    if body.messages is not None:
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        ids = tok.encode_chat(messages, body.add_generation_prompt)
+    elif body.add_special_tokens:
+        ids = tok.encode_prompt(body.prompt or "")
+    else:
+        ids = tok.tokenizer.encode(body.prompt or "")
+    strs = [tok.token_text(i) for i in ids] if body.return_token_strs else None
+    return TokenizeResponse(count=len(ids), max_model_len=model.info.max_model_len, tokens=ids, token_strs=strs)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS)
+async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    table = services(request).models
+    tok = table.get(body.model or table.default_name()).engine.tokenizer
+    check_token_ids(body.tokens, tok.vocab_size, "tokens")
+    return DetokenizeResponse(prompt=tok.decode(body.tokens))
+
+
+@router.post("/v1/admin/reload", response_model=ModelCard, responses=ERRORS)
+async def reload(body: ReloadRequest, request: Request) -> ModelCard:
+    """Switch a served name to a new checkpoint (``path``, or the registry's latest version)."""
+    table = services(request).models
+    await table.reload(body.model, body.path)
+    return next(card for card in table.cards() if card.id == body.model)

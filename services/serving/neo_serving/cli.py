@@ -1,0 +1,97 @@
+"""``neo serve``: the OpenAI-compatible server (torch engine or vLLM gateway), and ``neo serve register``.
+
+Flags override the ``NEO_`` environment (``ServingSettings``); whatever neither sets keeps the default
+shown in ``--help``. Examples::
+
+    neo serve --model .neo/models/demo                                  # torch engine on 127.0.0.1:8000
+    neo serve --model chat=.neo/models/dpo-2 --api-key sk-local         # a name, and a key
+    neo serve --model chat --watch-registry                             # latest registered 'chat', followed
+    neo serve --engine gateway --model chat=/models/dpo-2 \\
+        --upstream chat=http://vllm-0:8000 --upstream chat=http://vllm-1:8000   # vLLM replicas behind us
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from neo_serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+_F = ServingSettings.model_fields
+
+app = typer.Typer(help="Serve models over an OpenAI-compatible API (torch engine on CPU, or a gateway to vLLM).",
+                  pretty_exceptions_show_locals=False)
+
+
+def _help(field: str, text: str | None = None) -> str:
+    default = _F[field].default if _F[field].default_factory is None else "none"
+    return f"{text or _F[field].description} (default: {default}; env NEO_{field.upper()})"
+
+
+@app.callback(invoke_without_command=True)
+def serve(
+    ctx: typer.Context,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help=_help(
+        "models", "checkpoint DIR, NAME=DIR, or a NAME in the model registry (repeat for several)"))] = None,
+    host: Annotated[str | None, typer.Option(help=_help("serve_host"))] = None,
+    port: Annotated[int | None, typer.Option(help=_help("serve_port"))] = None,
+    engine: Annotated[str | None, typer.Option(help=_help("engine"))] = None,
+    upstream: Annotated[list[str] | None, typer.Option(help=_help("upstreams"))] = None,
+    upstream_api_key: Annotated[str | None, typer.Option(help=_help("upstream_api_key"))] = None,
+    api_key: Annotated[list[str] | None, typer.Option(help=_help("api_keys", "accepted Bearer key (repeat)"))] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help=_help("max_batch_size"))] = None,
+    max_model_len: Annotated[int | None, typer.Option(help=_help("max_model_len"))] = None,
+    batch_invariant: Annotated[bool | None, typer.Option("--batch-invariant/--no-batch-invariant",
+                                                         help=_help("batch_invariant"))] = None,
+    dtype: Annotated[str | None, typer.Option(help=_help("dtype"))] = None,
+    threads: Annotated[int | None, typer.Option(help=_help("threads"))] = None,
+    watch_registry: Annotated[bool | None, typer.Option("--watch-registry/--no-watch-registry",
+                                                        help=_help("watch_registry"))] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Start the server (when no subcommand is given)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+    from pydantic import ValidationError
+
+    from neo_serving.app import build_app
+
+    given: dict[str, Any] = {
+        "models": model, "serve_host": host, "serve_port": port, "engine": engine, "upstreams": upstream,
+        "upstream_api_key": upstream_api_key, "api_keys": api_key, "max_batch_size": max_batch_size,
+        "max_model_len": max_model_len, "batch_invariant": batch_invariant, "dtype": dtype, "threads": threads,
+        "watch_registry": watch_registry,
+    }
+    try:
+        settings = ServingSettings(**{k: v for k, v in given.items() if v not in (None, [])})
+    except ValidationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if not settings.models:
+        typer.echo("error: nothing to serve: give --model DIR (or NAME=DIR, or a registered NAME)", err=True)
+        raise typer.Exit(2)
+    uvicorn.run(build_app(settings), host=settings.serve_host, port=settings.serve_port, log_level=log_level)
+
+
+@app.command("register")
+def register(
+    name: Annotated[str, typer.Argument(help="model name to serve it under")],
+    path: Annotated[Path, typer.Argument(help="exported checkpoint directory")],
+    stage: Annotated[str, typer.Option(help="random | pretrain | sft | dpo | imported")] = "sft",
+    parent: Annotated[str | None, typer.Option(help="the version it came from (name:vN)")] = None,
+) -> None:
+    """Add a checkpoint to the Redis model registry as the newest version of NAME."""
+    from neo.registry import ModelRegistry
+
+    settings = ServingSettings()
+    try:
+        version = ModelRegistry.from_url(settings.redis_url, settings.redis_prefix).register(name, path, stage, parent)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"registered {version.ref} -> {version.path}")

@@ -1,0 +1,23 @@
+"""Engines behind one interface (``base.Engine``): ``torch`` generates in this process, ``gateway``
+forwards to upstream OpenAI-compatible servers. ``build_engine`` is the only place that picks one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from neo_serving.engines.base import Engine, ModelInfo
+from neo_serving.tokens import ServedTokenizer
+
+if TYPE_CHECKING:
+    from neo_serving.settings import ServingSettings
+
+
+def build_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings: ServingSettings) -> Engine:
+    """A not-yet-started engine for one model version, of the kind ``settings.engine`` names."""
+    if settings.engine == "gateway":
+        from neo_serving.engines.upstream import build_upstream_engine
+
+        return build_upstream_engine(info, tokenizer, settings)
+    from neo_serving.engines.torch_engine import build_torch_engine
+
+    return build_torch_engine(info, tokenizer, settings)

@@ -1,0 +1,369 @@
+"""The built-in torch engine: continuous batching over one KV cache, driven by a background thread.
+
+Each running request owns one row of a ``KVCache`` (``max_batch_size`` rows). The thread loops:
+
+1. drop aborted requests (their rows are freed at once),
+2. admit waiting requests into free rows and prefill each on its own row (one request at a time, so a
+   prompt's logits never depend on what else is queued), sampling its first token,
+3. one batched decode step: every running row feeds its last token at its own position, and each row
+   samples with its own ``SamplingParams`` and its own seeded ``torch.Generator``.
+
+Running requests stay packed in rows ``0..R-1`` (a finished request's row is filled by moving the last
+one down), so a decode step computes exactly R rows. With ``batch_invariant`` the step is always the
+full cache plus an anchor row (the last, pinned to the last position), so every step has one shape, and
+attention runs on SDPA's math backend: a row's logits are then bitwise the same whatever its batch-mates
+and row are (checked on CPU in the tests); otherwise they agree to float rounding.
+
+Outputs cross to the event loop once per step (``call_soon_threadsafe``), each request reading its own
+``asyncio.Queue``; closing a request's stream aborts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from neo.generate import sample_next
+from neo.hf import load_hf
+from neo.model import KVCache, NeoModel
+from neo_serving.engines.base import (
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    ModelInfo,
+    TokenLogprob,
+)
+from neo_serving.errors import EngineUnavailableError, InvalidRequestError, ServingError
+from neo_serving.tokens import ServedTokenizer
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(eq=False)
+class _Seq:
+    """A request inside the engine thread."""
+
+    req: EngineRequest
+    queue: asyncio.Queue
+    budget: int  # tokens it may still generate in total
+    seen: torch.Tensor  # (prompt + budget,) prompt ids then generated ids: the repetition penalty's input
+    generator: torch.Generator | None
+    stop_ids: frozenset[int]
+    n_seen: int = 0
+    row: int = -1
+    pos: int = 0  # position (= cache slot) of ``last``, the next token to feed
+    last: int = 0
+    generated: int = 0
+
+
+@dataclass
+class _Batch:
+    """Outputs of one loop iteration, handed to the event loop in one call."""
+
+    items: list[tuple[asyncio.Queue, EngineOutput | BaseException]] = field(default_factory=list)
+
+
+class TorchEngine:
+    """Serves one checkpoint directory with ``NeoModel`` on ``device``."""
+
+    def __init__(
+        self, info: ModelInfo, tokenizer: ServedTokenizer, max_batch_size: int = 16,
+        max_prefill_tokens: int = 2048, batch_invariant: bool = False, device: str = "cpu",
+        dtype: str = "auto",
+    ):
+        self.info, self.tokenizer = info, tokenizer
+        self.max_batch_size, self.max_prefill_tokens = max_batch_size, max_prefill_tokens
+        self.batch_invariant, self.device, self.dtype = batch_invariant, torch.device(device), dtype
+        self.model: NeoModel | None = None
+        self.cache: KVCache | None = None
+        self._cond = threading.Condition()
+        self._waiting: deque[_Seq] = deque()
+        self._running: list[_Seq] = []
+        self._aborts: set[str] = set()
+        self._stopping = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch = _Batch()
+        self.steps = 0  # decode steps run, for tests and metrics
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.model = await asyncio.to_thread(self._load)
+        cfg = self.model.config
+        rows = self.max_batch_size + int(self.batch_invariant)  # + the anchor row
+        dtype = next(self.model.parameters()).dtype
+        self.cache = KVCache.empty(cfg, rows, self.info.max_model_len, dtype, self.device)
+        mib = sum(t.numel() * t.element_size() for t in self.cache.k + self.cache.v) / 2**20
+        log.info("%s: %d KV-cache rows × %d positions (%.1f MiB, %s) on %s", self.info.name, rows,
+                 self.info.max_model_len, mib, dtype, self.device)
+        self._thread = threading.Thread(target=self._run, name=f"engine-{self.info.name}", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> NeoModel:
+        dtype = None if self.dtype == "auto" else _DTYPES[self.dtype]
+        return load_hf(Path(self.info.path), device=self.device, dtype=dtype)
+
+    async def shutdown(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        self.model = self.cache = None
+
+    def healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._error is None
+
+    def stats(self) -> EngineStats:
+        return EngineStats(waiting=len(self._waiting), running=len(self._running), healthy=self.healthy(),
+                           extra={"decode_steps": float(self.steps)})
+
+    # --- requests (event loop side) --------------------------------------------------------------------
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        seq = self._admit_check(request)
+        with self._cond:
+            self._waiting.append(seq)
+            self._cond.notify()
+        finished = False
+        try:
+            while not finished:
+                items = [await seq.queue.get()]
+                while not seq.queue.empty():  # a slow reader gets several tokens in one output
+                    items.append(seq.queue.get_nowait())
+                out = _merge(items)
+                finished = out.finish_reason is not None
+                yield out
+        finally:
+            if not finished:
+                await self.abort(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        with self._cond:
+            self._aborts.add(request_id)
+            self._cond.notify()
+
+    def check_available(self) -> None:
+        if not self.healthy():
+            reason = f": {self._error!r}" if self._error else ""
+            raise EngineUnavailableError(f"the engine for {self.info.name} is not running{reason}")
+
+    def _admit_check(self, request: EngineRequest) -> _Seq:
+        self.check_available()
+        prompt, max_len = request.prompt_ids, self.info.max_model_len
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        if len(prompt) >= max_len:
+            raise InvalidRequestError(f"the prompt has {len(prompt)} tokens; this model's context is {max_len}",
+                                      param="prompt", code="context_length_exceeded")
+        vocab = self.model.config.vocab_size if self.model is not None else self.tokenizer.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        budget = min(request.params.max_new_tokens, max_len - len(prompt))
+        seen = torch.empty(len(prompt) + budget, dtype=torch.long, device=self.device)
+        seen[:len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        return _Seq(req=request, queue=asyncio.Queue(), budget=budget, seen=seen, n_seen=len(prompt),
+                    generator=request.params.make_generator(self.device),
+                    stop_ids=frozenset(request.params.stop_ids))
+
+    # --- the engine thread -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            # batch-invariant: SDPA's math backend, as the fused CPU kernel's result depends on a row's index
+            attention = sdpa_kernel(SDPBackend.MATH) if self.batch_invariant else contextlib.nullcontext()
+            with torch.inference_mode(), attention:
+                while self._iterate():
+                    pass
+        except Exception as exc:  # noqa: BLE001 - the engine is dead: fail every request, /health says 503
+            log.exception("engine %s died", self.info.name)
+            self._error = exc
+        finally:
+            error = EngineUnavailableError(f"the engine for {self.info.name} stopped"
+                                           + (f": {self._error!r}" if self._error else ""))
+            with self._cond:
+                left = list(self._waiting) + self._running
+                self._waiting.clear()
+                self._running = []
+            self._batch.items += [(seq.queue, error) for seq in left]
+            self._flush()
+
+    def _iterate(self) -> bool:
+        with self._cond:
+            while not (self._stopping or self._waiting or self._running or self._aborts):
+                self._cond.wait()
+            if self._stopping:
+                return False
+            aborts, self._aborts = self._aborts, set()
+            dropped = [s for s in [*self._waiting, *self._running] if s.req.request_id in aborts]
+            if dropped:
+                self._waiting = deque(s for s in self._waiting if s.req.request_id not in aborts)
+            admitted = self._take_waiting()
+        if dropped:
+            self._remove([s for s in dropped if s in self._running])
+            # usually nobody is listening any more; if someone is, they learn why the stream ended
+            self._batch.items += [(s.queue, EngineUnavailableError(f"request {s.req.request_id} was aborted"))
+                                  for s in dropped]
+        for seq in admitted:
+            try:
+                self._prefill(seq)
+            except (RuntimeError, ValueError, IndexError) as exc:  # this request's failure, not the engine's
+                log.exception("prefill failed for %s", seq.req.request_id)
+                self._batch.items.append((seq.queue, ServingError(f"prefill failed for this request: {exc}")))
+                if seq in self._running:
+                    self._remove([seq])
+        if self._running:
+            self._decode()
+        self._flush()
+        return True
+
+    def _take_waiting(self) -> list[_Seq]:
+        taken: list[_Seq] = []
+        tokens = 0
+        free = self.max_batch_size - len(self._running)
+        while self._waiting and len(taken) < free:
+            n = len(self._waiting[0].req.prompt_ids)
+            if taken and tokens + n > self.max_prefill_tokens:
+                break
+            taken.append(self._waiting.popleft())
+            tokens += n
+        return taken
+
+    def _prefill(self, seq: _Seq) -> None:
+        assert self.model is not None and self.cache is not None
+        seq.row = len(self._running)
+        self._running.append(seq)
+        prompt = seq.req.prompt_ids
+        view = KVCache(k=[k[seq.row:seq.row + 1] for k in self.cache.k],
+                       v=[v[seq.row:seq.row + 1] for v in self.cache.v])
+        ids = torch.tensor([prompt], device=self.device)  # (1, T)
+        positions = torch.arange(len(prompt), device=self.device)[None]  # (1, T)
+        logits = self.model(ids, positions=positions, cache=view)[0]  # (T, V)
+        prompt_lp = None
+        if seq.req.prompt_logprobs is not None:
+            prompt_lp = [None] + _logprobs(logits[:-1], prompt[1:], seq.req.prompt_logprobs)
+        seq.pos = len(prompt)
+        if seq.budget == 0:  # echo-only scoring: no token to sample
+            self._emit(seq, EngineOutput([], None, prompt_lp, "length"))
+            self._remove([seq])
+            return
+        if self._sample(seq, logits[-1], prompt_lp):
+            self._remove([seq])
+
+    def _decode(self) -> None:
+        assert self.model is not None and self.cache is not None
+        n = len(self._running)
+        last = torch.tensor([[s.last] for s in self._running], device=self.device)  # (R, 1)
+        pos = torch.tensor([[s.pos] for s in self._running], device=self.device)  # (R, 1)
+        if self.batch_invariant:  # one shape for every step: all rows, span pinned by the anchor row
+            rows = self.cache.k[0].shape[0]
+            ids = torch.zeros(rows, 1, dtype=torch.long, device=self.device)
+            positions = torch.zeros(rows, 1, dtype=torch.long, device=self.device)
+            ids[:n], positions[:n], positions[-1] = last, pos, self.info.max_model_len - 1
+            logits = self.model(ids, positions=positions, cache=self.cache)[:n, 0]  # (R, V)
+        else:
+            view = KVCache(k=[k[:n] for k in self.cache.k], v=[v[:n] for v in self.cache.v])
+            logits = self.model(last, positions=pos, cache=view)[:, 0]  # (R, V)
+        self.steps += 1
+        done = []
+        for i, seq in enumerate(self._running):
+            seq.pos += 1
+            if self._sample(seq, logits[i]):
+                done.append(seq)
+        if done:
+            self._remove(done)
+
+    def _sample(self, seq: _Seq, logits: torch.Tensor, prompt_lp: list | None = None) -> bool:
+        """Sample ``seq``'s next token from its logits row (V,), emit it; True when the request is done.
+
+        A failure here is this request's alone (its parameters): it gets the error, the batch goes on.
+        """
+        params = seq.req.params
+        try:
+            token = sample_next(logits, params, seq.generator, seen=seq.seen[:seq.n_seen])
+        except (RuntimeError, ValueError) as exc:
+            log.exception("sampling failed for %s (%s)", seq.req.request_id, params)
+            self._batch.items.append((seq.queue, ServingError(f"sampling failed for this request: {exc}")))
+            return True
+        lp = _logprobs(logits[None], [token], seq.req.logprobs) if seq.req.logprobs is not None else None
+        seq.seen[seq.n_seen] = token
+        seq.n_seen += 1
+        seq.generated += 1
+        seq.last = token
+        finish = "stop" if token in seq.stop_ids else "length" if seq.generated >= seq.budget else None
+        self._emit(seq, EngineOutput([token], lp, prompt_lp, finish))
+        return finish is not None
+
+    def _remove(self, seqs: list[_Seq]) -> None:
+        """Take finished or aborted requests out and pack the others into rows 0..R-1."""
+        assert self.cache is not None
+        gone = set(map(id, seqs))
+        kept = [s for s in self._running if id(s) not in gone]
+        for row, seq in enumerate(kept):  # rows only move down, so a source is never overwritten first
+            if seq.row != row:
+                span = seq.pos + 1
+                for k, v in zip(self.cache.k, self.cache.v, strict=True):
+                    k[row, :, :span] = k[seq.row, :, :span]
+                    v[row, :, :span] = v[seq.row, :, :span]
+                seq.row = row
+        self._running = kept
+
+    def _emit(self, seq: _Seq, out: EngineOutput) -> None:
+        self._batch.items.append((seq.queue, out))
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, _Batch()
+        if batch.items and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_deliver, batch.items)
+
+
+def _deliver(items: list[tuple[asyncio.Queue, EngineOutput | BaseException]]) -> None:
+    for queue, out in items:
+        queue.put_nowait(out)
+
+
+def _merge(items: list[EngineOutput | BaseException]) -> EngineOutput:
+    for item in items:
+        if isinstance(item, BaseException):
+            raise item
+    outs: list[EngineOutput] = items  # type: ignore[assignment]
+    if len(outs) == 1:
+        return outs[0]
+    logprobs = None
+    if outs[0].logprobs is not None:
+        logprobs = [lp for o in outs for lp in (o.logprobs or [])]
+    return EngineOutput(token_ids=[t for o in outs for t in o.token_ids], logprobs=logprobs,
+                        prompt_logprobs=outs[0].prompt_logprobs, finish_reason=outs[-1].finish_reason)
+
+
+def _logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[TokenLogprob]:
+    """logits (N, V) and the N tokens chosen after them → each token's logprob and the top k."""
+    if not tokens:
+        return []
+    lp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+    chosen = lp[torch.arange(len(tokens)), torch.tensor(tokens)].tolist()
+    tops: list[list[tuple[int, float]]] = [[] for _ in tokens]
+    if k > 0:
+        values, ids = torch.topk(lp, min(k, lp.shape[-1]), dim=-1)
+        tops = [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    return [TokenLogprob(t, c, top) for t, c, top in zip(tokens, chosen, tops, strict=True)]
+
+
+def build_torch_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings) -> TorchEngine:
+    """The engine with the knobs of ``ServingSettings``."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    return TorchEngine(info, tokenizer, max_batch_size=settings.max_batch_size,
+                       max_prefill_tokens=settings.max_prefill_tokens, batch_invariant=settings.batch_invariant,
+                       device=settings.device, dtype=settings.dtype)

@@ -1,0 +1,66 @@
+"""Typed serving errors. ``app.py`` maps each to its HTTP status and OpenAI error JSON in one place.
+
+Engines and the chat/completions code raise these; none of them knows about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base: an error the client should see as ``{"error": {"message", "type", "param", "code"}}``."""
+
+    status_code = 500
+    error_type = "internal_error"
+    code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message, self.param = message, param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequestError(ServingError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class NoChatTemplateError(InvalidRequestError):
+    code = "chat_template_missing"
+
+
+class AuthenticationError(ServingError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFoundError(ServingError):
+    status_code = 404
+    error_type = "not_found_error"
+    code = "model_not_found"
+
+
+class EngineUnavailableError(ServingError):
+    """No engine can take the request: it died, or every upstream replica is unhealthy."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "engine_unavailable"
+
+
+class UpstreamError(ServingError):
+    """An upstream server failed after streaming had begun, or answered with an error of its own."""
+
+    status_code = 502
+    error_type = "upstream_error"
+
+
+def openai_error(exc: ServingError) -> tuple[int, dict]:
+    """The HTTP status and OpenAI error body of a typed error (app.py's handlers and mid-stream errors)."""
+    body = {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}
+    return exc.status_code, {"error": body}

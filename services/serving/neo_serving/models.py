@@ -1,0 +1,193 @@
+"""The table of served models: name → the engine of its current version.
+
+A request leases the entry it started on, so a reload (``POST /v1/admin/reload`` or the registry
+watcher) swaps the name to a freshly loaded engine for new requests while in-flight ones finish on the
+old one, which shuts down when its last lease ends.
+
+What to serve comes from ``--model`` values: a checkpoint ``DIR``, ``NAME=DIR``, or a ``NAME`` registered
+in the Redis model registry (``neo.registry``), whose latest version is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from neo.registry import ModelRegistry, ModelVersion
+from neo.schemas import NeoCheckpointInfo
+from neo_serving.engines import build_engine
+from neo_serving.engines.base import Engine, ModelInfo
+from neo_serving.errors import InvalidRequestError, ModelNotFoundError, ServingError
+from neo_serving.protocol import ModelCard
+from neo_serving.settings import ServingSettings
+from neo_serving.tokens import ServedTokenizer
+
+log = logging.getLogger(__name__)
+
+
+class RegistryUnavailableError(ServingError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "registry_unavailable"
+
+
+@dataclass(eq=False)
+class ServedModel:
+    info: ModelInfo
+    engine: Engine
+    leases: int = 0
+    retired: bool = False
+
+
+class ModelTable:
+    def __init__(self, settings: ServingSettings):
+        self.settings = settings
+        self._models: dict[str, ServedModel] = {}
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task] = set()
+        self._watcher: asyncio.Task | None = None
+        self._registry: ModelRegistry | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            for spec in self.settings.models:
+                name, path, version = await self._resolve(spec)
+                if name in self._models:
+                    raise ValueError(f"two --model values are named {name!r}; name them NAME=DIR")
+                self._models[name] = await self._load(name, path, version)
+        except BaseException:
+            await self.shutdown()  # the ones already loaded
+            raise
+        if self.settings.watch_registry:
+            self._watcher = asyncio.create_task(self._watch(), name="registry-watcher")
+
+    async def shutdown(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        models, self._models = list(self._models.values()), {}
+        await asyncio.gather(*(m.engine.shutdown() for m in models), *self._retiring, return_exceptions=True)
+
+    # --- lookup ----------------------------------------------------------------------------------------
+    def get(self, name: str) -> ServedModel:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFoundError(f"The model `{name}` does not exist. Served: {', '.join(self._models) or 'none'}",
+                                     param="model")
+        return model
+
+    def default_name(self) -> str:
+        if not self._models:
+            raise ModelNotFoundError("no model is served", param="model")
+        return next(iter(self._models))
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[ServedModel]:
+        """The current version of ``name``, kept alive until the block ends (even across a reload)."""
+        model = self.get(name)
+        model.leases += 1
+        try:
+            yield model
+        finally:
+            model.leases -= 1
+            if model.retired and model.leases == 0:
+                self._retire_now(model)
+
+    def items(self) -> list[tuple[str, ServedModel]]:
+        return list(self._models.items())
+
+    def healthy(self) -> bool:
+        return bool(self._models) and all(m.engine.healthy() for m in self._models.values())
+
+    def cards(self) -> list[ModelCard]:
+        return [ModelCard(id=name, created=m.info.created, owned_by=m.info.owned_by, root=str(m.info.path),
+                          parent=m.info.parent, max_model_len=m.info.max_model_len, version=m.info.version,
+                          stage=m.info.stage) for name, m in self._models.items()]
+
+    # --- versions --------------------------------------------------------------------------------------
+    async def reload(self, name: str, path: str | None = None) -> ModelInfo:
+        """Serve ``path`` (or the registry's latest version of ``name``) under ``name`` from now on."""
+        async with self._reload_lock:
+            old = self.get(name)
+            version = "local"
+            if path is None:
+                latest = await self._latest(name)
+                if latest is None:
+                    raise InvalidRequestError(f"{name!r} is not in the model registry; give a path", param="path")
+                path, version = latest.path, latest.version
+            if not (Path(path) / "config.json").is_file():
+                raise InvalidRequestError(f"{path} is not a checkpoint directory (no config.json)", param="path")
+            new = await self._load(name, Path(path), version)
+            self._models[name] = new
+            old.retired = True
+            if old.leases == 0:
+                self._retire_now(old)
+            log.info("%s: now serving %s (%s); %d request(s) finish on the previous version",
+                     name, new.info.path, version, old.leases)
+            return new.info
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            for name, model in self.items():
+                try:
+                    latest = await self._latest(name)
+                    if latest is not None and Path(latest.path) != Path(model.info.path):
+                        await self.reload(name)
+                except (ServingError, OSError, ValueError) as exc:
+                    log.warning("registry watcher: cannot switch %s: %s", name, exc)
+
+    def _retire_now(self, model: ServedModel) -> None:
+        task = asyncio.get_running_loop().create_task(model.engine.shutdown())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    # --- loading ---------------------------------------------------------------------------------------
+    async def _load(self, name: str, path: Path, version: str) -> ServedModel:
+        path = Path(path).resolve()
+        tokenizer = await asyncio.to_thread(ServedTokenizer.load, path)
+        info = _model_info(name, path, version, self.settings.max_model_len)
+        engine = build_engine(info, tokenizer, self.settings)
+        await engine.start()
+        log.info("serving %s (%s) from %s, context %d", name, version, path, info.max_model_len)
+        return ServedModel(info, engine)
+
+    async def _resolve(self, spec: str) -> tuple[str, Path, str]:
+        """``--model`` value → (name, directory, version)."""
+        name, sep, rest = spec.partition("=")
+        if sep:
+            return name, Path(rest), "local"
+        if Path(spec).is_dir():
+            info = NeoCheckpointInfo.read(Path(spec))
+            return (info.name if info else Path(spec).resolve().name), Path(spec), "local"
+        latest = await self._latest(spec)
+        if latest is None:
+            raise ValueError(f"--model {spec!r} is neither a directory nor a name in the model registry")
+        return spec, Path(latest.path), latest.version
+
+    async def _latest(self, name: str) -> ModelVersion | None:
+        import redis
+
+        if self._registry is None:
+            self._registry = ModelRegistry.from_url(self.settings.redis_url, self.settings.redis_prefix)
+        try:
+            return await asyncio.to_thread(self._registry.latest, name)
+        except redis.RedisError as exc:
+            raise RegistryUnavailableError(f"the model registry at {self.settings.redis_url} is unavailable: {exc}") from exc
+
+
+def _model_info(name: str, path: Path, version: str, max_model_len: int | None) -> ModelInfo:
+    config = json.loads((path / "config.json").read_text())
+    context = int(config.get("max_position_embeddings", 2048))
+    neo = NeoCheckpointInfo.read(path)
+    return ModelInfo(name=name, version=version, path=path,
+                     max_model_len=min(max_model_len or context, context), created=int(time.time()),
+                     parent=neo.parent if neo else None, stage=neo.stage if neo else None)

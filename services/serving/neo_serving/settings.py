@@ -1,0 +1,63 @@
+"""The serving service's one settings object (env prefix ``NEO_``), built by ``neo serve``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from neo.settings import NeoSettings
+
+
+class ServingSettings(NeoSettings):
+    """Everything ``build_app`` needs. CLI flags override these; env vars (``NEO_SERVE_PORT`` …) set them."""
+
+    models: list[str] = Field(
+        default_factory=list,
+        description="what to serve: a checkpoint DIR, NAME=DIR, or a NAME registered in the model registry")
+    serve_host: str = Field(default="127.0.0.1", description="address to listen on")
+    serve_port: int = Field(default=8000, description="port to listen on (vLLM's default)")
+    engine: Literal["torch", "gateway"] = Field(
+        default="torch", description="torch: generate in this process; gateway: forward to --upstream servers")
+    upstreams: list[str] = Field(
+        default_factory=list, description="NAME=URL of an OpenAI-compatible server (repeat for replicas)")
+    upstream_api_key: str | None = Field(default=None, description="Bearer key sent to upstream servers")
+    api_keys: list[str] = Field(
+        default_factory=list, description="accepted Bearer keys; empty = no auth (/health and /metrics stay open)")
+
+    # --- torch engine ------------------------------------------------------------------------------
+    max_batch_size: int = Field(default=16, ge=1, description="KV-cache rows: requests decoded together")
+    max_model_len: int | None = Field(
+        default=None, ge=2, description="context length served (default: the model's max_seq_len)")
+    max_prefill_tokens: int = Field(
+        default=2048, ge=1, description="prompt tokens prefilled between two decode steps (bounds ITL spikes)")
+    batch_invariant: bool = Field(
+        default=False,
+        description="pad every decode step to one shape so a request's logits are bitwise independent of "
+                    "its batch-mates (exact concurrent == sequential; costs attention over the whole cache)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="weights dtype (auto: the checkpoint's)")
+    device: str = Field(default="cpu", description="torch device of the engine")
+    threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = torch's default")
+
+    # --- gateway ----------------------------------------------------------------------------------
+    health_interval_s: float = Field(default=5.0, gt=0, description="seconds between upstream health checks")
+    upstream_timeout_s: float = Field(default=600.0, gt=0, description="read timeout of an upstream request")
+
+    # --- versions ---------------------------------------------------------------------------------
+    watch_registry: bool = Field(
+        default=False, description="poll the Redis model registry and switch to newly registered versions")
+    watch_interval_s: float = Field(default=10.0, gt=0, description="seconds between registry polls")
+
+    # --- request limits ---------------------------------------------------------------------------
+    max_n: int = Field(default=16, ge=1, description="largest n (choices per prompt) accepted")
+    max_logprobs: int = Field(default=20, ge=0, description="largest logprobs/top_logprobs accepted (vLLM: 20)")
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstreams_are_pairs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            name, sep, url = item.partition("=")
+            if not sep or not name or not url.startswith(("http://", "https://")):
+                raise ValueError(f"upstream {item!r} is not NAME=http(s)://host:port")
+        return value

@@ -1,0 +1,77 @@
+"""Fixtures: a tiny bilingual tokenizer and random tiny model exported as a real checkpoint, and real
+servers (uvicorn on 127.0.0.1, a free port, in a thread) built with ``build_app``.
+
+A random model writes gibberish: tests assert on mechanics (token counts, seeds, stop cuts, shapes,
+status codes), never on meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import openai
+import pytest
+import redis
+
+from neo.tokenizer import NeoTokenizer, TokenizerConfig, train_tokenizer
+from neo_serving.settings import ServingSettings
+
+from .corpus import corpus_lines
+from .helpers import REDIS_URL, VOCAB_SIZE, LiveServer, export_random_model
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tokenizer")
+    text = root / "corpus.txt"
+    text.write_text("\n".join(corpus_lines()), encoding="utf-8")
+    train_tokenizer([text], root / "tok", TokenizerConfig(vocab_size=VOCAB_SIZE, num_threads=2), progress=False)
+    return root / "tok"
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir) -> NeoTokenizer:
+    return NeoTokenizer.load(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, tokenizer) -> Path:
+    """A random ``tiny`` model (context 256) with the tokenizer and its ChatML template."""
+    return export_random_model(tmp_path_factory.mktemp("models") / "tiny", tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def plain_checkpoint(tmp_path_factory, checkpoint) -> Path:
+    """The same model whose tokenizer_config.json has no chat_template: completions only."""
+    out = tmp_path_factory.mktemp("models") / "plain"
+    shutil.copytree(checkpoint, out)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.fixture(scope="session")
+def server(checkpoint, plain_checkpoint):
+    """The main server: ``tiny`` (with chat template) and ``plain`` (without), torch engine."""
+    settings = ServingSettings(models=[f"tiny={checkpoint}", f"plain={plain_checkpoint}"], max_batch_size=8)
+    with LiveServer(settings) as live:
+        yield live
+
+
+@pytest.fixture
+def client(server) -> openai.OpenAI:
+    return server.client()
+
+
+@pytest.fixture
+def redis_prefix():
+    """A unique key prefix on the machine's Redis, deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"test-serving-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)

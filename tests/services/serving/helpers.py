@@ -1,0 +1,70 @@
+"""Test helpers: a live server in a thread, and random tiny checkpoints."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import openai
+import torch
+import uvicorn
+
+from neo.config import ModelConfig
+from neo.hf import export_hf
+from neo.model import NeoModel
+from neo.tokenizer import NeoTokenizer
+from neo_serving.app import build_app
+from neo_serving.settings import ServingSettings
+
+VOCAB_SIZE = 800
+MAX_SEQ_LEN = 256
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """``build_app(settings)`` served by uvicorn in a thread; a context manager."""
+
+    def __init__(self, settings: ServingSettings):
+        self.port = free_port()
+        self.settings = settings.model_copy(update={"serve_port": self.port})
+        self.app = build_app(self.settings)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server on port {self.port} did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    @property
+    def models(self):
+        return self.app.state.services.models
+
+    def client(self, api_key: str = "unused", **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60, **kw)
+
+    def running(self) -> int:
+        return sum(m.engine.stats().running + m.engine.stats().waiting for _, m in self.models.items())
+
+
+def export_random_model(out: Path, tokenizer: NeoTokenizer, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = NeoModel(ModelConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, max_seq_len=MAX_SEQ_LEN))
+    return export_hf(model, out, tokenizer=tokenizer)

@@ -1,0 +1,117 @@
+"""The gateway engine, with real Neo servers as its upstream replicas (what ``vllm serve`` is in production)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from neo_serving.settings import ServingSettings
+
+from .helpers import LiveServer, free_port
+
+UP_KEY, GW_KEY = "sk-upstream", "sk-gateway"
+CHAT = [{"role": "user", "content": "请写一首关于春天的短诗"}]
+
+
+def upstream_settings(checkpoint) -> ServingSettings:
+    return ServingSettings(models=[f"tiny={checkpoint}"], api_keys=[UP_KEY], max_batch_size=4)
+
+
+def gateway_settings(checkpoint, *urls, interval=0.2) -> ServingSettings:
+    return ServingSettings(engine="gateway", models=[f"tiny={checkpoint}"], upstreams=[f"tiny={u}" for u in urls],
+                           upstream_api_key=UP_KEY, api_keys=[GW_KEY], health_interval_s=interval)
+
+
+@pytest.fixture(scope="module")
+def upstreams(checkpoint):
+    with LiveServer(upstream_settings(checkpoint)) as a, LiveServer(upstream_settings(checkpoint)) as b:
+        yield a, b
+
+
+@pytest.fixture(scope="module")
+def gateway(checkpoint, upstreams):
+    with LiveServer(gateway_settings(checkpoint, *(u.url for u in upstreams))) as gw:
+        yield gw
+
+
+def completions_served(server) -> float:
+    registry = server.app.state.services.metrics.registry
+    return registry.get_sample_value("neo_http_requests_total",
+                                     {"method": "POST", "route": "/v1/completions", "status": "200"}) or 0
+
+
+def test_gateway_gives_the_upstreams_output_and_balances(gateway, upstreams):
+    direct, via = upstreams[0].client(UP_KEY), gateway.client(GW_KEY)
+    served = [completions_served(u) for u in upstreams]
+    kw = dict(model="tiny", prompt="The quick brown fox", max_tokens=12, seed=9, logprobs=2,
+              extra_body={"ignore_eos": True})
+    want = direct.completions.create(**kw)
+    for _ in range(4):
+        got = via.completions.create(**kw)
+        assert got.choices[0].text == want.choices[0].text
+        assert got.choices[0].logprobs.token_logprobs == want.choices[0].logprobs.token_logprobs
+        assert got.choices[0].logprobs.top_logprobs == want.choices[0].logprobs.top_logprobs
+        assert got.usage == want.usage
+    after = [completions_served(u) for u in upstreams]
+    assert after[0] - served[0] >= 3 and after[1] - served[1] >= 2  # round-robin over both replicas
+
+
+def test_gateway_chat_streams_through_with_the_local_template(gateway, upstreams):
+    direct, via = upstreams[1].client(UP_KEY), gateway.client(GW_KEY)
+    kw = dict(model="tiny", messages=CHAT, max_tokens=10, seed=4, extra_body={"ignore_eos": True})
+    want = direct.chat.completions.create(**kw).choices[0].message.content
+    chunks = list(via.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+    assert chunks[-1].usage.completion_tokens == 10
+    echo = via.completions.create(model="tiny", prompt="Hello", max_tokens=2, echo=True, logprobs=1, seed=1)
+    assert echo.choices[0].logprobs.token_logprobs[0] is None and echo.choices[0].text.startswith("Hello")
+    assert len(echo.choices[0].logprobs.tokens) == echo.usage.prompt_tokens + 2
+
+
+def test_gateway_keeps_its_own_keys_and_metrics(gateway):
+    with httpx.Client(base_url=gateway.url) as http:
+        assert http.get("/v1/models", headers={"Authorization": f"Bearer {UP_KEY}"}).status_code == 401
+        assert http.get("/v1/models", headers={"Authorization": f"Bearer {GW_KEY}"}).json()["data"][0]["id"] == "tiny"
+        metrics = http.get("/metrics").text
+    assert 'neo_engine_healthy_replicas{model="tiny"} 2.0' in metrics
+    assert "neo_time_to_first_token_seconds_count" in metrics
+
+
+def test_gateway_disconnect_frees_the_upstream(gateway, upstreams):
+    body = {"model": "tiny", "prompt": "Hi", "max_tokens": 250, "stream": True, "ignore_eos": True}
+    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {GW_KEY}"}) as http, \
+            http.stream("POST", "/v1/completions", json=body) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 4:
+                break
+        assert sum(u.running() for u in upstreams) == 1
+    deadline = time.monotonic() + 10
+    while sum(u.running() for u in upstreams) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sum(u.running() for u in upstreams) == 0
+
+
+def test_failover_when_a_replica_dies_then_503_when_none_is_left(checkpoint):
+    with LiveServer(upstream_settings(checkpoint)) as a:
+        b = LiveServer(upstream_settings(checkpoint)).__enter__()
+        with LiveServer(gateway_settings(checkpoint, b.url, a.url, interval=60)) as gw:
+            client = gw.client(GW_KEY)
+            engine = gw.models.get("tiny").engine
+            assert [r.healthy for r in engine.replicas] == [True, True]
+            b.__exit__(None, None, None)  # replica b dies; the next health check is a minute away
+            for seed in range(4):  # every request still succeeds: b's turns fail over to a
+                r = client.completions.create(model="tiny", prompt="Hello", max_tokens=3, seed=seed,
+                                              extra_body={"ignore_eos": True})
+                assert r.usage.completion_tokens == 3
+            assert [r.healthy for r in engine.replicas] == [False, True]
+            assert "request failed" in engine.replicas[0].error
+        a_url = a.url
+    dead = free_port()
+    with LiveServer(gateway_settings(checkpoint, f"http://127.0.0.1:{dead}", a_url)) as gw, \
+            httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {GW_KEY}"}) as http:
+        r = http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "engine_unavailable" and "no healthy upstream" in r.json()["error"]["message"]
+        assert http.get("/health").status_code == 503

@@ -1,0 +1,179 @@
+"""The torch engine on its own: continuous batching, seeds, logprobs, aborts, queueing, death."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import aclosing
+
+import pytest
+import torch
+
+from neo.generate import SamplingParams, generate
+from neo.hf import load_hf
+from neo_serving.engines.base import EngineRequest, ModelInfo
+from neo_serving.engines.torch_engine import TorchEngine
+from neo_serving.errors import EngineUnavailableError, ServingError
+from neo_serving.tokens import ServedTokenizer
+
+
+def make_engine(checkpoint, **kw) -> TorchEngine:
+    context = json.loads((checkpoint / "config.json").read_text())["max_position_embeddings"]
+    info = ModelInfo("tiny", "local", checkpoint, context, 0)
+    return TorchEngine(info, ServedTokenizer.load(checkpoint), **kw)
+
+
+async def collect(engine, request):
+    tokens, logprobs, finish = [], [], None
+    async for out in engine.generate(request):
+        tokens += out.token_ids
+        logprobs += [lp.logprob for lp in out.logprobs or ()]
+        finish = out.finish_reason
+    return tokens, logprobs, finish
+
+
+def requests(tokenizer, n, max_new=20, **params):
+    texts = ["Hello", "你好，世界", "The quick brown fox jumps", "def add(a, b):", "北京是中国的首都", "Neo", "12", "请"]
+    return [EngineRequest(f"r{i}", tokenizer.encode(texts[i % len(texts)], add_bos=True),
+                          SamplingParams(max_new_tokens=max_new, seed=1000 + i, **params), logprobs=2)
+            for i in range(n)]
+
+
+def test_matches_neo_generate_for_the_same_seed(checkpoint, tokenizer):
+    """One request through the engine gives exactly what ``neo.generate.generate`` gives."""
+    model = load_hf(checkpoint)
+    params = dict(temperature=0.9, top_k=50, top_p=0.95, min_p=0.01, repetition_penalty=1.3)
+    reqs = requests(tokenizer, 3, max_new=24, **params)
+
+    async def main():
+        engine = make_engine(checkpoint)
+        await engine.start()
+        try:
+            return [await collect(engine, r) for r in reqs]
+        finally:
+            await engine.shutdown()
+
+    for request, (tokens, _, finish) in zip(reqs, asyncio.run(main()), strict=True):
+        assert tokens == generate(model, request.prompt_ids, request.params)
+        assert len(tokens) == 24 and finish == "length"
+
+
+@pytest.mark.parametrize("invariant", [True, False], ids=["batch-invariant", "default"])
+def test_concurrent_equals_sequential(checkpoint, tokenizer, invariant):
+    reqs = requests(tokenizer, 8, max_new=16)
+
+    async def main():
+        engine = make_engine(checkpoint, max_batch_size=8, batch_invariant=invariant)
+        await engine.start()
+        try:
+            sequential = [await collect(engine, r) for r in reqs]
+            steps = engine.steps
+            concurrent = await asyncio.gather(*(collect(engine, r) for r in reqs))
+            return sequential, concurrent, steps, engine.steps - steps
+        finally:
+            await engine.shutdown()
+
+    sequential, concurrent, seq_steps, conc_steps = asyncio.run(main())
+    assert [t for t, _, _ in concurrent] == [t for t, _, _ in sequential]
+    if invariant:  # bitwise: the logprobs too
+        assert [lp for _, lp, _ in concurrent] == [lp for _, lp, _ in sequential]
+    else:
+        torch.testing.assert_close([lp for _, lp, _ in concurrent], [lp for _, lp, _ in sequential], rtol=1e-5, atol=1e-5)
+    assert conc_steps <= seq_steps / 4  # 8 requests really decoded together
+
+
+def test_more_requests_than_rows_wait_their_turn(checkpoint, tokenizer):
+    reqs = requests(tokenizer, 6, max_new=8)
+
+    async def main():
+        engine = make_engine(checkpoint, max_batch_size=2)
+        await engine.start()
+        try:
+            alone = [await collect(engine, r) for r in reqs]
+            together = await asyncio.gather(*(collect(engine, r) for r in reqs))
+            return alone, together, engine.stats()
+        finally:
+            await engine.shutdown()
+
+    alone, together, stats = asyncio.run(main())
+    assert [t for t, _, _ in together] == [t for t, _, _ in alone]
+    assert stats.running == 0 and stats.waiting == 0
+
+
+def test_closing_a_stream_aborts_and_frees_the_row(checkpoint, tokenizer):
+    long, short = requests(tokenizer, 2, max_new=200)
+
+    async def main():
+        engine = make_engine(checkpoint, max_batch_size=1)
+        await engine.start()
+        try:
+            got = 0
+            async with aclosing(engine.generate(long)) as stream:
+                async for out in stream:
+                    got += len(out.token_ids)
+                    if got >= 3:
+                        break
+            deadline = time.monotonic() + 5
+            while engine.stats().running and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            freed = engine.stats().running == 0
+            tokens, _, finish = await asyncio.wait_for(collect(engine, short), 30)  # the one row is free again
+            return freed, got, len(tokens), finish
+        finally:
+            await engine.shutdown()
+
+    freed, got, n, finish = asyncio.run(main())
+    assert freed and got >= 3 and n == 200 and finish == "length"
+
+
+def test_stop_ids_end_generation(checkpoint, tokenizer):
+    (request,) = requests(tokenizer, 1, max_new=30)
+
+    async def main():
+        engine = make_engine(checkpoint)
+        await engine.start()
+        try:
+            tokens, _, _ = await collect(engine, request)
+            request.params.stop_ids = (tokens[4],)
+            request.request_id = "again"
+            return tokens, await collect(engine, request)
+        finally:
+            await engine.shutdown()
+
+    tokens, (stopped, _, finish) = asyncio.run(main())
+    first = tokens.index(tokens[4])
+    assert stopped == tokens[:first + 1] and finish == "stop"
+
+
+def test_dead_engine_refuses_requests(checkpoint, tokenizer):
+    (request,) = requests(tokenizer, 1)
+
+    async def main():
+        engine = make_engine(checkpoint)
+        await engine.start()
+        assert engine.healthy()
+        await engine.shutdown()
+        assert not engine.healthy()
+        with pytest.raises(EngineUnavailableError, match="not running"):
+            await collect(engine, request)
+
+    asyncio.run(main())
+
+
+def test_a_failing_request_fails_alone(checkpoint, tokenizer):
+    good, bad = requests(tokenizer, 2, max_new=10)
+    bad.params.top_p = 1e-300  # below float32: every token filtered, sampling raises
+
+    async def main():
+        engine = make_engine(checkpoint)
+        await engine.start()
+        try:
+            results = await asyncio.gather(collect(engine, good), collect(engine, bad), return_exceptions=True)
+            return results, engine.healthy()
+        finally:
+            await engine.shutdown()
+
+    (ok, failed), healthy = asyncio.run(main())
+    assert len(ok[0]) == 10 and isinstance(failed, ServingError) and "sampling failed" in failed.message
+    assert healthy
