@@ -401,6 +401,35 @@ class NeoTokenizer:
                 run.append(i)
         return "".join(out) + self._sp.decode(run)
 
+    def token_bytes(self, i: int) -> bytes:
+        """The UTF-8 bytes token ``i`` contributes to ``decode(ids)`` (special tokens: none)."""
+        if i in self._special_ids:
+            return b""
+        piece = self.id_to_piece(i)
+        if i in self._byte_ids:
+            return bytes([int(piece[3:5], 16)])  # "<0xE4>"
+        return piece.replace("▁", " ").encode("utf-8")
+
+    def char_offsets(self, ids: Sequence[int]) -> list[int]:
+        """Each token's character offset in ``decode(ids)``: the characters completed before it starts.
+
+        The bytes of one multi-byte character split over byte-fallback tokens all get that
+        character's offset, so "tokens at or after offset k" never cuts a character (OpenAI's
+        ``text_offset`` meaning, and how evaluation finds a continuation's tokens).
+        """
+        offsets, chars, pending = [], 0, b""
+        for i in ids:
+            offsets.append(chars)
+            pending += self.token_bytes(int(i))
+            try:
+                text = pending.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if exc.reason == "unexpected end of data":
+                    continue  # a character still incomplete: its next bytes follow
+                text = pending.decode("utf-8", errors="replace")
+            chars, pending = chars + len(text), b""
+        return offsets
+
     def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """The chat template rendered exactly as ``transformers``' ``apply_chat_template(tokenize=False)``."""
         messages = [{k: v for k, v in m.items() if v is not None} for m in messages]

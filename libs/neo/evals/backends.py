@@ -43,9 +43,8 @@ class ModelBackend:
         """Token ids of the whole text (with BOS) and the index of the first continuation token."""
         tok = self.tokenizer
         ids = tok.encode(context + continuation, add_bos=True)
-        start = 1  # first token not wholly inside the context (the API's text_offset rule)
-        while start < len(ids) and context.startswith(tok.decode(ids[1 : start + 1])):
-            start += 1
+        offsets = tok.char_offsets(ids)  # the API's text_offset rule: tokens starting at/after the context end
+        start = next((k for k, off in enumerate(offsets) if k > 0 and off >= len(context)), len(ids))
         limit = self.model.config.max_seq_len
         if len(ids) > limit:  # keep the end: drop the oldest context tokens
             drop = len(ids) - limit

@@ -65,9 +65,11 @@ class CompletionService(GenerationService):
             logprobs = None
             if request.logprobs is not None:
                 logprobs = CompletionLogprobs()
+                covered = 0
                 if request.echo:
-                    self._add_logprobs(logprobs, prepared, run.request.prompt_ids, result.prompt_logprobs, request)
-                self._add_logprobs(logprobs, prepared, result.token_ids, result.logprobs, request)
+                    covered = self._add_logprobs(logprobs, prepared, run.request.prompt_ids,
+                                                 result.prompt_logprobs, request, covered)
+                self._add_logprobs(logprobs, prepared, result.token_ids, result.logprobs, request, covered)
             choices.append(CompletionChoice(index=run.index, text=echo + result.text, logprobs=logprobs,
                                             finish_reason=result.finish_reason, stop_reason=result.stop_reason))
         return CompletionResponse(id=prepared.extra["id"], model=request.model, choices=choices,
@@ -76,6 +78,7 @@ class CompletionService(GenerationService):
     async def stream(self, request: CompletionRequest, prepared: Prepared) -> AsyncIterator[str]:
         created, rid = int(time.time()), prepared.extra["id"]
         echoed: set[int] = set()
+        covered: dict[int, int] = {}  # characters of each choice's text so far, for text_offset
         async with aclosing(merge(prepared.runs)) as deltas:
             async for delta in deltas:
                 text, logprobs = delta.text, None
@@ -86,9 +89,11 @@ class CompletionService(GenerationService):
                     echoed.add(delta.index)
                     text = prepared.extra["texts"][delta.index // request.n] + text
                     if logprobs is not None:
-                        self._add_logprobs(logprobs, prepared, run.request.prompt_ids, delta.prompt_logprobs, request)
+                        covered[delta.index] = self._add_logprobs(
+                            logprobs, prepared, run.request.prompt_ids, delta.prompt_logprobs, request, 0)
                 if logprobs is not None:
-                    self._add_logprobs(logprobs, prepared, delta.token_ids, delta.logprobs, request)
+                    covered[delta.index] = self._add_logprobs(logprobs, prepared, delta.token_ids, delta.logprobs,
+                                                              request, covered.get(delta.index, 0))
                 if not text and not (logprobs and logprobs.tokens) and delta.finish_reason is None:
                     continue
                 choice = CompletionChoice(index=delta.index, text=text, logprobs=logprobs,
@@ -99,15 +104,22 @@ class CompletionService(GenerationService):
                                      usage=prepared.usage()).model_dump_json()
 
     def _add_logprobs(self, out: CompletionLogprobs, prepared: Prepared, token_ids: list[int],
-                      entries: list[TokenLogprob | None] | None, request: CompletionRequest) -> None:
-        """Append tokens with their logprobs; prompt entries may be None (the first prompt token)."""
+                      entries: list[TokenLogprob | None] | None, request: CompletionRequest, base: int) -> int:
+        """Append tokens with their logprobs; prompt entries may be None (the first prompt token).
+
+        ``text_offset`` is each token's character offset in the choice's text (OpenAI's meaning): ``base``
+        (the text before these tokens) plus the length of the decoded tokens before it, so special tokens
+        such as ``<s>`` take no room and a byte-fallback ``<0x0A>`` is one character. Returns the offset
+        after the last token.
+        """
         tok = prepared.model.engine.tokenizer
         as_ids, k = request.return_tokens_as_token_ids, request.logprobs or 0
         entries = entries or []
+        offsets = tok.char_offsets(token_ids)
         for position, token_id in enumerate(token_ids):
             entry = entries[position] if position < len(entries) else None
             name = token_str(tok, token_id, as_ids)
-            out.text_offset.append(out.text_offset[-1] + len(out.tokens[-1]) if out.tokens else 0)
+            out.text_offset.append(base + offsets[position])
             out.tokens.append(name)
             if entry is None:
                 out.token_logprobs.append(None)
@@ -117,4 +129,5 @@ class CompletionService(GenerationService):
             top = {token_str(tok, t, as_ids): lp for t, lp in entry.top[:k]}
             top.setdefault(name, entry.logprob)  # vLLM: the sampled token is always there (k + 1 at most)
             out.top_logprobs.append(top)
+        return base + len(tok.decode(token_ids))
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +18,6 @@ from neo_serving.errors import InvalidRequestError, NoChatTemplateError
 
 log = logging.getLogger(__name__)
 
-_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 class ServedTokenizer:
@@ -88,10 +86,13 @@ class ServedTokenizer:
         return self.tokenizer.id_to_piece(token_id).replace("▁", " ")
 
     def token_bytes(self, token_id: int) -> list[int]:
-        text = self.token_text(token_id)
-        if m := _BYTE_PIECE.fullmatch(text):
-            return [int(m[1], 16)]
-        return list(text.encode("utf-8"))
+        """OpenAI's logprobs ``bytes``: the token's UTF-8 bytes; special tokens show their name's bytes."""
+        if not 0 <= token_id < self.vocab_size:
+            return []
+        return list(self.tokenizer.token_bytes(token_id) or self.token_text(token_id).encode("utf-8"))
+
+    def char_offsets(self, ids: Sequence[int]) -> list[int]:
+        return self.tokenizer.char_offsets(ids)
 
     def detokenizer(self) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self)

@@ -288,3 +288,19 @@ def test_remove_extra_whitespaces_changes_code_compression(corpus: list[Path], s
     assert sp_tok.decode(sp_tok.encode(sample)) == sample != collapsed.decode(collapsed.encode(sample))  # lossy
     train_tokenizer(corpus[1:], tmp_path / "shown", _config(vocab_size=600), progress=True)
     assert "docs" in capsys.readouterr().out  # the rich progress display goes to stdout
+
+
+def test_char_offsets_index_the_decoded_text(tok_dir):
+    tok = NeoTokenizer.load(tok_dir)
+    text = "The 答案 is 42 😀!\n\tdef f(): pass"
+    ids = tok.encode(text, add_bos=True)
+    offsets = tok.char_offsets(ids)
+    assert offsets[0] == 0 and offsets[1] == 0  # <s> takes no room
+    assert offsets == sorted(offsets) and len(offsets) == len(ids)
+    for k, off in enumerate(offsets):
+        # the text of the tokens from k on is exactly the text from the offset on, unless k starts mid-character
+        if k == 0 or offsets[k - 1] < off:
+            assert tok.decode(ids[k:]) == text[off:], (k, off)
+    # byte-fallback tokens of one character share its offset
+    emoji_tokens = [k for k, i in enumerate(ids) if tok.is_byte(i)]
+    assert emoji_tokens and len({offsets[k] for k in emoji_tokens}) < len(emoji_tokens)
