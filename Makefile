@@ -3,6 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: up test lint install install-test
 
@@ -15,6 +16,10 @@ install: $(PY)
 
 install-test: $(PY)
 	$(PY) -m pip install -q -e '.[test]'
+	@# browser tests drive Debian's Chromium (playwright never downloads a browser); CJK font for screenshots
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "installing Debian chromium for the UI browser tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; fi
 
 ## make up: install, build the demo model if none exists (a few minutes on 2 cores), then chat
 up: install

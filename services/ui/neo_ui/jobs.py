@@ -1,0 +1,138 @@
+"""DPO rounds through the trainer's queue, by contract only (the UI never imports ``neo_trainer``).
+
+The contract, as ``neo_trainer.worker`` defines it (its module docstring)::
+
+    {prefix}train:jobs         zset   job id -> submit time (unix s)
+    {prefix}train:job:{id}     hash   id, kind, state (queued|running|done|failed), config (JSON), nproc,
+                                      run_dir, submitted, and while running: step, loss, ..., error
+    Celery task "neo_trainer.run_job" (args: [job id]) on queue NEO_TRAINER_QUEUE ("trainer"), Redis
+    broker NEO_REDIS_URL with every broker key under the same prefix (global_keyprefix).
+
+A round: export the labels since the last round to ``$NEO_HOME/data/prefs/round-NNN.jsonl``, record a
+``dpo`` job (config below) and send the task, then move the round marker. Assumed ``dpo`` job config
+(the trainer's DPO stage is not written yet; ``run_dir`` is what the worker itself reads)::
+
+    {"name": "dpo-round-NNN", "stage": "dpo", "run_dir": "$NEO_HOME/runs/dpo-round-NNN",
+     "base_model": "<HF checkpoint dir of the policy>",
+     "data": {"preferences": ["<the round's JSONL>"], "format": "conversational"},
+     "checkpoint": {"export_dir": "$NEO_HOME/models/dpo-round-NNN"}}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from neo_ui.client import ServingClient
+from neo_ui.export import ExportReport, export
+from neo_ui.settings import UISettings
+from neo_ui.store import PreferenceStore
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "neo_trainer.run_job"  # neo_trainer.worker.TASK_NAME
+DPO_KIND = "dpo"
+
+
+class RoundError(RuntimeError):
+    """A DPO round that cannot start; the message says why."""
+
+
+class TrainerQueue:
+    """Records jobs and sends them to the trainer's Celery queue; reads their status back."""
+
+    def __init__(self, settings: UISettings, redis: Any):
+        self.settings, self.redis, self.prefix = settings, redis, settings.redis_prefix
+        self._celery: Any = None
+
+    def _app(self) -> Any:
+        if self._celery is None:
+            from celery import Celery
+
+            self._celery = Celery("neo_ui", broker=self.settings.redis_url, set_as_current=False)
+            self._celery.conf.update(broker_transport_options={"global_keyprefix": self.prefix},
+                                     broker_connection_retry_on_startup=False, task_ignore_result=True)
+        return self._celery
+
+    def submit(self, kind: str, config: dict[str, Any], nproc: int = 1) -> str:
+        """Record a queued job and send it to the trainer queue; returns its id."""
+        job = uuid.uuid4().hex[:12]
+        self.redis.hset(f"{self.prefix}train:job:{job}", mapping={
+            "id": job, "kind": kind, "state": "queued", "config": json.dumps(config), "nproc": nproc,
+            "run_dir": config["run_dir"], "submitted": datetime.now(UTC).isoformat(timespec="seconds")})
+        self.redis.zadd(f"{self.prefix}train:jobs", {job: time.time()})
+        self._app().send_task(TASK_NAME, args=[job], queue=self.settings.trainer_queue)
+        log.info("sent %s job %s to the %r queue", kind, job, self.settings.trainer_queue)
+        return job
+
+    def status(self, job: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(f"{self.prefix}train:job:{job}")
+        return {k: v for k, v in raw.items() if k != "config"} if raw else None
+
+    def close(self) -> None:
+        if self._celery is not None:
+            self._celery.close()
+
+
+def dpo_job_config(settings: UISettings, round_no: int, preferences: Path, base_model: str) -> dict[str, Any]:
+    """The assumed ``dpo`` job config (see the module docstring)."""
+    name = f"dpo-round-{round_no:03d}"
+    return {"name": name, "stage": DPO_KIND, "run_dir": str((settings.runs_dir / name).resolve()),
+            "base_model": base_model,
+            "data": {"preferences": [str(Path(preferences).resolve())], "format": "conversational"},
+            "checkpoint": {"export_dir": str((settings.models_dir / name).resolve())}}
+
+
+def base_model(settings: UISettings, client: ServingClient) -> str:
+    """The checkpoint a round starts from: ``NEO_DPO_BASE_MODEL``, else the labeled model's directory."""
+    if settings.dpo_base_model:
+        return settings.dpo_base_model
+    served = client.models()
+    wanted = settings.label_models[:1] or [m.id for m in served][:1]
+    for model in served:
+        if model.id in wanted and model.root:
+            return model.root
+    raise RoundError("Serving does not say which checkpoint it serves: set NEO_DPO_BASE_MODEL.")
+
+
+@dataclass(frozen=True)
+class RoundStarted:
+    job: str
+    export: ExportReport
+    marker: dict[str, Any]
+
+
+def start_dpo_round(settings: UISettings, store: PreferenceStore, queue: TrainerQueue,
+                    client: ServingClient) -> RoundStarted:
+    """Export the labels since the last round, queue a DPO job on them and move the round marker."""
+    round_no = int(store.last_round().get("round", 0)) + 1
+    base = base_model(settings, client)
+    path = settings.prefs_dir / f"round-{round_no:03d}.jsonl"
+    report = export(store, path, since_last_round=True)
+    if report.rows == 0:
+        path.unlink(missing_ok=True)
+        raise RoundError(f"No preference pairs since the last round ({report.summary()}): label more first.")
+    job = queue.submit(DPO_KIND, dpo_job_config(settings, round_no, path, base))
+    marker = store.mark_round(labels=report.labels, path=str(path), job=job, at_ts=report.until_ts)
+    return RoundStarted(job=job, export=report, marker=marker)
+
+
+def status_markdown(job: str | None, status: dict[str, Any] | None) -> str:
+    """A job's status in a line or two (or why there is none)."""
+    if not job:
+        return "No DPO round has been started yet."
+    if status is None:
+        return f"Job `{job}`: no record in Redis (the trainer's store was cleared?)."
+    line = f"Job `{job}` ({status.get('kind', '?')}): **{status.get('state', '?')}**"
+    progress = [f"{k} {status[k]}" for k in ("step", "loss", "val_loss") if k in status]
+    if progress:
+        line += " · " + ", ".join(progress)
+    if status.get("state") == "failed" and status.get("error"):
+        line += "\n\n```\n" + status["error"][-1500:] + "\n```"
+    return line

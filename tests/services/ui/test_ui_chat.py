@@ -1,0 +1,107 @@
+"""The chat logic against real serving: models, streaming, stop, retry/undo, readable errors, feedback."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from neo_ui.chat import ChatService, add_user, display, request_messages, undo, without_last_answer
+from neo_ui.chatlog import ChatLog
+from neo_ui.client import Sampling, ServingClient, ServingUnavailable
+
+from .conftest import make_settings
+
+SAMPLING = Sampling(temperature=1.0, top_p=1.0, max_tokens=24)
+
+
+@pytest.fixture
+def service(settings, rds) -> ChatService:
+    return ChatService(ServingClient(settings), ChatLog(rds, settings.redis_prefix))
+
+
+def test_models_come_from_serving(settings):
+    models = {m.id: m for m in ServingClient(settings).models()}
+    assert set(models) == {"tiny", "tiny2"}
+    assert models["tiny"].ref == "tiny:local" and models["tiny"].root.endswith("tiny")
+
+
+def test_stream_chat_yields_pieces(settings):
+    pieces = list(ServingClient(settings).stream_chat([{"role": "user", "content": "你好 hello"}], "tiny", SAMPLING))
+    assert len(pieces) > 1 and all(isinstance(p, str) and p for p in pieces)
+
+
+def test_send_streams_into_the_conversation_and_logs_it(service):
+    states = [list(c) for c in service.send([], "write a poem 写诗", "tiny", "You are Neo.", SAMPLING)]
+    final = states[-1]
+    assert [t["role"] for t in final] == ["user", "assistant"] and final[1]["ok"]
+    lengths = [len(s[-1]["content"]) for s in states if s[-1]["role"] == "assistant"]
+    assert len(lengths) > 2 and lengths == sorted(lengths)  # the answer grew piece by piece
+    logged = service.chatlog.recent()
+    assert logged[0].answer == final[1]["content"] and logged[0].messages[0].content == "You are Neo."
+    assert logged[0].finish == "done" and logged[0].sampling["max_tokens"] == 24
+
+
+def test_stop_keeps_the_partial_answer(service):
+    stream = service.send([], "hello", "tiny", "", Sampling(temperature=1.0, max_tokens=200))
+    for _ in range(4):
+        conv = next(stream)
+    stream.close()  # what Gradio does when the stop button cancels the event
+    assert conv[-1]["role"] == "assistant" and conv[-1]["ok"]
+    assert service.chatlog.recent()[0].finish == "stopped"
+
+
+def test_retry_and_undo(service):
+    conv = list(service.send([], "first", "tiny", "", SAMPLING))[-1]
+    conv = list(service.send(conv, "second", "tiny", "", SAMPLING))[-1]
+    retried = list(service.retry(conv, "tiny2", "", SAMPLING))[-1]
+    assert len(retried) == 4 and retried[-1]["model"] == "tiny2" and retried[2]["content"] == "second"
+    rest, text = undo(retried)
+    assert text == "second" and len(rest) == 2
+    assert undo([]) == ([], "") and without_last_answer(rest) == rest[:1]
+
+
+def test_errors_are_sentences_not_tracebacks(tmp_path, redis_prefix, rds):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    down = make_settings(tmp_path, redis_prefix, f"http://127.0.0.1:{port}")
+    service = ChatService(ServingClient(down), ChatLog(rds, redis_prefix))
+    conv = list(service.send([], "hello", "tiny", "", SAMPLING))[-1]
+    assert conv[-1]["ok"] is False
+    assert conv[-1]["content"] == f"Cannot reach the model server at http://127.0.0.1:{port}/v1. Is `neo serve` running there?"
+    assert display(conv)[-1]["content"].startswith("⚠️ Cannot reach")
+    assert request_messages(conv, "") == [{"role": "user", "content": "hello"}]  # the error is not sent back
+    with pytest.raises(ServingUnavailable, match="Cannot reach"):
+        ServingClient(down).models()
+
+
+def test_a_stalled_server_times_out_readably(tmp_path, redis_prefix):
+    with socket.socket() as blackhole:  # accepts connections (backlog) and never answers
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(8)
+        slow = make_settings(tmp_path, redis_prefix, f"http://127.0.0.1:{blackhole.getsockname()[1]}",
+                             request_timeout_s=1.0)
+        start = time.monotonic()
+        with pytest.raises(ServingUnavailable, match=r"did not answer within 1 s"):
+            list(ServingClient(slow).stream_chat([{"role": "user", "content": "hi"}], "tiny", SAMPLING))
+        assert time.monotonic() - start < 10
+
+
+def test_unknown_model_and_no_model(service):
+    conv = list(service.send([], "hello", "nope", "", SAMPLING))[-1]
+    assert not conv[-1]["ok"] and "has no model 'nope'" in conv[-1]["content"]
+    conv = list(service.send([], "hello", None, "", SAMPLING))[-1]
+    assert not conv[-1]["ok"] and "No model is selected" in conv[-1]["content"]
+
+
+def test_feedback_is_stored_once_per_answer(service):
+    conv = list(service.send([], "你好", "tiny", "sys", SAMPLING))[-1]
+    assert service.feedback(conv, 0, True, "sys", "s1") is None  # a user turn: ignored
+    first = service.feedback(conv, 1, True, "sys", "s1")
+    second = service.feedback(conv, 1, False, "sys", "s1")  # changed their mind: same record
+    stored = service.chatlog.feedback()
+    assert first.id == second.id and len(stored) == 1 and stored[0].rating == "down"
+    assert stored[0].answer == conv[1]["content"] and stored[0].messages[-1].content == "你好"
+    assert add_user([], "x")[0]["ok"]

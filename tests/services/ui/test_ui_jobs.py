@@ -1,0 +1,67 @@
+"""DPO rounds through the trainer queue's Redis/Celery contract (no trainer code imported)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from neo_ui.client import ServingClient
+from neo_ui.jobs import RoundError, TrainerQueue, start_dpo_round, status_markdown
+from neo_ui.store import PreferenceStore
+
+from .records import record
+
+
+@pytest.fixture
+def parts(settings, rds):
+    store = PreferenceStore(rds, settings.redis_prefix)
+    queue = TrainerQueue(settings, rds)
+    yield store, queue, ServingClient(settings)
+    queue.close()
+
+
+def broker_messages(rds, prefix: str, queue: str = "trainer") -> list[dict]:
+    """The Celery messages waiting in the Redis broker list (kombu's JSON envelope)."""
+    return [json.loads(raw) for raw in rds.lrange(f"{prefix}{queue}", 0, -1)]
+
+
+def test_round_exports_queues_a_job_and_moves_the_marker(parts, rds, settings, checkpoints):
+    store, queue, client = parts
+    for i, choice in enumerate(["a", "b", "tie"]):
+        store.save_label(record(f"t{i}", choice, pair=f"p{i}", minutes=i), 2)
+    started = start_dpo_round(settings, store, queue, client)
+    assert started.export.rows == 2 and started.marker["round"] == 1 and started.marker["job"] == started.job
+    rows = [json.loads(line) for line in started.export.path.read_text().splitlines()]
+    assert started.export.path.name == "round-001.jsonl" and [r["id"] for r in rows] == ["t0", "t1"]
+
+    job = rds.hgetall(f"{settings.redis_prefix}train:job:{started.job}")
+    assert job["kind"] == "dpo" and job["state"] == "queued"
+    config = json.loads(job["config"])
+    assert config["base_model"] == str(checkpoints["tiny"]) and config["data"]["preferences"] == [
+        str(started.export.path.resolve())]
+    assert rds.zscore(f"{settings.redis_prefix}train:jobs", started.job) is not None
+
+    [message] = broker_messages(rds, settings.redis_prefix)
+    assert message["headers"]["task"] == "neo_trainer.run_job"
+    args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    assert args == [started.job]
+
+    assert store.label_count(since_ts=store.since_last_round()) == 0
+    with pytest.raises(RoundError, match="No preference pairs since the last round"):
+        start_dpo_round(settings, store, queue, client)
+    store.save_label(record("t9", "a", pair="p9").model_copy(update={"created": datetime.now(UTC).isoformat()}), 2)
+    assert start_dpo_round(settings, store, queue, client).marker["round"] == 2
+
+
+def test_status_is_read_from_the_trainer_hash(parts, rds, settings):
+    _, queue, _ = parts
+    job = queue.submit("dpo", {"run_dir": "/tmp/x"})
+    assert "**queued**" in status_markdown(job, queue.status(job))
+    rds.hset(f"{settings.redis_prefix}train:job:{job}", mapping={"state": "failed", "step": 3, "error": "boom"})
+    text = status_markdown(job, queue.status(job))
+    assert "**failed**" in text and "step 3" in text and "boom" in text
+    assert "no record" in status_markdown("missing", None)
+    assert "No DPO round" in status_markdown(None, None)
