@@ -1,45 +1,287 @@
-"""``neo train``: training runs."""
+"""``neo train``: pretraining runs, the trainer queue, and ``neo scaling`` fits.
+
+    neo train pretrain run.yaml [--set train.lr=1e-3] [--resume] [--nproc 2]
+    neo train pretrain a.jsonl.gz b.txt --tokenizer DIR --preset tiny --steps 300   # quick form (neo up)
+    neo train submit run.yaml          # queue it for `neo train worker`; prints the job id
+    neo train status [JOB]
+    neo train worker                   # runs queued jobs one at a time
+    neo train sft sft.yaml             # two-phase SFT (instruction → chat), assistant-only loss
+    neo train sft-data OUT             # the bilingual demo SFT set from the parallel Debian manual
+    neo train dpo dpo.yaml             # sigmoid DPO on TRL preference JSONL
+    neo train align round --model-name neo-chat --from-redis   # one iterative-DPO round
+    neo scaling fit RUN_DIR...         # also `neo train scaling fit`
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="Train models: pretraining now; SFT and DPO arrive with the alignment issue.",
-                  no_args_is_help=True)
+log = logging.getLogger(__name__)
+
+app = typer.Typer(help="Train models: DeepSpeed pretraining (fundamental → decay), the trainer queue, "
+                       "scaling-law fits.", no_args_is_help=True)
+scaling_app = typer.Typer(help="NEO / Chinchilla scaling-law fits from training runs.", no_args_is_help=True)
+app.add_typer(scaling_app, name="scaling")
+
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a config field: section.key=value")]
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2) from exc
+
+
+def _quick_config(files: list[Path], tokenizer: Path, opts: dict[str, Any]) -> dict[str, Any]:
+    """The flag form (``neo up``'s call) as a config dict: raw text files, one process, ZeRO 0."""
+    steps = opts["steps"] or 300
+    run_dir = opts["run_dir"] or Path(".neo/runs/pretrain")
+    out = opts["out"] or Path(".neo/models/pretrain")
+    return {
+        "name": out.name, "run_dir": str(run_dir),
+        "model": {"preset": opts["preset"] or "tiny"},
+        "data": {"text_files": [str(f) for f in files], "tokenizer": str(tokenizer),
+                 "seq_len": opts["seq_len"] or 256, "max_tokens": opts["max_tokens"]},
+        "train": {"steps": steps, "micro_batch_size": opts["batch_size"] or 16, "lr": opts["lr"] or 3e-3,
+                  "schedule": opts["schedule"] or "wsd", "seed": opts["seed"] or 0, "warmup_steps": min(20, steps)},
+        "distributed": {"zero_stage": 0},
+        "checkpoint": {"export_dir": str(out)},
+    }
 
 
 @app.command("pretrain")
 def pretrain(
-    data: Annotated[list[Path], typer.Argument(help="text/JSONL(.gz) training files")],
-    tokenizer: Annotated[Path, typer.Option(help="tokenizer directory")],
-    preset: Annotated[str, typer.Option(help="model preset")] = "tiny",
-    steps: Annotated[int, typer.Option(help="optimizer steps")] = 300,
-    seq_len: Annotated[int, typer.Option(help="tokens per row")] = 256,
-    batch_size: Annotated[int, typer.Option(help="rows per step")] = 16,
-    lr: Annotated[float, typer.Option(help="peak learning rate")] = 3e-3,
-    schedule: Annotated[str, typer.Option(help="wsd | cosine | constant (WSD decays over the paper's last 17%)")] = "wsd",
-    seed: Annotated[int, typer.Option(help="seed for init and data order")] = 0,
-    max_tokens: Annotated[int | None, typer.Option(help="read at most this many tokens")] = None,
-    run_dir: Annotated[Path, typer.Option(help="metrics.jsonl and config.json go here")] = Path(".neo/runs/pretrain"),
-    out: Annotated[Path, typer.Option(help="exported HF checkpoint directory")] = Path(".neo/models/pretrain"),
+    inputs: Annotated[list[Path], typer.Argument(help="a run config (YAML/JSON), or text/JSONL(.gz) files "
+                                                      "with --tokenizer")],
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option(help="continue from the run's latest checkpoint")] = False,
+    nproc: Annotated[int, typer.Option(help="local processes (torchrun); on GPUs use the deepspeed launcher")] = 1,
+    peak_flops: Annotated[float | None, typer.Option(help="device peak FLOP/s for MFU (default: table)")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="quick form: tokenizer directory")] = None,
+    preset: Annotated[str | None, typer.Option(help="quick form: model preset [tiny]")] = None,
+    steps: Annotated[int | None, typer.Option(help="quick form: optimizer steps [300]")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="quick form: tokens per row [256]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="quick form: rows per step [16]")] = None,
+    lr: Annotated[float | None, typer.Option(help="quick form: peak learning rate [3e-3]")] = None,
+    schedule: Annotated[str | None, typer.Option(help="quick form: wsd | cosine | constant [wsd]")] = None,
+    seed: Annotated[int | None, typer.Option(help="quick form: seed [0]")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="quick form: tokens read per file")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="quick form: run directory")] = None,
+    out: Annotated[Path | None, typer.Option(help="quick form: exported HF directory")] = None,
 ) -> None:
-    """Pretrain a model on one process (CPU or one GPU) and export it as an HF directory."""
-    from pydantic import ValidationError
+    """Pretrain with DeepSpeed: fundamental phase, then decay phase; exports an HF directory."""
+    from neo_trainer.config import ConfigError, build_config, load_config
 
-    from neo_trainer.config import PretrainConfig
+    overrides = list(set_ or []) + ([f"metrics.peak_flops={peak_flops}"] if peak_flops else [])
+    quick = {"preset": preset, "steps": steps, "seq_len": seq_len, "batch_size": batch_size, "lr": lr,
+             "schedule": schedule, "seed": seed, "max_tokens": max_tokens, "run_dir": run_dir, "out": out}
+    is_config = tokenizer is None and len(inputs) == 1 and inputs[0].suffix in _CONFIG_SUFFIXES
+    try:
+        if is_config:
+            given = [f"--{k.replace('_', '-')}" for k, v in quick.items() if v is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} belong to the quick form; with a config use --set")
+            cfg = load_config(inputs[0], overrides)
+        elif tokenizer is None:
+            raise ConfigError("give one run config (.yaml/.json), or text files with --tokenizer")
+        else:
+            cfg = build_config(_quick_config(inputs, tokenizer, quick), overrides)
+    except (ConfigError, FileNotFoundError) as exc:
+        _fail(exc)
+    if nproc > 1:
+        if not is_config:
+            _fail(ValueError("--nproc needs a run config file"))
+        from neo_trainer.distributed import launch_local
+
+        args = [str(inputs[0]), *(a for o in overrides for a in ("--set", o)), *(["--resume"] if resume else [])]
+        raise typer.Exit(launch_local(nproc, "neo_trainer.launch", args))
+    from neo_trainer.settings import TrainerSettings
     from neo_trainer.stages.pretrain import run_pretrain
 
     try:
-        cfg = PretrainConfig(
-            preset=preset, tokenizer=tokenizer, data=data, steps=steps, seq_len=seq_len,
-            batch_size=batch_size, lr=lr, schedule=schedule, seed=seed, max_tokens=max_tokens,
-            run_dir=run_dir, export_dir=out, warmup_steps=min(20, steps),
-        )
-        path = run_pretrain(cfg)
-    except (ValidationError, ValueError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        path = run_pretrain(cfg, resume=resume, threads=TrainerSettings().threads)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
     typer.echo(f"exported {path}")
+
+
+@app.command("submit")
+def submit(
+    config: Annotated[Path, typer.Argument(help="run config (YAML/JSON)")],
+    set_: SetOption = None,
+    kind: Annotated[str, typer.Option(help="job kind: pretrain | sft | dpo")] = "pretrain",
+    nproc: Annotated[int, typer.Option(help="processes for the job")] = 1,
+) -> None:
+    """Validate a run config and queue it for the trainer worker; prints the job id."""
+    from neo_trainer.config import ConfigError, DPOConfig, SFTConfig, load_config, load_stage_config
+    from neo_trainer.settings import TrainerSettings
+    from neo_trainer.worker import submit_job
+
+    try:
+        stage_cls = {"sft": SFTConfig, "dpo": DPOConfig}.get(kind)
+        cfg = (load_stage_config(stage_cls, config, list(set_ or [])) if stage_cls
+               else load_config(config, list(set_ or [])))
+        settings = TrainerSettings()
+        job = submit_job(settings, kind, cfg.dump(), nproc=nproc)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(job)
+    log.info("queued %s; status: neo train status %s", job, job)
+
+
+@app.command("status")
+def status(job: Annotated[str | None, typer.Argument(help="job id (default: list recent jobs)")] = None) -> None:
+    """Show a queued/running/finished job (JSON), or the recent jobs."""
+    from neo_trainer.settings import TrainerSettings
+    from neo_trainer.worker import JobStore
+
+    store = JobStore.from_settings(TrainerSettings())
+    if job is None:
+        for row in store.recent():
+            typer.echo(json.dumps(row))
+        return
+    found = store.get(job)
+    if found is None:
+        _fail(KeyError(f"no job {job!r}"))
+    typer.echo(json.dumps(found, indent=2))
+
+
+@app.command("worker")
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+) -> None:
+    """Run the trainer worker: Celery on the `trainer` queue, one job at a time."""
+    from neo_trainer.settings import TrainerSettings
+    from neo_trainer.worker import run_worker
+
+    run_worker(TrainerSettings(), loglevel=loglevel)
+
+
+# --- alignment: SFT, DPO, iterative DPO rounds -----------------------------------------------------------
+
+align_app = typer.Typer(help="Iterative DPO: train on the labels since the last round, export, register.",
+                        no_args_is_help=True)
+app.add_typer(align_app, name="align")  # `neo train align round`; also mountable as `neo align` (entry point)
+
+
+def _run_stage(kind: str, config: Path, overrides: list[str]) -> None:
+    from neo_trainer.config import ConfigError, DPOConfig, SFTConfig, load_stage_config
+    from neo_trainer.settings import TrainerSettings
+
+    try:
+        cfg = load_stage_config(SFTConfig if kind == "sft" else DPOConfig, config, overrides)
+        if kind == "sft":
+            from neo_trainer.stages.sft import run_sft as run
+        else:
+            from neo_trainer.stages.dpo import run_dpo as run
+        path = run(cfg, threads=TrainerSettings().threads)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"exported {path}")
+
+
+@app.command("sft")
+def sft(config: Annotated[Path, typer.Argument(help="SFT config (YAML/JSON): base_model, phases, train")],
+        set_: SetOption = None) -> None:
+    """Supervised fine-tuning on chat JSONL: assistant-only loss, packing, phases (instruction → chat)."""
+    _run_stage("sft", config, list(set_ or []))
+
+
+@app.command("dpo")
+def dpo(config: Annotated[Path, typer.Argument(help="DPO config (YAML/JSON): base_model, data.preferences")],
+        set_: SetOption = None) -> None:
+    """Sigmoid DPO on TRL preference JSONL against a frozen reference (default: base_model)."""
+    _run_stage("dpo", config, list(set_ or []))
+
+
+@app.command("sft-data")
+def sft_data(
+    out_dir: Annotated[Path, typer.Argument(help="directory for instruction.jsonl and chat.jsonl")],
+    corpus: Annotated[Path | None, typer.Option(help="folder with debian-reference.{en,zh}.jsonl.gz")] = None,
+    max_chars: Annotated[int, typer.Option(help="characters per answer (cut at a sentence end)")] = 240,
+    limit: Annotated[int | None, typer.Option(help="sections to use (default: all shared ones)")] = None,
+) -> None:
+    """Build the bilingual demo SFT set from the parallel EN/ZH Debian Reference in the sample corpus."""
+    from neo.stack import SAMPLE_CORPUS
+    from neo_trainer.sft_data import build_debian_sft
+
+    root = corpus or SAMPLE_CORPUS
+    try:
+        paths = build_debian_sft(root / "debian-reference.en.jsonl.gz", root / "debian-reference.zh.jsonl.gz",
+                                 out_dir, max_chars=max_chars, limit=limit)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")
+
+
+@align_app.command("round")
+def align_round(
+    policy: Annotated[Path | None, typer.Option(help="policy HF directory (default: latest --model-name)")] = None,
+    model_name: Annotated[str | None, typer.Option(help="registry name: policy source and where to register")] = None,
+    prefs: Annotated[Path | None, typer.Option(help="TRL preference JSONL (neo prefs export --since-last-round)")]
+    = None,
+    from_redis: Annotated[bool, typer.Option(help="export the labels since the last round from the UI's store")]
+    = False,
+    run_dir: Annotated[Path | None, typer.Option(help="run directory [<runs>/dpo-round-<time>]")] = None,
+    out: Annotated[Path | None, typer.Option(help="exported HF directory [<run_dir>/hf]")] = None,
+    register: Annotated[bool, typer.Option(help="register the export as the next version of --model-name")] = True,
+    set_: SetOption = None,
+) -> None:
+    """One iterative-DPO round: policy + new preferences → DPO → HF export → next registry version."""
+    import time
+
+    from neo.registry import ModelRegistry
+    from neo_trainer.align import NoPreferences, run_round
+    from neo_trainer.config import ConfigError
+    from neo_trainer.settings import TrainerSettings
+
+    settings = TrainerSettings()
+    registry = (ModelRegistry.from_url(settings.redis_url, settings.redis_prefix)
+                if (register or policy is None) and model_name else None)
+    run_dir = run_dir or settings.runs_dir / f"dpo-round-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        result = run_round(run_dir=run_dir, prefs=prefs, policy=policy, model_name=model_name, registry=registry,
+                           from_redis=from_redis, overrides=list(set_ or []), export_dir=out)
+    except NoPreferences as exc:
+        typer.echo(f"refusing to run: {exc}", err=True)
+        raise typer.Exit(3) from exc
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"export_dir": str(result.export_dir), "pairs": result.pairs, "parent": result.parent,
+                           "version": result.version.ref if result.version else None,
+                           "metrics": result.metrics}, indent=2))
+
+
+@scaling_app.command("fit")
+def scaling_fit(
+    runs: Annotated[list[Path], typer.Argument(help="run directories (config.json + metrics.jsonl) or a points "
+                                                    "JSON/CSV file")],
+    holdout: Annotated[int, typer.Option(help="hold out the N points with the most compute")] = 2,
+    plot: Annotated[Path, typer.Option(help="PNG to write")] = Path("scaling.png"),
+    out: Annotated[Path | None, typer.Option(help="write the fits as JSON here")] = None,
+    non_embedding: Annotated[bool, typer.Option(help="N without embedding parameters")] = False,
+) -> None:
+    """Fit Chinchilla and NEO laws to (params, tokens, loss) points; report held-out errors; plot."""
+    from neo_trainer.scaling import fit_report, load_points
+
+    try:
+        points = load_points(runs, non_embedding=non_embedding)
+        report = fit_report(points, holdout=holdout, plot=plot)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    text = json.dumps(report, indent=2)
+    if out:
+        out.write_text(text + "\n")
+    typer.echo(text)
+    typer.echo(f"plot: {plot}", err=True)
+
+
+if __name__ == "__main__":  # `python -m neo_trainer.cli`
+    app(sys.argv[1:])

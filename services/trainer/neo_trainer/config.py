@@ -1,38 +1,307 @@
-"""One config object per training run, validated once (bad field → error naming it)."""
+"""One config object per training run, validated once; a bad field is an error naming it.
+
+A run is a YAML/JSON file (``neo train pretrain run.yaml``) parsed into ``PretrainConfig``; the CLI can
+override any field with ``--set section.key=value`` (the value is parsed as YAML: ``3e-4``, ``true``,
+``[10, 20]``). The resolved config is written to ``<run_dir>/config.json`` and echoed into the exported
+``neo.json`` (``train_config``). Sections, after torchtitan's nested job config::
+
+    model:        preset, overrides, activation checkpointing
+    data:         shard manifest (or raw text files for the demo), tokenizer, context, mixtures per phase
+    train:        budget (steps or tokens), batch, optimizer, LR schedule, phases, start-from checkpoint
+    distributed:  ZeRO stage, precision
+    checkpoint:   save interval, retention, HF exports at chosen steps
+    metrics:      logging/eval intervals, TensorBoard, peak FLOPs for MFU
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from neo_trainer.schedule import PAPER_DECAY_FRACTION
 
 
-class PretrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    preset: str = Field("tiny", description="neo.config preset")
-    model_overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig overrides")
-    tokenizer: Path = Field(description="tokenizer directory")
-    data: list[Path] = Field(min_length=1, description="text/JSONL(.gz) files")
-    seq_len: int = Field(256, gt=0)
-    batch_size: int = Field(16, gt=0)
-    steps: int = Field(300, gt=0)
-    lr: float = Field(3e-3, gt=0)
-    warmup_steps: int = Field(20, ge=0)
-    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
-    weight_decay: float = Field(0.1, ge=0)  # AdamW decay as LLaMA/MAP-Neo
-    betas: tuple[float, float] = (0.9, 0.95)  # LLaMA/MAP-Neo AdamW betas
-    grad_clip: float = Field(1.0, gt=0)
-    seed: int = 0
-    max_tokens: int | None = Field(None, description="read at most this many tokens of data")
-    run_dir: Path = Field(Path(".neo/runs/pretrain"), description="logs go here")
-    export_dir: Path = Field(Path(".neo/models/pretrain"), description="final HF checkpoint")
-    log_every: int = Field(10, gt=0)
-    eval_every: int = Field(100, gt=0)
+
+class ModelSection(Section):
+    preset: str = Field("tiny", description="neo.config preset name")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig field overrides")
+    activation_checkpointing: bool = Field(False, description="recompute each block in backward (saves memory)")
+
+
+class DataSection(Section):
+    manifest: Path | None = Field(None, description="tokenized shard directory with manifest.json (dataproc)")
+    text_files: list[Path] = Field(default_factory=list,
+                                   description="raw text/JSONL(.gz) files, tokenized into <run_dir>/data first")
+    max_tokens: int | None = Field(None, gt=0, description="text_files: read at most this many tokens per file")
+    tokenizer: Path | None = Field(None, description="tokenizer directory (default: the manifest's)")
+    seq_len: int = Field(256, gt=0, description="tokens per packed row")
+    document_mask: bool = Field(False, description="attention does not cross documents; positions restart")
+    fundamental_mixture: dict[str, float] = Field(
+        default_factory=dict, description="source → weight in the fundamental phase ({} = by token count)")
+    decay_mixture: dict[str, float] | None = Field(
+        None, description="source → weight in the decay phase (None = the fundamental mixture)")
+    val_fraction: float = Field(0.01, ge=0, lt=0.5, description="share of each source's rows held out")
 
     @model_validator(mode="after")
-    def _check(self) -> PretrainConfig:
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
+    def _check(self) -> DataSection:
+        if (self.manifest is None) == (not self.text_files):
+            raise ValueError("give exactly one of data.manifest (shards) or data.text_files (raw text)")
+        if self.text_files and self.tokenizer is None:
+            raise ValueError("data.tokenizer is required with data.text_files")
+        for name, mix in (("fundamental_mixture", self.fundamental_mixture), ("decay_mixture", self.decay_mixture)):
+            for source, weight in (mix or {}).items():
+                if not (weight >= 0 and math.isfinite(weight)):
+                    raise ValueError(f"data.{name}.{source}: weight must be a finite number >= 0, got {weight}")
+            if mix is not None and mix and sum(mix.values()) <= 0:
+                raise ValueError(f"data.{name}: weights sum to 0")
         return self
+
+
+class TrainSection(Section):
+    steps: int | None = Field(None, gt=0, description="optimizer steps (or give tokens)")
+    tokens: int | None = Field(None, gt=0, description="token budget; steps = ceil(tokens / tokens per step)")
+    micro_batch_size: int = Field(8, gt=0, description="rows per process per forward pass")
+    grad_accum: int = Field(1, gt=0, description="micro batches per optimizer step")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR = lr · min_lr_ratio")
+    warmup_steps: int = Field(20, ge=0)
+    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
+    decay_fraction: float = Field(PAPER_DECAY_FRACTION, ge=0, le=1,
+                                  description="share of the budget in the decay phase (paper: 778/(3726+778))")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled decay, as LLaMA / MAP-Neo")
+    betas: tuple[float, float] = (0.9, 0.95)  # LLaMA / MAP-Neo AdamW betas
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="clip the global grad norm (0 = off)")
+    seed: int = Field(0, description="init, data order and mixture sampling")
+    start_phase: Literal["fundamental", "decay"] = "fundamental"
+    init_from: Path | None = Field(None, description="DeepSpeed checkpoint to start from (required to start "
+                                                     "in the decay phase): weights, optimizer, data position")
+    stop_after: Literal["end", "fundamental"] = Field("end", description="'fundamental' stops at the phase switch")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSection:
+        if (self.steps is None) == (self.tokens is None):
+            raise ValueError("give exactly one of train.steps or train.tokens")
+        if self.steps is not None and self.warmup_steps > self.steps:
+            raise ValueError(f"train.warmup_steps ({self.warmup_steps}) exceeds train.steps ({self.steps})")
+        if self.start_phase == "decay" and self.init_from is None:
+            raise ValueError("train.start_phase=decay needs train.init_from (a fundamental-phase checkpoint)")
+        return self
+
+
+class DistributedSection(Section):
+    zero_stage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage 0-3")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+
+
+class CheckpointSection(Section):
+    every: int = Field(0, ge=0, description="save a DeepSpeed checkpoint every N steps (0 = only at the end)")
+    keep: int = Field(2, gt=0, description="periodic checkpoints kept (the phase-switch one is always kept)")
+    export_at: list[int] = Field(default_factory=list, description="steps with an HF export in <run_dir>/exports")
+    export_dir: Path | None = Field(None, description="final HF export (default <run_dir>/hf)")
+
+    @model_validator(mode="after")
+    def _check(self) -> CheckpointSection:
+        if any(s <= 0 for s in self.export_at):
+            raise ValueError(f"checkpoint.export_at: steps must be positive, got {self.export_at}")
+        return self
+
+
+class MetricsSection(Section):
+    log_every: int = Field(10, gt=0)
+    eval_every: int = Field(100, gt=0, description="validation loss every N steps (and at the end)")
+    eval_rows: int = Field(16, gt=0, description="held-out rows per source per evaluation")
+    tensorboard: bool = Field(True, description="write <run_dir>/tb when tensorboard is installed")
+    progress: bool = Field(True, description="console progress bar on rank 0")
+    peak_flops: float | None = Field(None, gt=0, description="device peak FLOP/s for MFU (default: table)")
+
+
+class PretrainConfig(Section):
+    name: str = Field("pretrain", description="run name; the exported model's name")
+    run_dir: Path = Field(Path(".neo/runs/pretrain"), description="config, logs and checkpoints")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    train: TrainSection
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+
+    @property
+    def export_dir(self) -> Path:
+        return self.checkpoint.export_dir or self.run_dir / "hf"
+
+    def tokens_per_step(self, world_size: int) -> int:
+        return self.train.micro_batch_size * self.train.grad_accum * world_size * self.data.seq_len
+
+    def total_steps(self, world_size: int) -> int:
+        if self.train.steps is not None:
+            return self.train.steps
+        return math.ceil(self.train.tokens / self.tokens_per_step(world_size))  # type: ignore[operator]
+
+    def dump(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+class ConfigError(ValueError):
+    """A config that failed validation; the message names every bad field (``train.lr: ...``)."""
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        lines.append(f"{loc}: {err['msg']}")
+    return "invalid training config:\n  " + "\n  ".join(lines)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-3", "data.fundamental_mixture.code=2"]`` applied to a nested dict (copied)."""
+    out = json.loads(json.dumps(raw, default=str))
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> PretrainConfig:
+    """Validate a config dict (plus ``--set`` overrides); ``ConfigError`` names each bad field."""
+    try:
+        return PretrainConfig.model_validate(apply_overrides(raw, overrides or []))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> PretrainConfig:
+    """Read a YAML or JSON run config; relative paths in it are taken as given (relative to the cwd)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...)")
+    return build_config(raw, overrides)
+
+
+# --- alignment: SFT and DPO runs (``neo train sft`` / ``neo train dpo`` / ``neo align round``) ---------
+
+
+class AlignTrainSection(Section):
+    """Optimizer and batch for SFT/DPO: plain AdamW in one process (CPU fp32 or one GPU)."""
+
+    micro_batch_size: int = Field(4, gt=0, description="rows (SFT: packed rows; DPO: pairs) per step")
+    lr: float = Field(1e-4, gt=0, description="constant LR after warmup")
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, ge=0, description="clip the global grad norm (0 = off)")
+    seed: int = 0
+
+
+class SFTPhase(Section):
+    name: str = Field(description="phase name in logs (e.g. instruction, chat)")
+    data: list[Path] = Field(min_length=1, description='chat JSONL(.gz) files: {"messages": [{role, content}]}')
+    steps: int = Field(gt=0)
+
+
+class SFTConfig(Section):
+    """Two-phase SFT (MAP-Neo: phase 1 instruction data, phase 2 chat data) from an HF checkpoint."""
+
+    name: str = "sft"
+    stage: Literal["sft"] = "sft"
+    run_dir: Path = Path(".neo/runs/sft")
+    base_model: Path = Field(description="HF directory to start from (its tokenizer is used)")
+    seq_len: int = Field(512, gt=0, description="tokens per packed row")
+    packing: bool = Field(True, description="pack several conversations per row (attention kept apart)")
+    phases: list[SFTPhase] = Field(min_length=1)
+    train: AlignTrainSection = Field(default_factory=AlignTrainSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(tensorboard=False))
+
+    @property
+    def export_dir(self) -> Path:
+        return self.checkpoint.export_dir or self.run_dir / "hf"
+
+    def dump(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+class DPODataSection(Section):
+    preferences: list[Path] = Field(min_length=1, description="TRL preference JSONL (neo prefs export)")
+    format: Literal["conversational", "text"] = "conversational"
+
+
+class DPOTrainSection(AlignTrainSection):
+    lr: float = Field(5e-6, gt=0)
+    beta: float = Field(0.1, gt=0, description="DPO temperature β")
+    steps: int | None = Field(None, gt=0, description="optimizer steps (default: epochs over the pairs)")
+    epochs: int = Field(1, gt=0)
+
+
+class DPOConfig(Section):
+    """Sigmoid DPO against a frozen reference (default: the starting checkpoint). Accepts the UI's job
+    config ``{name, stage, run_dir, base_model, data: {preferences, format}, checkpoint: {export_dir}}``."""
+
+    name: str = "dpo"
+    stage: Literal["dpo"] = "dpo"
+    run_dir: Path = Path(".neo/runs/dpo")
+    base_model: Path = Field(description="policy to start from (HF directory)")
+    reference_model: Path | None = Field(None, description="frozen reference (default: base_model)")
+    parent: str | None = Field(None, description="registry ref of base_model, recorded in neo.json")
+    register_export: bool = Field(True, description="job runs (python -m neo_trainer.stages.dpo): register the "
+                                                    "export as the next version of base_model's registry name")
+    seq_len: int = Field(512, gt=0, description="prompt+completion tokens kept (the prompt's start is cut)")
+    data: DPODataSection
+    train: DPOTrainSection = Field(default_factory=DPOTrainSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(tensorboard=False, log_every=1))
+
+    @property
+    def export_dir(self) -> Path:
+        return self.checkpoint.export_dir or self.run_dir / "hf"
+
+    def dump(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+def load_stage_config(cls: type[Section], source: Path | dict[str, Any], overrides: list[str] | None = None) -> Any:
+    """Validate an SFT/DPO config (a YAML/JSON file or a dict) into ``cls``; ``ConfigError`` names bad fields."""
+    if isinstance(source, dict):
+        raw: Any = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping")
+    try:
+        return cls.model_validate(apply_overrides(raw, overrides or []))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

@@ -19,23 +19,34 @@ PAPER_DECAY_FRACTION = PAPER_DECAY_TOKENS / (PAPER_FUNDAMENTAL_TOKENS + PAPER_DE
 
 @dataclass(frozen=True)
 class LRSchedule:
+    """Learning rate at each optimizer step (0-based): linear warmup, then WSD, cosine or constant."""
+
     peak_lr: float
     total_steps: int
     warmup_steps: int = 0
     kind: Literal["wsd", "cosine", "constant"] = "wsd"
     decay_fraction: float = PAPER_DECAY_FRACTION  # WSD: share of steps spent decaying
     min_lr_ratio: float = 0.1  # final lr = peak · min_lr_ratio
+    decay_steps: int | None = None  # WSD: explicit decay length (a run that starts in the decay phase)
 
     def __post_init__(self) -> None:
         if self.total_steps <= 0 or not 0 <= self.warmup_steps <= self.total_steps:
             raise ValueError(f"need 0 <= warmup_steps ({self.warmup_steps}) <= total_steps ({self.total_steps})")
         if not 0 <= self.decay_fraction <= 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("decay_fraction and min_lr_ratio must be in [0, 1]")
+        if self.decay_steps is not None and not 0 <= self.decay_steps <= self.total_steps:
+            raise ValueError(f"decay_steps ({self.decay_steps}) must be in [0, total_steps={self.total_steps}]")
 
     @property
     def decay_start(self) -> int:
         """First step of the decay phase (WSD); the phase switch of a two-phase run."""
+        if self.decay_steps is not None:
+            return self.total_steps - self.decay_steps
         return self.total_steps - round(self.decay_fraction * self.total_steps)
+
+    def phase(self, step: int) -> str:
+        """``fundamental`` before ``decay_start``, ``decay`` from it on (the data mixture follows)."""
+        return "decay" if step >= self.decay_start else "fundamental"
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:

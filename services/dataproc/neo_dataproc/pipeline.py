@@ -1,0 +1,331 @@
+"""The units of work of a job and the steps they run. No Celery here: executors call ``run_unit``.
+
+Phases, each a list of units (an executor runs a phase's units in any order, anywhere):
+
+1. ``clean`` (one unit per shard): read → extract → langid → URL blocklist → OpenCC → Gopher
+   repetition/quality → C4 → Chinese rules → PII; writes the survivors, their exact hashes and
+   MinHash signatures.
+2. ``dedup_bands`` (one unit per group of LSH bands): candidate edges from all signatures.
+3. ``dedup_cluster`` (one unit): exact + fuzzy edges → clusters → the removed documents.
+4. ``tokenize`` (one unit per shard): survivors → clean JSONL (+ token files per source).
+5. ``finalize`` (one unit): per-source fixed-size shards, ``manifest.json`` and ``report.json``.
+
+Every unit writes its outputs to temporary names and renames them, and writes its stats file
+last: the stats file is the done marker. A unit whose marker exists returns at once, so a
+redelivered or re-run task is a no-op and a killed one is simply redone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from neo.shards import atomic_write_bytes
+from neo_dataproc.config import JobConfig
+from neo_dataproc.document import Document
+from neo_dataproc.readers import Plan, ShardReader
+from neo_dataproc.steps.base import Step
+from neo_dataproc.steps.dedup import MinHasher, band_edges, connected_components, exact_edges, exact_hash
+from neo_dataproc.steps.en_quality import C4Filter, GopherQualityFilter, GopherRepetitionFilter
+from neo_dataproc.steps.extract import ExtractStep
+from neo_dataproc.steps.langid import LangIdFilter
+from neo_dataproc.steps.pii import PiiStep, UrlBlocklistFilter
+from neo_dataproc.steps.zh_quality import OpenCCStep, ZhQualityFilter
+
+log = logging.getLogger(__name__)
+
+PHASES = ("clean", "dedup_bands", "dedup_cluster", "tokenize", "finalize")
+LiveCallback = Callable[[str, int, dict[str, Any]], None]  # (phase, unit, partial stats)
+LIVE_EVERY_S = 1.0
+
+
+def build_steps(config: JobConfig) -> list[Step]:
+    """The cleaning steps the config asks for, in pipeline order (a bad keyword names its section)."""
+    plan: list[tuple[str, Callable[[], Step]]] = []
+    if config.extract is not None:
+        plan.append(("extract", lambda: ExtractStep(**config.extract)))  # type: ignore[arg-type]
+    if config.langid is not None:
+        plan.append(("langid", lambda: LangIdFilter(**config.langid.model_dump())))  # type: ignore[union-attr]
+    if config.url_blocklist is not None and (config.url_blocklist.domains or config.url_blocklist.files):
+        files = [str(config.resolve(f)) for f in config.url_blocklist.files]
+        plan.append(("url_blocklist", lambda: UrlBlocklistFilter(config.url_blocklist.domains, files)))  # type: ignore[union-attr]
+    zh, en = config.zh_quality, config.en_quality
+    if zh is not None and zh.opencc:
+        plan.append(("zh_quality.opencc", lambda: OpenCCStep(zh.opencc)))  # type: ignore[arg-type]
+    if en is not None:
+        for key, cls in (("gopher_repetition", GopherRepetitionFilter), ("gopher_quality", GopherQualityFilter),
+                         ("c4", C4Filter)):
+            kwargs = getattr(en, key)
+            if kwargs is not None:
+                plan.append((f"en_quality.{key}", lambda cls=cls, kwargs=kwargs: cls(**kwargs)))
+    if zh is not None and zh.matrix is not None:
+        plan.append(("zh_quality.matrix", lambda: ZhQualityFilter(**zh.matrix)))  # type: ignore[arg-type]
+    if config.pii is not None:
+        plan.append(("pii", lambda: PiiStep(**config.pii.model_dump())))  # type: ignore[union-attr]
+    steps = []
+    for section, make in plan:
+        try:
+            steps.append(make())
+        except (TypeError, ValueError, OSError) as exc:
+            raise ValueError(f"{section}: {exc}") from exc
+    return steps
+
+
+# --- job directory ----------------------------------------------------------------------------------
+class JobDir:
+    """Paths of a job's outputs under ``NEO_HOME/data/<job>/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / "config.json")
+    plan = property(lambda self: self.root / "plan.json")
+    report = property(lambda self: self.root / "report.json")
+    shards = property(lambda self: self.root / "shards")
+
+    def stats(self, phase: str, unit: int) -> Path:
+        return self.root / phase / f"{unit:05d}.stats.json"
+
+    def clean_docs(self, shard: int) -> Path:
+        return self.root / "clean" / f"{shard:05d}.jsonl.zst"
+
+    def signatures(self, shard: int) -> Path:
+        return self.root / "clean" / f"{shard:05d}.sig.npz"
+
+    def edges(self, group: int) -> Path:
+        return self.root / "dedup_bands" / f"{group:05d}.edges.npy"
+
+    def removed(self) -> Path:
+        return self.root / "dedup_cluster" / "removed.npz"
+
+    def final_docs(self, shard: int) -> Path:
+        return self.root / "docs" / f"{shard:05d}.jsonl.zst"
+
+    def tokens(self, shard: int, source: str) -> Path:
+        return self.root / "tokenize" / f"{shard:05d}" / f"{source}.bin"
+
+    def is_done(self, phase: str, unit: int) -> bool:
+        return self.stats(phase, unit).exists()
+
+    def read_stats(self, phase: str, unit: int) -> dict[str, Any]:
+        return json.loads(self.stats(phase, unit).read_text())
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode())
+
+
+@lru_cache(maxsize=8)
+def _load_job(root: str, mtime: float) -> tuple[JobConfig, Plan]:
+    jd = JobDir(Path(root))
+    config = JobConfig.model_validate_json(jd.config.read_text())
+    return config, Plan.from_json(json.loads(jd.plan.read_text()))
+
+
+def load_job(job_dir: Path) -> tuple[JobConfig, Plan]:
+    jd = JobDir(job_dir)
+    if not jd.plan.exists():
+        raise FileNotFoundError(f"{job_dir}: no plan.json (the job was not planned: run `neo data run`)")
+    return _load_job(str(Path(job_dir).resolve()), jd.plan.stat().st_mtime)
+
+
+def units_of(phase: str, config: JobConfig, plan: Plan) -> list[int]:
+    if phase in ("clean", "tokenize"):
+        return [s.shard for s in plan.shards]
+    if phase == "dedup_bands":
+        if config.dedup is None or not config.dedup.fuzzy:
+            return []
+        return list(range(-(-config.dedup.num_bands // config.dedup.bands_per_task)))
+    return [0]
+
+
+def _zstd_jsonl(records: list[dict[str, Any]]) -> bytes:
+    raw = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    return zstandard.ZstdCompressor(level=3).compress(raw)
+
+
+def _read_zstd_jsonl(path: Path) -> list[dict[str, Any]]:
+    with zstandard.open(path, "rb") as f:
+        return [json.loads(line) for line in io.TextIOWrapper(f, encoding="utf-8")]
+
+
+def run_unit(job_dir: Path, phase: str, unit: int, live: LiveCallback | None = None) -> dict[str, Any]:
+    """Run one unit of a phase (a no-op returning the recorded stats if it is done)."""
+    jd = JobDir(job_dir)
+    if jd.is_done(phase, unit):
+        return jd.read_stats(phase, unit)
+    config, plan = load_job(job_dir)
+    t0 = time.time()
+    runners = {"clean": _clean, "dedup_bands": _dedup_bands, "dedup_cluster": _dedup_cluster,
+               "tokenize": _tokenize, "finalize": _finalize}
+    if phase not in runners:
+        raise ValueError(f"unknown phase {phase!r}: expected one of {PHASES}")
+    stats = runners[phase](jd, config, plan, unit, live)
+    stats["elapsed_s"] = round(time.time() - t0, 3)
+    write_json(jd.stats(phase, unit), stats)  # the done marker, last
+    return stats
+
+
+# --- pass 1: clean ----------------------------------------------------------------------------------
+def _clean(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveCallback | None) -> dict[str, Any]:
+    reader = ShardReader(plan.shards[shard], config.max_errors_per_file)
+    steps = build_steps(config)
+    dd = config.dedup
+    hasher = MinHasher(dd.num_bands, dd.rows_per_band, dd.en_ngram, dd.zh_ngram, dd.seed) if dd and dd.fuzzy else None
+    kept: list[Document] = []
+    sigs: list[np.ndarray] = []
+    hashes: list[int] = []
+    last = 0.0  # report after the first document, then every LIVE_EVERY_S
+
+    def snapshot() -> dict[str, Any]:
+        return {"steps": {"read": reader.stats.to_dict(), **{s.name: s.stats.to_dict() for s in steps}},
+                "errors": reader.errors, "docs_out": len(kept)}
+
+    for doc in reader:
+        for step in steps:
+            doc = step(doc)  # type: ignore[assignment]
+            if doc is None:
+                break
+        else:
+            kept.append(doc)
+            if dd is not None:
+                hashes.append(exact_hash(doc.text))
+                if hasher is not None:
+                    sigs.append(hasher.signature(doc.text, doc.lang))
+        if config.slow_down_s:
+            time.sleep(config.slow_down_s)
+        if live is not None and time.time() - last > LIVE_EVERY_S:
+            live("clean", shard, snapshot())
+            last = time.time()
+    for step in steps:
+        step.close()
+    atomic_write_bytes(jd.clean_docs(shard), _zstd_jsonl([d.to_record() for d in kept]))
+    if dd is not None:
+        buf = io.BytesIO()
+        num_perm = hasher.num_perm if hasher else 0
+        np.savez(buf, uids=np.array([d.uid for d in kept], dtype=np.int64),
+                 exact=np.array(hashes, dtype=np.uint64),
+                 sigs=np.stack(sigs) if sigs else np.zeros((0, num_perm), dtype=np.uint32))
+        atomic_write_bytes(jd.signatures(shard), buf.getvalue())
+    return snapshot()
+
+
+# --- dedup ------------------------------------------------------------------------------------------
+def _all_signatures(jd: JobDir, plan: Plan, what: str) -> np.ndarray:
+    parts = []
+    for s in plan.shards:
+        with np.load(jd.signatures(s.shard)) as z:
+            parts.append(z[what])
+    if not parts:
+        return np.zeros(0)
+    return np.concatenate(parts)
+
+
+def _dedup_bands(jd: JobDir, config: JobConfig, plan: Plan, group: int, live: LiveCallback | None) -> dict[str, Any]:
+    dd = config.dedup
+    assert dd is not None
+    sigs = _all_signatures(jd, plan, "sigs")
+    first = group * dd.bands_per_task
+    bands = range(first, min(first + dd.bands_per_task, dd.num_bands))
+    edges = [band_edges(sigs, b, dd.rows_per_band, dd.min_similarity) for b in bands]
+    all_edges = np.unique(np.concatenate(edges), axis=0) if edges else np.zeros((0, 2), dtype=np.int64)
+    buf = io.BytesIO()
+    np.save(buf, all_edges.astype(np.int64))
+    atomic_write_bytes(jd.edges(group), buf.getvalue())
+    return {"bands": list(bands), "edges": int(len(all_edges)), "documents": int(len(sigs))}
+
+
+def _dedup_cluster(jd: JobDir, config: JobConfig, plan: Plan, unit: int, live: LiveCallback | None) -> dict[str, Any]:
+    dd = config.dedup
+    if dd is None:
+        return {"steps": {}}
+    uids = _all_signatures(jd, plan, "uids").astype(np.int64)
+    exact = _all_signatures(jd, plan, "exact").astype(np.uint64)
+    n = len(uids)
+    edge_parts = [exact_edges(exact)] if dd.exact else []
+    edge_parts += [np.load(jd.edges(g)) for g in units_of("dedup_bands", config, plan)]
+    edges = np.concatenate(edge_parts) if edge_parts else np.zeros((0, 2), dtype=np.int64)
+    labels = connected_components(n, edges)
+    removed = np.nonzero(labels != np.arange(n))[0]
+    if dd.exact and n:
+        _, first, inverse = np.unique(exact, return_index=True, return_inverse=True)
+        is_exact = first[inverse][removed] < removed
+    else:
+        is_exact = np.zeros(len(removed), dtype=bool)
+    buf = io.BytesIO()
+    np.savez(buf, uids=uids[removed], exact=is_exact, kept_as=uids[labels[removed]])
+    atomic_write_bytes(jd.removed(), buf.getvalue())
+    n_exact = int(is_exact.sum())
+    sizes = np.bincount(labels, minlength=n) if n else np.zeros(0, dtype=np.int64)
+    counts = {"seen": n, "kept": n - len(removed), "dropped": int(len(removed)),
+              "dropped_dedup_exact": n_exact, "dropped_dedup_fuzzy": int(len(removed)) - n_exact,
+              "clusters": int((sizes > 1).sum()), "largest_cluster": int(sizes.max()) if n else 0,
+              "candidate_edges": int(len(edges))}
+    return {"steps": {"dedup": counts}}
+
+
+# --- pass 2: tokenize -------------------------------------------------------------------------------
+@lru_cache(maxsize=2)
+def _tokenizer(path: str) -> Any:
+    from neo.tokenizer import NeoTokenizer
+
+    return NeoTokenizer.load(path)
+
+
+@lru_cache(maxsize=4)
+def _removed_uids(path: str, mtime: float) -> np.ndarray:
+    with np.load(path) as z:
+        return np.sort(z["uids"])
+
+
+def _tokenize(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveCallback | None) -> dict[str, Any]:
+    docs = _read_zstd_jsonl(jd.clean_docs(shard))
+    if config.dedup is not None:
+        removed = _removed_uids(str(jd.removed()), jd.removed().stat().st_mtime)
+        gone = np.isin(np.array([d["uid"] for d in docs], dtype=np.int64), removed)
+        docs = [d for d, g in zip(docs, gone, strict=True) if not g]
+    atomic_write_bytes(jd.final_docs(shard), _zstd_jsonl(docs))
+    sources: dict[str, dict[str, int]] = {}
+    for d in docs:
+        sources.setdefault(d["source"], {"documents": 0, "tokens": 0})["documents"] += 1
+    tk = config.tokenize
+    if tk.tokenizer:
+        from neo.shards import dtype_for_vocab, write_tokens
+
+        tok = _tokenizer(str(config.resolve(tk.tokenizer)))
+        dtype = dtype_for_vocab(tok.vocab_size)
+        by_source: dict[str, list[np.ndarray]] = {}
+        t0 = time.perf_counter()
+        for d in docs:
+            ids = tok.encode(d["text"], add_bos=tk.add_bos, add_eos=tk.add_eos)
+            by_source.setdefault(d["source"], []).append(np.asarray(ids, dtype=np.uint32))
+        for source, arrays in sorted(by_source.items()):
+            sources[source]["tokens"] = write_tokens(jd.tokens(shard, source), np.concatenate(arrays), dtype)
+        elapsed = time.perf_counter() - t0
+        counts = {"seen": len(docs), "kept": len(docs), "dropped": 0, "tokens": sum(s["tokens"] for s in sources.values()),
+                  "time_s": round(elapsed, 4)}
+        return {"steps": {"tokenize": counts}, "sources": sources}
+    return {"steps": {}, "sources": sources}
+
+
+# --- finalize ---------------------------------------------------------------------------------------
+def _finalize(jd: JobDir, config: JobConfig, plan: Plan, unit: int, live: LiveCallback | None) -> dict[str, Any]:
+    from neo_dataproc.report import build_report, write_shards
+
+    report = build_report(jd, config, plan)
+    manifest = write_shards(jd, config, plan, report) if config.tokenize.tokenizer else None
+    if manifest is not None:
+        report["manifest"] = {"path": str(jd.shards / "manifest.json"), "files": len(manifest.files),
+                              "tokens": manifest.total_tokens, "dtype": manifest.dtype}
+    write_json(jd.report, report)
+    return {"report": str(jd.report)}
+

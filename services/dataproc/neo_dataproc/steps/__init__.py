@@ -1,0 +1,1 @@
+"""Pipeline steps, one small class per rule family (see ``base.py`` for the counting contract)."""

@@ -1,0 +1,160 @@
+"""Everything that knows about DeepSpeed and launchers: the one place reading launcher variables.
+
+A run is one or more processes that each call ``setup()``. Under a launcher (``deepspeed``,
+``torchrun``) the process group comes from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/
+``MASTER_PORT``; a bare process (tests, ``neo up``) gets a one-process group set up here. Without a GPU
+DeepSpeed runs on its CPU accelerator (``DS_ACCELERATOR=cpu``) over gloo, so ZeRO 0-3, gradient
+accumulation, clipping and checkpoints are the same code on a laptop and on a GPU node.
+
+The optimizer is a plain ``torch.optim.AdamW`` handed to ``deepspeed.initialize``: DeepSpeed's own
+CPU Adam would JIT-compile a C++ op on first use (minutes on 2 cores) for no gain at our sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: steps_per_print for DeepSpeed's own logger: never (our metrics module logs).
+_NEVER = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_single_process_env() -> None:
+    """Give a process started without a launcher the variables of a one-process group."""
+    if all(k in os.environ for k in ("RANK", "WORLD_SIZE")):
+        return
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()))
+
+
+def clean_launcher_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``env`` (default ``os.environ``) without launcher variables, for child processes."""
+    return {k: v for k, v in (env if env is not None else os.environ).items() if k not in LAUNCHER_ENV}
+
+
+def setup(threads: int = 0) -> DistEnv:
+    """Join (or create) the process group; idempotent within a process."""
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read by DeepSpeed at first accelerator lookup
+    if threads > 0:
+        torch.set_num_threads(threads)
+    ensure_single_process_env()
+    import deepspeed
+
+    backend = "nccl" if cuda else "gloo"
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                   device=device, backend=backend)
+
+
+def deepspeed_config(
+    *, micro_batch_size: int, grad_accum: int, world_size: int, zero_stage: int, grad_clip: float, bf16: bool,
+) -> dict[str, Any]:
+    """The DeepSpeed JSON config of a run (the only place its keys are spelled)."""
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch_size * grad_accum * world_size,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,  # a torch AdamW: see the module docstring
+        "steps_per_print": _NEVER,
+        "wall_clock_breakdown": False,
+    }
+
+
+def initialize(module: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> Any:
+    """``deepspeed.initialize`` → the engine (forward, backward, step, checkpoints)."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+    return engine
+
+
+def global_grad_norm(engine: Any) -> float:
+    """Pre-clip global grad norm of the step just taken (ZeRO ≥ 1 reports it; stage 0 is measured)."""
+    norm = engine.get_global_grad_norm()
+    if norm is None:
+        return float("nan")
+    return float(norm)
+
+
+def grad_norm_now(module: torch.nn.Module) -> float:
+    """Global grad norm of a replicated (ZeRO 0) module after the all-reduce, before the step."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+def all_reduce_mean(value: torch.Tensor) -> float:
+    """Mean of a scalar over all ranks."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.detach().clone().float()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return float(value)
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def full_parameters(module: torch.nn.Module, zero_stage: int) -> Iterator[None]:
+    """Inside, every rank sees whole parameters (ZeRO-3 gathers its partitions; others already have)."""
+    if zero_stage < 3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        yield
+
+
+def launch_local(nproc: int, module: str, args: list[str]) -> int:
+    """Run ``python -m module args`` on ``nproc`` local processes through torchrun; returns its exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", module, *args]
+    log.info("launching %d processes: %s", nproc, " ".join(cmd))
+    return subprocess.run(cmd, env=clean_launcher_env(), check=False).returncode

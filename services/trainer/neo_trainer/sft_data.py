@@ -1,0 +1,248 @@
+"""Chat data for SFT and DPO: template-rendered ids with assistant-only targets, packing, a bilingual demo set.
+
+Encoding (``encode_conversation``): every assistant turn is trained on exactly as it is generated at
+inference: the prompt is ``encode_chat(turns before it, add_generation_prompt=True)`` (ending in
+``<|im_start|>assistant\\n``), then the reply's tokens and ``<|im_end|>`` are the targets. System and
+user turns, role headers and the ``\\n`` after ``<|im_end|>`` are context only (``IGNORE_INDEX``).
+
+Packing (``pack``): examples are placed greedily into rows of ``seq_len``; each keeps its own document
+id (attention stays inside it) and positions restarting at 0, so packing changes no example's loss.
+
+``build_debian_sft`` makes a small real bilingual set from the sample corpus' parallel Debian Reference
+(EN and ZH pages share ``meta.section``): phase 1 instructions (translate EN→ZH / ZH→EN, "what does this
+section say"), phase 2 multi-turn chats (ask about a section, then ask for it in the other language).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neo.tokenizer import NeoTokenizer
+from neo_trainer.losses import IGNORE_INDEX
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:  # type: ignore[operator]
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not JSON ({exc})") from None
+
+
+def _prompt_ids(tokenizer: NeoTokenizer, context: list[dict[str, Any]], pending: list[dict[str, Any]],
+                current: list[int]) -> list[int]:
+    """``encode_chat(context + pending, add_generation_prompt=True)``, kept an extension of ``current``."""
+    ids = tokenizer.encode_chat(context + pending, add_generation_prompt=True)
+    if ids[:len(current)] == current:
+        return ids
+    # the earlier turns tokenized differently in a longer context: keep ours and add the new turns
+    tail = tokenizer.encode_chat(pending, add_generation_prompt=True)
+    return current + tail[1 if tokenizer.add_bos_token and tail[:1] == [tokenizer.bos_id] else 0:]
+
+
+def encode_conversation(tokenizer: NeoTokenizer, messages: Sequence[dict[str, Any]]) -> tuple[list[int], list[bool]]:
+    """Token ids of a whole conversation and, per token, whether it is trained on (assistant reply + im_end)."""
+    if not messages or not any(m.get("role") == "assistant" for m in messages):
+        raise ValueError("a training conversation needs at least one assistant turn")
+    ids: list[int] = []
+    train: list[bool] = []
+    pending: list[dict[str, Any]] = []  # turns since the last assistant reply
+    done: list[dict[str, Any]] = []
+    newline = tokenizer.encode("\n")
+    for m in messages:
+        if m.get("role") != "assistant":
+            pending.append(m)
+            continue
+        prompt = _prompt_ids(tokenizer, done, pending, ids)
+        train += [False] * (len(prompt) - len(ids))
+        reply = tokenizer.encode(str(m.get("content") or "")) + [tokenizer.im_end_id]
+        ids = prompt + reply
+        train += [True] * len(reply)
+        ids += newline
+        train += [False] * len(newline)
+        done += pending + [m]
+        pending = []
+    return ids, train
+
+
+@dataclass
+class Example:
+    """One conversation: ``input_ids`` and next-token ``targets`` (IGNORE_INDEX outside assistant replies)."""
+
+    input_ids: list[int]
+    targets: list[int]
+
+
+def to_example(ids: list[int], train: list[bool], seq_len: int) -> Example:
+    """Shift to next-token targets and cut to ``seq_len`` inputs."""
+    inputs, nxt = ids[:-1][:seq_len], ids[1:][:seq_len]
+    mask = train[1:][:seq_len]
+    return Example(inputs, [t if m else IGNORE_INDEX for t, m in zip(nxt, mask, strict=True)])
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # (B, T)
+    targets: torch.Tensor
+    positions: torch.Tensor
+    doc_ids: torch.Tensor
+
+    def to(self, device: torch.device) -> PackedBatch:
+        return PackedBatch(*(t.to(device) for t in (self.input_ids, self.targets, self.positions, self.doc_ids)))
+
+
+def pack(examples: Iterable[Example], seq_len: int, pad_id: int, packing: bool = True) -> PackedBatch:
+    """Greedy first-fit packing into rows of ``seq_len`` (one example per row without ``packing``)."""
+    rows: list[list[Example]] = []
+    space: list[int] = []
+    for ex in examples:
+        n = len(ex.input_ids)
+        slot = next((i for i, s in enumerate(space) if s >= n), None) if packing else None
+        if slot is None:
+            rows.append([ex])
+            space.append(seq_len - n)
+        else:
+            rows[slot].append(ex)
+            space[slot] -= n
+    B = len(rows)
+    input_ids = torch.full((B, seq_len), pad_id, dtype=torch.long)
+    targets = torch.full((B, seq_len), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((B, seq_len), dtype=torch.long)
+    doc_ids = torch.full((B, seq_len), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for d, ex in enumerate(row):
+            n = len(ex.input_ids)
+            input_ids[r, at:at + n] = torch.tensor(ex.input_ids)
+            targets[r, at:at + n] = torch.tensor(ex.targets)
+            positions[r, at:at + n] = torch.arange(n)
+            doc_ids[r, at:at + n] = d
+            at += n
+        doc_ids[r, at:] = len(row)  # padding: its own document
+        positions[r, at:] = torch.arange(seq_len - at)
+    return PackedBatch(input_ids, targets, positions, doc_ids)
+
+
+def load_sft_examples(paths: Sequence[Path], tokenizer: NeoTokenizer, seq_len: int) -> list[Example]:
+    out = []
+    for path in paths:
+        for n, row in enumerate(read_jsonl(Path(path)), 1):
+            messages = row.get("messages")
+            if not isinstance(messages, list):
+                raise ValueError(f"{path}:{n}: expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}}")
+            ex = to_example(*encode_conversation(tokenizer, messages), seq_len)
+            if any(t != IGNORE_INDEX for t in ex.targets):
+                out.append(ex)
+    if not out:
+        raise ValueError(f"no trainable conversations in {', '.join(map(str, paths))}")
+    return out
+
+
+# --- DPO pairs ------------------------------------------------------------------------------------------
+
+
+def _as_messages(value: Any, role: str) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise ValueError(f"expected a string or a list of messages, got {type(value).__name__}")
+
+
+def encode_preference(tokenizer: NeoTokenizer, row: dict[str, Any], seq_len: int) -> tuple[Example, Example]:
+    """(chosen, rejected) examples of a TRL row; targets only on the completion (reply + im_end)."""
+    prompt = _as_messages(row["prompt"], "user")
+    out = []
+    for key in ("chosen", "rejected"):
+        completion = _as_messages(row[key], "assistant")
+        ids, train = encode_conversation(tokenizer, prompt + completion)
+        # TRL keeps the completion and cuts the prompt's start when too long
+        ids, train = ids[-(seq_len + 1):], train[-(seq_len + 1):]
+        out.append(to_example(ids, train, seq_len))
+    return out[0], out[1]
+
+
+def load_preferences(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    rows = []
+    for path in paths:
+        for n, row in enumerate(read_jsonl(Path(path)), 1):
+            missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{n}: missing {', '.join(missing)} (expected TRL preference rows)")
+            rows.append(row)
+    return rows
+
+
+# --- the bilingual demo set from the parallel Debian Reference ----------------------------------------
+
+
+def _sections(path: Path) -> dict[str, dict[str, str]]:
+    out = {}
+    for row in read_jsonl(path):
+        meta = row.get("meta") or {}
+        if meta.get("section") and row.get("text", "").strip():
+            out[meta["section"]] = {"title": meta.get("title", ""), "text": row["text"].strip()}
+    return out
+
+
+def _body(text: str, max_chars: int) -> str:
+    """The section's first paragraph after its title (EN and ZH pages align paragraph by paragraph), cut at a
+    sentence end near ``max_chars``."""
+    lines = text.split("\n", 1)
+    body = (lines[1] if len(lines) > 1 else lines[0]).strip().split("\n\n", 1)[0].strip()
+    if len(body) <= max_chars:
+        return body
+    cut = body[:max_chars]
+    end = max(cut.rfind("\n"), cut.rfind(". "), cut.rfind("。"))
+    return cut[:end + 1].strip() if end > max_chars // 3 else cut.strip()
+
+
+def build_debian_sft(en_path: Path, zh_path: Path, out_dir: Path, *, max_chars: int = 240, seed: int = 0,
+                     limit: int | None = None) -> dict[str, Path]:
+    """Write ``instruction.jsonl`` (phase 1) and ``chat.jsonl`` (phase 2) from parallel EN/ZH sections."""
+    en, zh = _sections(en_path), _sections(zh_path)
+    shared = sorted(set(en) & set(zh))
+    if not shared:
+        raise ValueError(f"{en_path} and {zh_path} share no meta.section ids")
+    rng = random.Random(seed)
+    rng.shuffle(shared)
+    shared = shared[:limit] if limit else shared
+    system = {"role": "system", "content": "You are Neo, a helpful bilingual assistant. 你是 Neo，一个双语助手。"}
+    instruction, chat = [], []
+    for sid in shared:
+        e, z = en[sid], zh[sid]
+        e_body, z_body = _body(e["text"], max_chars), _body(z["text"], max_chars)
+        u = lambda c: {"role": "user", "content": c}  # noqa: E731
+        a = lambda c: {"role": "assistant", "content": c}  # noqa: E731
+        instruction += [
+            {"messages": [u(f"Translate into Chinese:\n\n{e_body}"), a(z_body)], "section": sid, "task": "en2zh"},
+            {"messages": [u(f"请把下面这段文字翻译成英文：\n\n{z_body}"), a(e_body)], "section": sid, "task": "zh2en"},
+            {"messages": [u(f"What does the Debian Reference section \"{e['title']}\" say?"), a(e_body)],
+             "section": sid, "task": "explain_en"},
+            {"messages": [u(f"Debian 参考手册中“{z['title']}”这一节讲了什么？"), a(z_body)],
+             "section": sid, "task": "explain_zh"},
+        ]
+        chat += [
+            {"messages": [system, u(f"Tell me about \"{e['title']}\" in the Debian Reference."), a(e_body),
+                          u("请用中文再说一遍。"), a(z_body)], "section": sid, "task": "chat_en_zh"},
+            {"messages": [system, u(f"请介绍 Debian 参考手册的“{z['title']}”。"), a(z_body),
+                          u("Now say that in English, please."), a(e_body)], "section": sid, "task": "chat_zh_en"},
+        ]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, rows in (("instruction", instruction), ("chat", chat)):
+        paths[name] = out_dir / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return paths

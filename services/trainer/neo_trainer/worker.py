@@ -1,0 +1,189 @@
+"""The trainer worker: Celery on the ``trainer`` queue (Redis broker), one job at a time.
+
+Choice: Celery, as the architecture's queue contract says (one queue per service); the worker runs
+with the solo pool and concurrency 1, so jobs run strictly one after another. Each job trains in a
+child process (``python -m neo_trainer.launch``, or torchrun for several processes): DeepSpeed's process
+group and memory go away with it, and a crash is a failed job, not a dead worker.
+
+Job status lives in Redis under the settings prefix, independent of Celery's own keys (which the
+broker's ``global_keyprefix`` also puts under the prefix)::
+
+    {prefix}train:jobs         zset   job id → submit time
+    {prefix}train:job:{id}     hash   id, kind, state (queued|running|done|failed), config, nproc,
+                                      run_dir, export_dir, step, total_steps, loss, val_loss, tokens,
+                                      submitted, started, finished, error
+
+While a job runs, the worker tails the run's ``metrics.jsonl`` into the hash every second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from neo_trainer.distributed import clean_launcher_env
+from neo_trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "neo_trainer.run_job"
+#: job kind → the module each training process runs (``python -m MODULE CONFIG [--resume]``)
+JOB_KINDS = {"pretrain": "neo_trainer.launch", "sft": "neo_trainer.stages.sft", "dpo": "neo_trainer.stages.dpo"}
+_PROGRESS_KEYS = ("step", "loss", "val_loss", "tokens", "lr", "phase")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class JobStore:
+    """Job records in Redis (see the module docstring for the keys)."""
+
+    def __init__(self, redis: Any, prefix: str):
+        self.redis, self.prefix = redis, prefix
+
+    @classmethod
+    def from_settings(cls, settings: TrainerSettings) -> JobStore:
+        import redis
+
+        return cls(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings.redis_prefix)
+
+    def _key(self, job: str) -> str:
+        return f"{self.prefix}train:job:{job}"
+
+    def create(self, kind: str, config: dict[str, Any], nproc: int) -> str:
+        job = uuid.uuid4().hex[:12]
+        self.redis.hset(self._key(job), mapping={
+            "id": job, "kind": kind, "state": "queued", "config": json.dumps(config), "nproc": nproc,
+            "run_dir": config["run_dir"], "submitted": _now()})
+        self.redis.zadd(f"{self.prefix}train:jobs", {job: time.time()})
+        return job
+
+    def update(self, job: str, **fields: Any) -> None:
+        mapping = {k: v if isinstance(v, str | int | float) else json.dumps(v)
+                   for k, v in fields.items() if v is not None}
+        if mapping:
+            self.redis.hset(self._key(job), mapping=mapping)
+
+    def get(self, job: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self._key(job))
+        if not raw:
+            return None
+        raw["config"] = json.loads(raw["config"])
+        return raw
+
+    def recent(self, n: int = 20) -> list[dict[str, Any]]:
+        ids = self.redis.zrevrange(f"{self.prefix}train:jobs", 0, n - 1)
+        rows = [self.get(i) for i in ids]
+        return [{k: v for k, v in r.items() if k != "config"} for r in rows if r]
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def make_celery(settings: TrainerSettings) -> Any:
+    """The Celery app of the trainer queue, its task registered."""
+    from celery import Celery
+
+    app = Celery("neo_trainer", broker=settings.redis_url)
+    app.conf.update(
+        task_default_queue=settings.trainer_queue, task_ignore_result=True, task_acks_late=True,
+        worker_prefetch_multiplier=1, worker_concurrency=1, broker_connection_retry_on_startup=True,
+        broker_transport_options={"global_keyprefix": settings.redis_prefix},
+        worker_hijack_root_logger=False,
+    )
+
+    @app.task(name=TASK_NAME)
+    def run_job(job: str) -> str:
+        store = JobStore.from_settings(settings)
+        try:
+            return execute_job(store, job)
+        except Exception as exc:  # the job's status must say so whatever broke, then Celery logs it
+            store.update(job, state="failed", finished=_now(), error=f"worker error: {exc!r}")
+            raise
+        finally:
+            store.close()
+
+    return app
+
+
+def submit_job(settings: TrainerSettings, kind: str, config: dict[str, Any], nproc: int = 1) -> str:
+    """Record a job as queued and send it to the trainer queue; returns its id."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {kind!r}; the trainer runs: {', '.join(JOB_KINDS)}")
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    store = JobStore.from_settings(settings)
+    job = store.create(kind, config, nproc)
+    make_celery(settings).send_task(TASK_NAME, args=[job], queue=settings.trainer_queue)
+    log.info("submitted %s job %s", kind, job)
+    return job
+
+
+def _command(kind: str, config_path: Path, nproc: int, resume: bool) -> list[str]:
+    module = JOB_KINDS[kind]
+    args = [str(config_path), *(["--resume"] if resume else [])]
+    if nproc == 1:
+        return [sys.executable, "-m", module, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", module, *args]
+
+
+def _progress(metrics_path: Path) -> dict[str, Any]:
+    """The last record of a metrics file, reduced to what the status hash shows."""
+    if not metrics_path.exists():
+        return {}
+    last: dict[str, Any] = {}
+    for line in metrics_path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            last |= {k: record[k] for k in _PROGRESS_KEYS if k in record}
+    return last
+
+
+def execute_job(store: JobStore, job: str, poll_s: float = 1.0) -> str:
+    """Run one queued job to the end in a child process, mirroring its progress into Redis."""
+    record = store.get(job)
+    if record is None:
+        raise KeyError(f"no job {job!r} in Redis")
+    if record["state"] in ("done", "running"):
+        log.info("job %s is already %s: skipped (redelivery)", job, record["state"])
+        return record["state"]
+    config = record["config"]
+    run_dir = Path(config["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "job-config.json"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    resume = (run_dir / "checkpoints" / "latest").exists()  # a redelivered, interrupted job continues
+    cmd = _command(record["kind"], config_path, int(record["nproc"]), resume)
+    store.update(job, state="running", started=_now(), command=" ".join(cmd))
+    log.info("job %s: %s", job, " ".join(cmd))
+    with open(run_dir / "job.log", "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=clean_launcher_env())
+        while proc.poll() is None:
+            time.sleep(poll_s)
+            store.update(job, **_progress(run_dir / "metrics.jsonl"))
+    store.update(job, **_progress(run_dir / "metrics.jsonl"))
+    if proc.returncode == 0:
+        export_dir = (config.get("checkpoint") or {}).get("export_dir") or str(run_dir / "hf")
+        store.update(job, state="done", finished=_now(), export_dir=export_dir)
+        return "done"
+    tail = (run_dir / "job.log").read_text(errors="replace").splitlines()[-15:]
+    store.update(job, state="failed", finished=_now(), returncode=proc.returncode, error="\n".join(tail))
+    log.error("job %s failed (exit %d); log: %s", job, proc.returncode, run_dir / "job.log")
+    return "failed"
+
+
+def run_worker(settings: TrainerSettings, loglevel: str = "INFO") -> None:
+    """Block serving the trainer queue: solo pool, one job at a time."""
+    app = make_celery(settings)
+    app.worker_main(["worker", "-Q", settings.trainer_queue, "-P", "solo", "-c", "1", f"--loglevel={loglevel}",
+                     "--without-gossip", "--without-mingle", "--without-heartbeat",
+                     "-n", f"neo-trainer-{uuid.uuid4().hex[:6]}@%h"])

@@ -1,0 +1,107 @@
+"""DPO: preference rows in the UI's TRL export shape, completion-only targets, a run that widens the margin.
+
+Pairs come from the parallel Debian manual: the request asks to translate one section; ``chosen`` is that
+section's real translation, ``rejected`` another section's. The loss formula itself is checked against
+the reference computation in test_sft (value and gradient, 1e-5).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from neo.hf import load_hf
+from neo.schemas import PreferenceAnswer, PreferencePair, PreferenceRecord
+from neo.tokenizer import NeoTokenizer
+from neo_trainer.config import DPOConfig, load_stage_config
+from neo_trainer.losses import IGNORE_INDEX
+from neo_trainer.sft_data import encode_preference, read_jsonl
+from neo_trainer.stages.dpo import evaluate_margin, reference_logps, run_dpo
+
+from .helpers import records
+from .test_sft import base_model, sft_files  # noqa: F401  (session fixtures)
+
+
+def preference_records(sft_files: dict[str, Path], n: int = 8) -> list[PreferenceRecord]:  # noqa: F811
+    """Labels as the UI stores them: a translation request, the right answer (A or B) and a wrong one."""
+    rows = [r for r in read_jsonl(sft_files["instruction"]) if r["task"] == "en2zh"][:n + 1]
+    out = []
+    for i, (row, other) in enumerate(zip(rows, rows[1:] + rows[:1], strict=True)):
+        good, bad = row["messages"][1]["content"], other["messages"][1]["content"]
+        a, b = (good, bad) if i % 2 == 0 else (bad, good)
+        out.append(PreferenceRecord(
+            id=f"label{i}", prompt_id=f"p{i}", pair_id=f"pair{i}", annotator="tester",
+            prompt=[{"role": "system", "content": "You are Neo."}, row["messages"][0]],
+            answer_a=PreferenceAnswer(id=f"pair{i}:0", text=a, model="neo", model_version="neo:v1"),
+            answer_b=PreferenceAnswer(id=f"pair{i}:1", text=b, model="neo", model_version="neo:v1"),
+            choice="a" if i % 2 == 0 else "b", time_spent_s=1.0))
+    return out[:n]
+
+
+def write_prefs(path: Path, sft_files, fmt: str = "conversational", n: int = 8) -> Path:  # noqa: F811
+    """The rows ``neo prefs export`` writes (``neo.schemas.PreferencePair``, TRL format) for those labels."""
+    rows = []
+    for r in preference_records(sft_files, n):
+        chosen, rejected = r.chosen.text, r.rejected.text
+        if fmt == "conversational":
+            prompt: Any = [m.model_dump() for m in r.prompt]
+            chosen, rejected = [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}]
+        else:
+            prompt = r.prompt[-1].content
+        rows.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, id=r.id, prompt_id=r.prompt_id,
+                                   annotator=r.annotator, choice=r.choice, chosen_model=r.chosen.model_version,
+                                   rejected_model=r.rejected.model_version, edited=False, created=r.created))
+    path.write_text("".join(row.model_dump_json() + "\n" for row in rows))
+    return path
+
+
+def test_completion_only_targets(tokenizer_dir, sft_files, tmp_path):  # noqa: F811
+    tok = NeoTokenizer.load(tokenizer_dir)
+    for fmt in ("conversational", "text"):
+        row = next(read_jsonl(write_prefs(tmp_path / f"{fmt}.jsonl", sft_files, fmt, n=1)))
+        chosen, rejected = encode_preference(tok, row, 256)
+        for ex, key in ((chosen, "chosen"), (rejected, "rejected")):
+            text = row[key] if isinstance(row[key], str) else row[key][0]["content"]
+            trained = [t for t in ex.targets if t != IGNORE_INDEX]
+            assert trained[-1] == tok.im_end_id
+            assert tok.decode(trained) == text
+        # the prompt part is identical for both and never trained on
+        k = next(i for i, t in enumerate(chosen.targets) if t != IGNORE_INDEX)
+        assert chosen.input_ids[:k] == rejected.input_ids[:k]
+
+
+def test_ui_job_config_validates(tmp_path):
+    cfg = load_stage_config(DPOConfig, {
+        "name": "neo-chat", "stage": "dpo", "run_dir": str(tmp_path / "run"), "base_model": str(tmp_path / "m"),
+        "data": {"preferences": [str(tmp_path / "p.jsonl")], "format": "conversational"},
+        "checkpoint": {"export_dir": str(tmp_path / "out")}})
+    assert cfg.export_dir == tmp_path / "out" and cfg.train.beta == 0.1
+
+
+@pytest.mark.parametrize("fmt", ["conversational"])
+def test_dpo_widens_the_margin_on_its_pairs(tmp_path, base_model, sft_files, tokenizer_dir, fmt):  # noqa: F811
+    prefs = write_prefs(tmp_path / "prefs.jsonl", sft_files, fmt)
+    cfg = load_stage_config(DPOConfig, {
+        "name": "neo-dpo", "run_dir": str(tmp_path / "run"), "base_model": str(base_model), "seq_len": 256,
+        "data": {"preferences": [str(prefs)], "format": fmt},
+        "train": {"steps": 16, "micro_batch_size": 4, "lr": 1e-3, "beta": 0.1},
+        "checkpoint": {"export_dir": str(tmp_path / "out")}, "metrics": {"progress": False, "log_every": 1}})
+    tok = NeoTokenizer.load(tokenizer_dir)
+    pairs = [encode_preference(tok, r, 256) for r in read_jsonl(prefs)]
+    ref = reference_logps(load_hf(base_model), pairs, 256, tok.pad_id)
+    before = evaluate_margin(load_hf(base_model), pairs, ref, 256, tok.pad_id, 0.1)
+    assert abs(before["rewards/margins"]) < 1e-4 and abs(before["loss"] - float(torch.log(torch.tensor(2.0)))) < 1e-4
+    out = run_dpo(cfg)
+    after = evaluate_margin(load_hf(out), pairs, ref, 256, tok.pad_id, 0.1)
+    assert after["rewards/margins"] > 0.3, after
+    assert after["rewards/accuracies"] > 0.5 and after["loss"] < before["loss"] - 0.1
+    rows = records(tmp_path / "run")
+    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"} <= set(rows[-1])
+    assert rows[-1]["rewards/margins"] > rows[0]["rewards/margins"]
+    info = json.loads((out / "neo.json").read_text())
+    assert info["stage"] == "dpo" and info["parent"] == "base" and info["data"]["pairs"] == 8
+    assert info["metrics"]["rewards/margins"] == pytest.approx(after["rewards/margins"], abs=1e-4)

@@ -1,0 +1,79 @@
+"""The trainer queue: a real Celery worker subprocess on the machine's Redis, jobs run one at a time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from neo_trainer.settings import TrainerSettings
+from neo_trainer.worker import JobStore, submit_job
+
+from .helpers import REPO, losses, trainer_env
+
+pytestmark = pytest.mark.slow
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def settings():
+    prefix = f"neotest:{uuid.uuid4().hex[:8]}:"
+    yield TrainerSettings(redis_url=REDIS_URL, redis_prefix=prefix, trainer_queue=f"trainer-{prefix}")
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def worker(settings, tmp_path):
+    env = trainer_env(NEO_REDIS_URL=settings.redis_url, NEO_REDIS_PREFIX=settings.redis_prefix,
+                      NEO_TRAINER_QUEUE=settings.trainer_queue)
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "neo.cli", "train", "worker"], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _wait(store: JobStore, job: str, worker: subprocess.Popen, timeout: float = 150) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline and worker.poll() is None:
+        row = store.get(job)
+        if row and row["state"] in ("done", "failed"):
+            return row
+        time.sleep(0.5)
+    raise AssertionError(f"job {job} did not finish: {store.get(job)}")
+
+
+def test_jobs_run_one_at_a_time_and_report_status(settings, worker, make_config, tmp_path):
+    store = JobStore.from_settings(settings)
+    bad = make_config("bad", data={"manifest": str(tmp_path / "missing")})
+    good = make_config("good", train={"steps": 4, "warmup_steps": 1})
+    first = submit_job(settings, "pretrain", bad)
+    second = submit_job(settings, "pretrain", good)
+    assert store.get(second)["state"] in ("queued", "running")
+
+    failed, done = _wait(store, first, worker), _wait(store, second, worker)
+    assert failed["state"] == "failed" and "manifest.json" in failed["error"]
+    assert done["state"] == "done", done.get("error")
+    assert done["started"] >= failed["finished"]  # strictly one after the other
+    assert int(done["step"]) == 4 and float(done["loss"]) == pytest.approx(losses(Path(good["run_dir"]))[4])
+    assert (Path(done["export_dir"]) / "config.json").exists()
+    assert [row["id"] for row in store.recent()] == [second, first]
+    store.close()
+
+
+def test_unknown_kind_is_refused(settings):
+    with pytest.raises(ValueError, match="unknown job kind 'ppo'"):
+        submit_job(settings, "ppo", {"run_dir": "x"})
