@@ -129,7 +129,8 @@ def submit_job(settings: TrainerSettings, kind: str, config: dict[str, Any], npr
 
 def _command(kind: str, config_path: Path, nproc: int, resume: bool) -> list[str]:
     module = JOB_KINDS[kind]
-    args = [str(config_path), *(["--resume"] if resume else [])]
+    # only pretraining keeps DeepSpeed checkpoints; SFT/DPO runs are short and start over when redelivered
+    args = [str(config_path), *(["--resume"] if resume and kind == "pretrain" else [])]
     if nproc == 1:
         return [sys.executable, "-m", module, *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",

@@ -129,11 +129,13 @@ def run_dpo(cfg: DPOConfig, threads: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m neo_trainer.stages.dpo CONFIG [--resume]`` (``--resume`` accepted and ignored)."""
+    """``python -m neo_trainer.stages.dpo CONFIG``: a short run that starts over when repeated."""
     from neo_trainer.settings import TrainerSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
+    args = list(argv if argv is not None else sys.argv[1:])
+    if len(args) != 1:
+        raise SystemExit(f"usage: python -m neo_trainer.stages.dpo CONFIG (got {args}; DPO runs do not resume)")
     cfg = load_stage_config(DPOConfig, Path(args[0]))
     settings = TrainerSettings()
     if cfg.register_export and cfg.parent is None:  # the UI's job: which registered version it started from

@@ -137,11 +137,13 @@ def run_sft(cfg: SFTConfig, threads: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m neo_trainer.stages.sft CONFIG [--resume]`` (``--resume`` accepted and ignored)."""
+    """``python -m neo_trainer.stages.sft CONFIG``: a short run that starts over when repeated."""
     from neo_trainer.settings import TrainerSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
+    args = list(argv if argv is not None else sys.argv[1:])
+    if len(args) != 1:
+        raise SystemExit(f"usage: python -m neo_trainer.stages.sft CONFIG (got {args}; SFT runs do not resume)")
     cfg = load_stage_config(SFTConfig, Path(args[0]))
     print(f"exported {run_sft(cfg, threads=TrainerSettings().threads)}")
     return 0
