@@ -192,8 +192,8 @@ def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> Pre
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def load_config(path: Path, overrides: list[str] | None = None) -> PretrainConfig:
-    """Read a YAML or JSON run config; relative paths in it are taken as given (relative to the cwd)."""
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML or JSON run config as a mapping; relative paths in it are taken as given (from the cwd)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training config not found: {path}")
@@ -203,7 +203,12 @@ def load_config(path: Path, overrides: list[str] | None = None) -> PretrainConfi
         raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...)")
-    return build_config(raw, overrides)
+    return raw
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> PretrainConfig:
+    """Read a YAML or JSON pretraining config."""
+    return build_config(read_config_file(path), overrides)
 
 
 # --- alignment: SFT and DPO runs (``neo train sft`` / ``neo train dpo`` / ``neo align round``) ---------
@@ -289,18 +294,7 @@ class DPOConfig(Section):
 
 def load_stage_config(cls: type[Section], source: Path | dict[str, Any], overrides: list[str] | None = None) -> Any:
     """Validate an SFT/DPO config (a YAML/JSON file or a dict) into ``cls``; ``ConfigError`` names bad fields."""
-    if isinstance(source, dict):
-        raw: Any = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping")
+    raw = source if isinstance(source, dict) else read_config_file(Path(source))
     try:
         return cls.model_validate(apply_overrides(raw, overrides or []))
     except ValidationError as exc:
