@@ -44,8 +44,8 @@ def test_build_goes_through_every_stage(built_home):
     report = json.loads((home / "data/demo/report.json").read_text())
     assert report  # the data job's per-stage counts exist
     info = json.loads((home / "models/demo/neo.json").read_text())
-    assert info["stage"] == "pretrain" and info["preset"] == "tiny"
-    assert "[4/4] register" in run.stdout
+    assert info["stage"] == "sft" and info["parent"]  # pretrain → SFT
+    assert "[5/5] register" in run.stdout
     again = subprocess.run([sys.executable, "-m", "neo.cli", "up", "--build-only", "--external-redis"], env=env,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "reusing the demo model" in again.stdout

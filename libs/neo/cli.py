@@ -180,7 +180,7 @@ def chat(
 @app.command("up")
 def up(
     home: Annotated[Path | None, typer.Option(help="workspace (default: $NEO_HOME or ./.neo)")] = None,
-    steps: Annotated[int, typer.Option(help="pretraining steps of the demo model")] = 300,
+    steps: Annotated[int, typer.Option(help="pretraining steps of the demo model (SFT runs a third of that)")] = 100,
     rebuild: Annotated[bool, typer.Option(help="rebuild the demo model even if one exists")] = False,
     build_only: Annotated[bool, typer.Option(help="build (or reuse) the demo model, then exit")] = False,
     api_port: Annotated[int, typer.Option(help="port of the OpenAI-compatible API")] = 8000,

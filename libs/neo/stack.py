@@ -5,7 +5,7 @@
 2. Workers: a Celery data worker (``neo data worker``) and the trainer worker (``neo train worker``).
 3. The demo model, if ``NEO_HOME/models/demo`` is missing: tokenizer → dataproc job on the bundled
    corpus (through the data worker) → DeepSpeed pretrain of the ``tiny`` preset (fundamental → decay)
-   → SFT (when the trainer has it) → registered as model ``neo`` in the Redis registry.
+   → two-phase SFT → registered as model ``neo`` in the Redis registry.
 4. The API (``neo serve``, torch engine, following the registry) and the UI (``neo ui``).
 
 Services run as ``neo`` subcommands in subprocesses (never imported here), each with its own
@@ -158,7 +158,7 @@ def _write_json(path: Path, data: dict) -> Path:
 
 def build_demo_model(stack: Stack, steps: int = 300, rebuild: bool = False,
                      say: Callable[[str], None] = log.info) -> Path:
-    """tokenizer → dataproc → pretrain (→ SFT) → registry; returns the served model directory."""
+    """tokenizer → dataproc → pretrain → SFT → registry; returns the served model directory."""
     from neo.tokenizer import TokenizerConfig, train_tokenizer
 
     s = stack.settings
@@ -172,11 +172,11 @@ def build_demo_model(stack: Stack, steps: int = 300, rebuild: bool = False,
         shutil.rmtree(model_dir, ignore_errors=True)
     files = sample_files()
     tok_dir = home / "tokenizers" / "demo"
-    say(f"[1/4] tokenizer: {DEMO_VOCAB_SIZE} pieces on {len(files)} sample files")
+    say(f"[1/5] tokenizer: {DEMO_VOCAB_SIZE} pieces on {len(files)} sample files")
     if not (tok_dir / "tokenizer.json").exists() or rebuild:
         train_tokenizer(files, tok_dir, TokenizerConfig(vocab_size=DEMO_VOCAB_SIZE))
 
-    say("[2/4] data: clean, language-tag, deduplicate and tokenize the sample corpus (data worker)")
+    say("[2/5] data: clean, language-tag, deduplicate and tokenize the sample corpus (data worker)")
     data_cfg = _write_json(home / "configs" / "demo-data.json", {
         "name": "demo", "docs_per_shard": 500,
         "inputs": [{"path": str(SAMPLE_CORPUS / "*.jsonl.gz")}],
@@ -185,7 +185,7 @@ def build_demo_model(stack: Stack, steps: int = 300, rebuild: bool = False,
     stack.run("data", "run", str(data_cfg), *(["--fresh"] if rebuild else []))
     manifest_dir = home / "data" / "demo" / "shards"
 
-    say(f"[3/4] pretrain: tiny preset, {steps} steps, fundamental → decay (DeepSpeed on CPU)")
+    say(f"[3/5] pretrain: tiny preset, {steps} steps, fundamental → decay (DeepSpeed on CPU)")
     pre_dir = home / "runs" / "demo-pretrain"
     pre_cfg = _write_json(home / "configs" / "demo-pretrain.json", {
         "name": "demo-pretrain", "run_dir": str(pre_dir), "model": {"preset": "tiny"},
@@ -197,8 +197,23 @@ def build_demo_model(stack: Stack, steps: int = 300, rebuild: bool = False,
     stack.run("train", "pretrain", str(pre_cfg), *([] if rebuild else ["--resume"]))
     base = home / "models" / "demo-base"
 
-    say("[4/4] register the model for serving")
-    shutil.copytree(base, model_dir, dirs_exist_ok=True)
+    say("[4/5] SFT: instruction phase (EN↔ZH from the Debian manual), then chat phase")
+    sft_data = home / "data" / "sft"
+    stack.run("train", "sft-data", str(sft_data), "--corpus", str(SAMPLE_CORPUS))
+    sft_steps = max(steps // 3, 2)
+    sft_cfg = _write_json(home / "configs" / "demo-sft.json", {
+        "name": "demo-sft", "run_dir": str(home / "runs" / "demo-sft"), "base_model": str(base),
+        "seq_len": 256, "packing": True,
+        "phases": [{"name": "instruction", "data": [str(sft_data / "instruction.jsonl")], "steps": sft_steps},
+                   {"name": "chat", "data": [str(sft_data / "chat.jsonl")], "steps": max(sft_steps // 2, 1)}],
+        "train": {"micro_batch_size": 8, "lr": 1e-3, "warmup_steps": min(10, sft_steps), "weight_decay": 0.0},
+        "checkpoint": {"export_dir": str(home / "models" / "demo-sft")},
+        "metrics": {"log_every": 10, "tensorboard": False},
+    })
+    stack.run("train", "sft", str(sft_cfg))
+
+    say("[5/5] register the model for serving")
+    shutil.copytree(home / "models" / "demo-sft", model_dir, dirs_exist_ok=True)
     ensure_registered(stack, model_dir)
     return model_dir
 
