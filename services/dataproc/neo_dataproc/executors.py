@@ -128,6 +128,20 @@ def worker_command(settings: DataprocSettings, name: str, pool: str = "solo", co
             "-l", loglevel]
 
 
+def stop_workers(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
+    """SIGTERM (Celery's warm shutdown: take nothing new, exit), then SIGKILL whoever outlives ``grace_s``."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 class LocalWorkers:
     """``n`` single-process ``celery worker`` subprocesses for the duration of a ``with`` block."""
 
@@ -146,13 +160,4 @@ class LocalWorkers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)  # warm shutdown: finish nothing new, exit
-        deadline = time.time() + 15
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_workers(self.procs, grace_s=15)

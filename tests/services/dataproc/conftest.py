@@ -6,9 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,16 +86,9 @@ class Workers:
         return started
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.time() + 10
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        from neo_dataproc.executors import stop_workers
+
+        stop_workers(self.procs, grace_s=10)
 
 
 @pytest.fixture
