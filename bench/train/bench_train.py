@@ -32,23 +32,23 @@ def _rates(times: list[float], warmup: int, tokens_per_step: int) -> float:
     return tokens_per_step / statistics.median(gaps)
 
 
-def run_neo(args: argparse.Namespace) -> dict:
+def run_neo(args: argparse.Namespace, compile_blocks: bool = False) -> dict:
     from neo_trainer.config import build_config
     from neo_trainer.metrics import read_jsonl
     from neo_trainer.stages.pretrain import run_pretrain
 
-    cfg = build_config(_neo_config(args))
+    cfg = build_config(_neo_config(args, compile_blocks))
     run_pretrain(cfg)
     rows = read_jsonl(cfg.run_dir / "metrics.jsonl")
     return {"tokens_per_s": _rates([r["time"] for r in rows], args.warmup, args.batch * args.seq_len),
             "mean_loss": statistics.mean(r["loss"] for r in rows), "steps": len(rows), "threads": _threads()}
 
 
-def _neo_config(args: argparse.Namespace) -> dict:
+def _neo_config(args: argparse.Namespace, compile_blocks: bool) -> dict:
     files = sorted((REPO / "data" / "sample").glob("*.jsonl.gz"))
     return {
-        "name": "bench", "run_dir": str(args.work / "neo-run"),
-        "model": {"preset": args.preset},
+        "name": "bench", "run_dir": str(args.work / ("neo-run-compiled" if compile_blocks else "neo-run")),
+        "model": {"preset": args.preset, "compile": compile_blocks},
         "data": {"text_files": [str(f) for f in files], "tokenizer": str(args.tokenizer), "seq_len": args.seq_len,
                  "max_tokens": args.max_tokens, "val_fraction": 0.0},
         "train": {"steps": args.steps, "micro_batch_size": args.batch, "lr": 1e-3, "warmup_steps": 0,
@@ -125,8 +125,8 @@ def _ensure_tokenizer(args: argparse.Namespace) -> None:
 
 def _child(which: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--which", which, "--json-out", str(args.work / f"{which}.json"),
-           *(a for k, v in vars(args).items() if k not in ("which", "json_out") and v is not None
-             for a in (f"--{k.replace('_', '-')}", str(v)))]
+           *(a for k, v in vars(args).items() if k not in ("which", "json_out") and v not in (None, False)
+             for a in ((f"--{k.replace('_', '-')}",) if v is True else (f"--{k.replace('_', '-')}", str(v))))]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                              "MASTER_PORT")} | {"OMP_NUM_THREADS": str(args.threads)}
     subprocess.run(cmd, check=True, env=env)
@@ -147,7 +147,8 @@ def main() -> None:
                         "busy-wait, so two contending ones can be 10× slower)")
     p.add_argument("--tokenizer", type=Path, default=None)
     p.add_argument("--work", type=Path, default=Path(".neo/bench/train"))
-    p.add_argument("--which", choices=["neo", "hf"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-compile", action="store_true", help="skip the Neo run with model.compile=true")
+    p.add_argument("--which", choices=["neo", "neo-compile", "hf"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--json-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -156,20 +157,25 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        result = run_neo(args) if args.which == "neo" else run_hf(args)
+        result = run_hf(args) if args.which == "hf" else run_neo(args, args.which == "neo-compile")
         args.json_out.write_text(json.dumps(result))
         return
     _ensure_tokenizer(args)
     neo, hf = _child("neo", args), _child("hf", args)
+    compiled = None if args.no_compile else _child("neo-compile", args)
     import transformers
 
     print(f"\nconfig: preset={args.preset} params={hf['params']:,} seq_len={args.seq_len} batch={args.batch} "
           f"steps={args.steps} (first {args.warmup} untimed) fp32 CPU threads={neo['threads']} "
           f"ZeRO-{args.zero_stage}; transformers {transformers.__version__}")
-    print("| trainer | tokens/s | mean train loss |\n|---|---:|---:|")
-    print(f"| Neo (DeepSpeed engine, NeoModel) | {neo['tokens_per_s']:,.0f} | {neo['mean_loss']:.3f} |")
-    print(f"| HF Trainer (LlamaForCausalLM) | {hf['tokens_per_s']:,.0f} | {hf['mean_loss']:.3f} |")
-    print(f"| ratio Neo / HF | {neo['tokens_per_s'] / hf['tokens_per_s']:.2f}× | |")
+    print("| trainer | tokens/s | × HF Trainer | mean train loss |\n|---|---:|---:|---:|")
+    print(f"| HF Trainer (LlamaForCausalLM), the baseline | {hf['tokens_per_s']:,.0f} | 1.00× | {hf['mean_loss']:.3f} |")
+    rows = [("Neo (DeepSpeed engine, fused LM-head loss)", neo)]
+    if compiled:
+        rows.append(("Neo, model.compile=true (Inductor blocks)", compiled))
+    for label, r in rows:
+        print(f"| {label} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / hf['tokens_per_s']:.2f}× | "
+              f"{r['mean_loss']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from neo.config import ModelConfig
 
@@ -118,14 +119,12 @@ class Attention(nn.Module):
             span = mask.shape[-1]  # only the slots any row can see
             k, v = cache.k[layer][:, :, :span].to(q.dtype), cache.v[layer][:, :, :span].to(q.dtype)
 
-        groups = self.n_heads // self.n_kv_heads
-        if groups > 1:  # share each k/v head with its group of query heads
-            k = k.repeat_interleave(groups, dim=1)  # (B, h, S, hd)
-            v = v.repeat_interleave(groups, dim=1)
+        # GQA/MQA: SDPA shares each k/v head with its group of query heads (no repeated copies)
+        gqa = self.n_kv_heads != self.n_heads
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -155,7 +154,19 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attn_norm(x))
 
 
+def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """doc_ids (B, T) → bool mask (B, 1, T, T): query t sees key s iff s ≤ t and both are in one document."""
+    T = doc_ids.shape[1]
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return (same_doc & causal)[:, None]
+
+
 class NeoModel(nn.Module):
+    #: recompute each block's activations in backward instead of storing them (training memory; the
+    #: same switch as HF's ``gradient_checkpointing``). Off by default; the trainer turns it on.
+    activation_checkpointing: bool = False
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -181,11 +192,20 @@ class NeoModel(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | None = None, doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids (B, T) → logits (B, T, vocab_size).
+        """input_ids (B, T) → logits (B, T, vocab_size). See ``hidden_states`` for the arguments."""
+        return self.lm_head(self.hidden_states(input_ids, positions, cache, doc_ids))
 
-        Without a cache: a causal pass over positions 0..T-1 (training, scoring).
+    def hidden_states(
+        self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+        cache: KVCache | None = None, doc_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, T) → final-norm hidden states (B, T, d_model), the input of ``lm_head``.
+
+        Without a cache: a causal pass over positions 0..T-1 (training, scoring). ``doc_ids`` (B, T)
+        keep attention inside each document of a packed row (block-diagonal causal mask); pass the
+        matching ``positions`` that restart at each document.
         With a cache: ``positions`` (B, T) gives each token's position (= its cache slot); each row
         attends to its own slots 0..position. Use it for prefill and for one-token decode steps.
         """
@@ -196,9 +216,13 @@ class NeoModel(nn.Module):
                 raise ValueError(f"sequence length {T} exceeds max_seq_len={self.config.max_seq_len}")
             if positions is None:
                 positions = torch.arange(T, device=input_ids.device).expand(B, T)
+            if doc_ids is not None:
+                mask = document_causal_mask(doc_ids)
         else:
             if positions is None:
                 raise ValueError("positions (B, T) are required when decoding with a KV cache")
+            if doc_ids is not None:
+                raise ValueError("doc_ids apply to training passes, not to decoding with a KV cache")
             span = int(positions.max()) + 1
             if span > cache.max_len:
                 raise ValueError(f"position {span - 1} is past the KV cache length {cache.max_len}")
@@ -206,6 +230,10 @@ class NeoModel(nn.Module):
             mask = (slots[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, span) bool
         cos, sin = self.rope(positions)
         x = self.embed(input_ids)  # (B, T, d)
+        recompute = self.activation_checkpointing and self.training and cache is None
         for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, positions, cache, i, mask)
-        return self.lm_head(self.norm(x))
+            if recompute:
+                x = checkpoint(block, x, cos, sin, positions, None, i, mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, positions, cache, i, mask)
+        return self.norm(x)

@@ -119,7 +119,7 @@ def run_round(
            "register_export": False,
            "data": {"preferences": [str(prefs)], "format": "conversational"},
            "checkpoint": {"export_dir": str(export_dir or run_dir / "hf")},
-           "metrics": {"progress": False}}
+           "metrics": {"progress": False, "log_every": 1, "tensorboard": False}}
     cfg = load_stage_config(DPOConfig, raw, overrides)
     out = run_dpo(cfg)
     version = registry.register(name, out, stage="dpo", parent=parent) if registry is not None else None

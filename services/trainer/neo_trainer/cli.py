@@ -170,12 +170,25 @@ align_app = typer.Typer(help="Iterative DPO: train on the labels since the last 
 app.add_typer(align_app, name="align")  # `neo train align round`; also mountable as `neo align` (entry point)
 
 
-def _run_stage(kind: str, config: Path, overrides: list[str]) -> None:
+NprocOption = Annotated[int, typer.Option(help="local processes (torchrun), each taking a share of every batch")]
+
+
+def _run_stage(kind: str, config: Path, overrides: list[str], nproc: int = 1) -> None:
     from neo_trainer.config import ConfigError, DPOConfig, SFTConfig, load_stage_config
     from neo_trainer.settings import TrainerSettings
 
     try:
         cfg = load_stage_config(SFTConfig if kind == "sft" else DPOConfig, config, overrides)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    if nproc > 1:
+        from neo_trainer.distributed import launch_local
+
+        if kind == "dpo":  # as in one process: `neo train dpo` exports; `neo align round` registers
+            overrides = [*overrides, "register_export=false"]
+        args = [str(config), *(a for o in overrides for a in ("--set", o))]
+        raise typer.Exit(launch_local(nproc, f"neo_trainer.stages.{kind}", args))
+    try:
         if kind == "sft":
             from neo_trainer.stages.sft import run_sft as run
         else:
@@ -188,16 +201,16 @@ def _run_stage(kind: str, config: Path, overrides: list[str]) -> None:
 
 @app.command("sft")
 def sft(config: Annotated[Path, typer.Argument(help="SFT config (YAML/JSON): base_model, phases, train")],
-        set_: SetOption = None) -> None:
+        set_: SetOption = None, nproc: NprocOption = 1) -> None:
     """Supervised fine-tuning on chat JSONL: assistant-only loss, packing, phases (instruction → chat)."""
-    _run_stage("sft", config, list(set_ or []))
+    _run_stage("sft", config, list(set_ or []), nproc)
 
 
 @app.command("dpo")
 def dpo(config: Annotated[Path, typer.Argument(help="DPO config (YAML/JSON): base_model, data.preferences")],
-        set_: SetOption = None) -> None:
+        set_: SetOption = None, nproc: NprocOption = 1) -> None:
     """Sigmoid DPO on TRL preference JSONL against a frozen reference (default: base_model)."""
-    _run_stage("dpo", config, list(set_ or []))
+    _run_stage("dpo", config, list(set_ or []), nproc)
 
 
 @app.command("sft-data")

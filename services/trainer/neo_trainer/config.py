@@ -34,6 +34,10 @@ class ModelSection(Section):
     preset: str = Field("tiny", description="neo.config preset name")
     overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig field overrides")
     activation_checkpointing: bool = Field(False, description="recompute each block in backward (saves memory)")
+    compile: bool = Field(False, description="torch.compile each block (Inductor): faster steps after a "
+                                             "one-time compile of ~20-60 s on CPU; worth it for long runs")
+    fused_loss: bool = Field(True, description="LM head fused with the cross-entropy, in chunks: the full "
+                                               "(tokens × vocab) logits are never stored")
 
 
 class DataSection(Section):
@@ -215,9 +219,9 @@ def load_config(path: Path, overrides: list[str] | None = None) -> PretrainConfi
 
 
 class AlignTrainSection(Section):
-    """Optimizer and batch for SFT/DPO: plain AdamW in one process (CPU fp32 or one GPU)."""
+    """Optimizer and batch for SFT/DPO: AdamW on the DeepSpeed engine (see ``distributed`` for ZeRO/precision)."""
 
-    micro_batch_size: int = Field(4, gt=0, description="rows (SFT: packed rows; DPO: pairs) per step")
+    micro_batch_size: int = Field(4, gt=0, description="rows (SFT: packed rows; DPO: pairs) per process per step")
     lr: float = Field(1e-4, gt=0, description="constant LR after warmup")
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -243,6 +247,7 @@ class SFTConfig(Section):
     packing: bool = Field(True, description="pack several conversations per row (attention kept apart)")
     phases: list[SFTPhase] = Field(min_length=1)
     train: AlignTrainSection = Field(default_factory=AlignTrainSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(tensorboard=False))
 
@@ -281,6 +286,7 @@ class DPOConfig(Section):
     seq_len: int = Field(512, gt=0, description="prompt+completion tokens kept (the prompt's start is cut)")
     data: DPODataSection
     train: DPOTrainSection = Field(default_factory=DPOTrainSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(tensorboard=False, log_every=1))
 

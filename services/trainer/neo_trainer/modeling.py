@@ -1,55 +1,51 @@
-"""The training-side forward around an unchanged ``NeoModel``: document masks, activation checkpointing.
+"""The training-side wrapper around an unchanged ``NeoModel``: the loss inside the forward.
 
-``neo.model`` stays free of training concerns (no ZeRO, no recompute, no loss). This wrapper walks the
-model's own parts (embedding → blocks → norm → head) and adds two things a pretraining run may ask for:
+``CausalLM(model)(input_ids, positions, doc_ids)`` returns logits like ``NeoModel``; given ``targets``
+it returns the mean next-token loss instead, through ``losses.linear_cross_entropy`` (the LM head fused
+with the loss, so the full logits are never stored). The loss lives inside this module's forward so
+that DeepSpeed ZeRO-3, which gathers a parameter only while its module runs, has the LM head weight at
+hand: it is registered here as an external parameter of the wrapper.
 
-* ``doc_ids`` (B, T): attention stays inside a document, as a block-diagonal causal mask
-  (B, 1, T, T), while ``positions`` restart at every document start;
-* activation checkpointing: each block's activations are recomputed in backward instead of stored.
-
-Without either, the result equals ``NeoModel.forward`` (tested), so the export is the same model.
+Document masks and activation checkpointing are ``NeoModel``'s own (``doc_ids``,
+``activation_checkpointing``), so the export is the same model as the one trained.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from neo.model import NeoModel
-
-
-def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """doc_ids (B, T) → bool mask (B, 1, T, T): query t sees key s iff s ≤ t and both are in one document."""
-    T = doc_ids.shape[1]
-    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
-    return (same_doc & causal)[:, None]
+from neo_trainer.losses import cross_entropy, linear_cross_entropy
 
 
 class CausalLM(nn.Module):
-    """``NeoModel`` as trained: ``forward(input_ids, positions, doc_ids) -> logits`` (B, T, vocab)."""
+    """``forward(input_ids, positions, doc_ids, targets=None)`` → logits (B, T, V), or the loss given targets."""
 
-    def __init__(self, model: NeoModel, activation_checkpointing: bool = False):
+    def __init__(self, model: NeoModel, activation_checkpointing: bool = False, fused_loss: bool = True):
         super().__init__()
         self.model = model
-        self.activation_checkpointing = activation_checkpointing
+        self.fused_loss = fused_loss
+        model.activation_checkpointing = activation_checkpointing
+        if fused_loss:  # ZeRO-3 gathers it for this module's forward; a plain dict entry otherwise
+            import deepspeed
+
+            deepspeed.zero.register_external_parameter(self, model.lm_head.weight)
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        m = self.model
-        B, T = input_ids.shape
-        if T > m.config.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds max_seq_len={m.config.max_seq_len}")
-        if positions is None:
-            positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        mask = document_causal_mask(doc_ids) if doc_ids is not None else None
-        cos, sin = m.rope(positions)  # (B, 1, T, hd) each
-        x = m.embed(input_ids)  # (B, T, d)
-        for block in m.layers:
-            if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, cos, sin, None, None, 0, mask, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, None, None, 0, mask)
-        return m.lm_head(m.norm(x))
+        if targets is None:
+            return self.model(input_ids, positions, doc_ids=doc_ids)
+        hidden = self.model.hidden_states(input_ids, positions, doc_ids=doc_ids)
+        if self.fused_loss:
+            return linear_cross_entropy(hidden, self.model.lm_head.weight, targets)
+        return cross_entropy(self.model.lm_head(hidden), targets)
+
+
+def compile_blocks(model: NeoModel) -> None:
+    """``torch.compile`` each transformer block in place (parameter names unchanged, so checkpoints and the
+    HF export are unaffected). Inductor fuses the norms, RoPE and SwiGLU's elementwise work."""
+    for block in model.layers:
+        block.compile()

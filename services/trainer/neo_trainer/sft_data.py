@@ -101,6 +101,9 @@ class PackedBatch:
     def to(self, device: torch.device) -> PackedBatch:
         return PackedBatch(*(t.to(device) for t in (self.input_ids, self.targets, self.positions, self.doc_ids)))
 
+    def rows(self, sl: slice) -> PackedBatch:
+        return PackedBatch(self.input_ids[sl], self.targets[sl], self.positions[sl], self.doc_ids[sl])
+
 
 def pack(examples: Iterable[Example], seq_len: int, pad_id: int, packing: bool = True) -> PackedBatch:
     """Greedy first-fit packing into rows of ``seq_len`` (one example per row without ``packing``)."""

@@ -1,8 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from neo.config import ModelConfig
-from neo.model import KVCache, NeoModel
+from neo.model import KVCache, NeoModel, document_causal_mask
 
 
 def tiny(**kw):
@@ -78,3 +79,55 @@ def test_loss_decreases_when_overfitting_one_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_document_mask_shape_and_values():
+    mask = document_causal_mask(torch.tensor([[1, 1, 2, 2]]))
+    assert mask.shape == (1, 1, 4, 4)
+    assert mask[0, 0].int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
+
+
+def test_doc_ids_make_packed_documents_independent():
+    """Logits of a packed row's second document equal those of that document alone at position 0."""
+    torch.manual_seed(0)
+    model = NeoModel(ModelConfig.from_name("tiny", vocab_size=300)).eval()
+    doc_a, doc_b = [1, 17, 18, 19, 20, 2], [1, 30, 31, 32, 33, 34, 2]
+    row = torch.tensor([doc_a + doc_b])
+    doc_ids = torch.tensor([[0] * len(doc_a) + [1] * len(doc_b)])
+    positions = torch.tensor([list(range(len(doc_a))) + list(range(len(doc_b)))])
+    with torch.no_grad():
+        packed = model(row, positions, doc_ids=doc_ids)
+        alone = model(torch.tensor([doc_b]))
+        unmasked = model(row, positions)
+    torch.testing.assert_close(packed[0, len(doc_a):], alone[0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(unmasked[0, len(doc_a):], alone[0], atol=1e-3)  # without the mask it leaks
+
+
+def test_gqa_shares_kv_heads_like_repeated_heads():
+    """SDPA's enable_gqa path equals attention over explicitly repeated k/v heads (HF's repeat_kv)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny", vocab_size=300, n_heads=4, n_kv_heads=2)
+    gqa = NeoModel(cfg).eval()
+    mha = NeoModel(ModelConfig.from_name("tiny", vocab_size=300, n_heads=4, n_kv_heads=4)).eval()
+    state = gqa.state_dict()
+    for i in range(cfg.n_layers):  # kv head j serves query heads 2j and 2j+1
+        for name in ("k_proj", "v_proj"):
+            w = state[f"layers.{i}.attn.{name}.weight"].view(2, cfg.head_dim, cfg.d_model)
+            state[f"layers.{i}.attn.{name}.weight"] = w.repeat_interleave(2, dim=0).reshape(-1, cfg.d_model)
+    mha.load_state_dict(state)
+    ids = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(ids), mha(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    ids = torch.randint(0, 300, (2, 16))
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = NeoModel(ModelConfig.from_name("tiny", vocab_size=300)).train()
+        model.activation_checkpointing = recompute
+        F.cross_entropy(model(ids[:, :-1]).reshape(-1, 300), ids[:, 1:].reshape(-1)).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)

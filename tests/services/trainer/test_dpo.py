@@ -22,7 +22,7 @@ from neo_trainer.losses import IGNORE_INDEX
 from neo_trainer.sft_data import encode_preference, read_jsonl
 from neo_trainer.stages.dpo import evaluate_margin, reference_logps, run_dpo
 
-from .helpers import records
+from .helpers import neo_train, records
 from .test_sft import base_model, sft_files  # noqa: F401  (session fixtures)
 
 
@@ -105,3 +105,34 @@ def test_dpo_widens_the_margin_on_its_pairs(tmp_path, base_model, sft_files, tok
     info = json.loads((out / "neo.json").read_text())
     assert info["stage"] == "dpo" and info["parent"] == "base" and info["data"]["pairs"] == 8
     assert info["metrics"]["rewards/margins"] == pytest.approx(after["rewards/margins"], abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_dpo_on_two_processes_matches_one(tmp_path, base_model, sft_files, zero_stage):  # noqa: F811
+    """The DeepSpeed engine over gloo: 2 processes × 2 pairs (ZeRO-2/3) take the steps of 1 process × 4 pairs."""
+    prefs = write_prefs(tmp_path / "prefs.jsonl", sft_files)
+
+    def config(name: str, pairs_per_process: int, stage: int) -> dict[str, Any]:
+        return {"name": name, "run_dir": str(tmp_path / name), "base_model": str(base_model), "seq_len": 256,
+                "data": {"preferences": [str(prefs)]}, "distributed": {"zero_stage": stage},
+                "train": {"steps": 4, "micro_batch_size": pairs_per_process, "lr": 1e-3, "beta": 0.1},
+                "checkpoint": {"export_dir": str(tmp_path / name / "hf")},
+                "metrics": {"progress": False, "log_every": 1}}
+
+    run_dpo(load_stage_config(DPOConfig, config("one", 4, 0)))
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps(config("two", 2, zero_stage)))
+    result = neo_train("dpo", str(path), "--nproc", "2", timeout=400)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    for key in ("loss", "rewards/margins", "rewards/accuracies"):
+        assert [r[key] for r in two] == pytest.approx([r[key] for r in one], rel=1e-4, abs=1e-6), key
+    info = json.loads((tmp_path / "two" / "hf" / "neo.json").read_text())
+    assert info["stage"] == "dpo" and info["train_config"]["distributed"]["zero_stage"] == zero_stage
+    # the gathered export (ZeRO-3 partitions the weights) equals the one-process model; Adam's normalized
+    # steps turn float-rounding differences of near-zero gradients into ≤ 1e-4 (one step moves 1e-3)
+    a, b = load_hf(tmp_path / "one" / "hf"), load_hf(tmp_path / "two" / "hf")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-4, msg=name)

@@ -1,15 +1,15 @@
-"""neo_trainer.modeling: the training forward equals NeoModel's, masks documents, recomputes exactly."""
+"""neo_trainer.modeling and the fused loss: the training forward equals NeoModel + cross-entropy exactly."""
 
 from __future__ import annotations
 
-import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 
 from neo.config import ModelConfig
 from neo.model import NeoModel
-from neo_trainer.data import make_batch
-from neo_trainer.losses import cross_entropy
-from neo_trainer.modeling import CausalLM, document_causal_mask
+from neo_trainer.losses import IGNORE_INDEX, cross_entropy, linear_cross_entropy
+from neo_trainer.modeling import CausalLM
 
 
 def _model(seed: int = 0) -> NeoModel:
@@ -23,34 +23,58 @@ def test_plain_forward_equals_the_model_forward():
     torch.testing.assert_close(CausalLM(model)(ids), model(ids), rtol=0, atol=0)
 
 
-def test_document_mask_makes_documents_independent():
-    """Logits of a packed row's second document equal those of that document alone at position 0."""
-    model, eos = _model(), 2
-    doc_a = [1, 17, 18, 19, 20, eos]
-    doc_b = [1, 30, 31, 32, 33, 34, eos]
-    row = np.array([doc_a + doc_b + [1]])
-    batch = make_batch(row, eos, document_mask=True)
-    lm = CausalLM(model).eval()
-    with torch.no_grad():
-        packed = lm(batch.input_ids, batch.positions, batch.doc_ids)
-        alone = model(torch.tensor([doc_b]))
-        unmasked = lm(batch.input_ids)
-    torch.testing.assert_close(packed[0, len(doc_a):], alone[0], rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(unmasked[0, len(doc_a):], alone[0], atol=1e-3)  # without the mask it leaks
+@pytest.mark.parametrize("rows", [1, 7, 10_000])
+def test_linear_cross_entropy_equals_the_unfused_loss_and_gradients(rows):
+    """fp64, so any difference is the formula, not rounding: loss and both gradients to 1e-12."""
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 50, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(300, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 300, (3, 50))
+    targets[0, :10] = IGNORE_INDEX
+    fused = linear_cross_entropy(hidden, weight, targets, chunk_rows=rows)
+    plain = F.cross_entropy((hidden @ weight.t()).reshape(-1, 300), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+    g_fused = torch.autograd.grad(3.0 * fused, (hidden, weight))
+    g_plain = torch.autograd.grad(3.0 * plain, (hidden, weight))
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-12)
+    for a, b in zip(g_fused, g_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    with torch.no_grad():  # the evaluation path computes no gradients and gives the same number
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets, rows), plain, rtol=0, atol=1e-12)
 
 
-def test_mask_shape_and_values():
-    mask = document_causal_mask(torch.tensor([[1, 1, 2, 2]]))
-    assert mask.shape == (1, 1, 4, 4)
-    assert mask[0, 0].int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
+def test_all_targets_ignored_gives_zero_loss_and_gradient():
+    hidden = torch.randn(4, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, torch.full((4,), IGNORE_INDEX))
+    loss.backward()
+    assert float(loss) == 0.0 and float(hidden.grad.abs().sum()) == 0.0 and float(weight.grad.abs().sum()) == 0.0
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
+def test_training_loss_with_targets_matches_logits_then_cross_entropy():
+    """Tied embeddings: the fused head's weight gradient lands on the shared embedding like the plain one."""
+    ids = torch.randint(0, 300, (2, 17))
+    doc_ids = torch.tensor([[0] * 8 + [1] * 8, [0] * 16])
+    grads, losses = [], []
+    for fused in (True, False):
+        lm = CausalLM(_model(), fused_loss=fused).train()
+        loss = lm(ids[:, :-1], None, doc_ids, ids[:, 1:])
+        reference = cross_entropy(lm(ids[:, :-1], None, doc_ids), ids[:, 1:])
+        torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
+        loss.backward()
+        losses.append(float(loss))
+        grads.append({n: p.grad.clone() for n, p in lm.named_parameters()})
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[0][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_activation_checkpointing_switch_reaches_the_model():
     ids = torch.randint(0, 300, (2, 16))
     grads = []
     for ac in (False, True):
         lm = CausalLM(_model(), activation_checkpointing=ac).train()
-        cross_entropy(lm(ids[:, :-1]), ids[:, 1:]).backward()
+        assert lm.model.activation_checkpointing is ac
+        lm(ids[:, :-1], targets=ids[:, 1:]).backward()
         grads.append({n: p.grad.clone() for n, p in lm.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)

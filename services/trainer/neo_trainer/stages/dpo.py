@@ -4,10 +4,12 @@ TRL JSONL (``neo prefs export``: ``prompt``, ``chosen``, ``rejected``, each text
 template ids, targets only on the completion (``sft_data.encode_preference``) → policy log-probs of
 chosen and rejected in one forward (``losses.sequence_logps``) → ``losses.dpo_loss`` against the
 reference log-probs, computed once up front (the reference is frozen, default: the starting model,
-i.e. the SFT checkpoint) → AdamW → metrics (``rewards/chosen``, ``rewards/rejected``,
+i.e. the SFT checkpoint) → AdamW on the DeepSpeed engine (``engine.AlignEngine``; with several processes
+each takes its share of every global batch of pairs) → metrics (``rewards/chosen``, ``rewards/rejected``,
 ``rewards/accuracies``, ``rewards/margins``) → HF export with ``stage="dpo"``.
 
-    python -m neo_trainer.stages.dpo CONFIG      # what the trainer worker runs for kind=dpo
+    python -m neo_trainer.stages.dpo CONFIG [--set k=v]     # what the trainer worker runs for kind=dpo
+    torchrun --nproc_per_node 2 -m neo_trainer.stages.dpo CONFIG     # = neo train dpo CONFIG --nproc 2
 """
 
 from __future__ import annotations
@@ -16,20 +18,21 @@ import json
 import logging
 import math
 import random
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from neo.hf import load_hf
-from neo.model import NeoModel
+from neo_trainer import distributed
 from neo_trainer.config import DPOConfig, load_stage_config
 from neo_trainer.losses import dpo_loss, sequence_logps
 from neo_trainer.metrics import MetricsLogger
+from neo_trainer.modeling import CausalLM
 from neo_trainer.sft_data import Example, encode_preference, load_preferences, pack
-from neo_trainer.stages.sft import export_model, load_policy, make_optimizer, optimizer_step
+from neo_trainer.stages.sft import build_engine, checkpoint_info, load_policy, stage_args, warmup_lr
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +44,41 @@ def _pair_batch(pairs: list[tuple[Example, Example]], seq_len: int, pad_id: int)
     return pack(examples, width, pad_id, packing=False)
 
 
-def pair_logps(model: NeoModel, pairs: list[tuple[Example, Example]], seq_len: int,
-               pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) summed completion log-probs under ``model``, (N,) each."""
+def pair_logps(model: Callable[..., torch.Tensor], pairs: list[tuple[Example, Example]], seq_len: int,
+               pad_id: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) summed completion log-probs under ``model`` (a NeoModel or the engine), (N,) each."""
     b = _pair_batch(pairs, seq_len, pad_id)
+    if device is not None:
+        b = b.to(device)
     logps = sequence_logps(model(b.input_ids, b.positions), b.targets)
     return logps[:len(pairs)], logps[len(pairs):]
 
 
 @torch.no_grad()
-def reference_logps(model: NeoModel, pairs: list[tuple[Example, Example]], seq_len: int, pad_id: int,
-                    batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    was = model.training
-    model.eval()
-    parts = [pair_logps(model, pairs[i:i + batch], seq_len, pad_id) for i in range(0, len(pairs), batch)]
-    model.train(was)
-    return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+def reference_logps(model: Callable[..., torch.Tensor], pairs: list[tuple[Example, Example]], seq_len: int,
+                    pad_id: int, batch: int = 8, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    train = getattr(model, "train", None)
+    was = getattr(model, "training", True)
+    if train is not None:
+        train(False)
+    parts = [pair_logps(model, pairs[i:i + batch], seq_len, pad_id, device) for i in range(0, len(pairs), batch)]
+    if train is not None:
+        train(was)
+    return torch.cat([c for c, _ in parts]).float().cpu(), torch.cat([r for _, r in parts]).float().cpu()
 
 
 @torch.no_grad()
-def evaluate_margin(model: NeoModel, pairs: list[tuple[Example, Example]], ref: tuple[torch.Tensor, torch.Tensor],
-                    seq_len: int, pad_id: int, beta: float) -> dict[str, float]:
+def evaluate_margin(model: Callable[..., torch.Tensor], pairs: list[tuple[Example, Example]],
+                    ref: tuple[torch.Tensor, torch.Tensor], seq_len: int, pad_id: int, beta: float,
+                    device: torch.device | None = None) -> dict[str, float]:
     """DPO loss and reward statistics over all ``pairs`` (the numbers TRL logs, for a whole set)."""
-    chosen, rejected = reference_logps(model, pairs, seq_len, pad_id)
+    chosen, rejected = reference_logps(model, pairs, seq_len, pad_id, device=device)
     return {k: float(v) for k, v in dpo_loss(chosen, rejected, ref[0], ref[1], beta).items()}
 
 
 def run_dpo(cfg: DPOConfig, threads: int = 0) -> Path:
     """Train the policy on the preference pairs; returns the HF export directory."""
-    if threads:
-        torch.set_num_threads(threads)
+    env = distributed.setup(threads)
     torch.manual_seed(cfg.train.seed)
     rng = random.Random(cfg.train.seed)
     rows = load_preferences(cfg.data.preferences)
@@ -80,52 +88,65 @@ def run_dpo(cfg: DPOConfig, threads: int = 0) -> Path:
     if cfg.seq_len > model.config.max_seq_len:
         raise ValueError(f"seq_len: {cfg.seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
     pairs = [encode_preference(tokenizer, row, cfg.seq_len) for row in rows]
-    reference = load_hf(cfg.reference_model or cfg.base_model, dtype=torch.float32)
-    reference.requires_grad_(False)
-    ref = reference_logps(reference, pairs, cfg.seq_len, tokenizer.pad_id)
-    del reference
     t = cfg.train
-    per_epoch = math.ceil(len(pairs) / t.micro_batch_size)
+    per_rank = t.micro_batch_size
+    if len(pairs) < per_rank * env.world_size:
+        per_rank = max(1, len(pairs) // env.world_size)  # a few labels: smaller steps rather than none
+        if len(pairs) < env.world_size:
+            raise ValueError(f"{len(pairs)} preference pairs cannot be shared by {env.world_size} processes")
+    reference = load_hf(cfg.reference_model or cfg.base_model, dtype=torch.float32).to(env.device)
+    reference.requires_grad_(False)
+    ref = reference_logps(reference, pairs, cfg.seq_len, tokenizer.pad_id, device=env.device)
+    del reference
+    on_device = (ref[0].to(env.device), ref[1].to(env.device))
+    global_batch = per_rank * env.world_size
+    per_epoch = math.ceil(len(pairs) / global_batch)
     total = t.steps or per_epoch * t.epochs
-    optimizer = make_optimizer(model, t)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "config.json").write_text(json.dumps(cfg.dump(), indent=2) + "\n")
-    log.info("DPO: %d pairs, %d steps, beta %.3g", len(pairs), total, t.beta)
+    policy = build_engine(model, CausalLM(model, fused_loss=False), t.model_copy(update={"micro_batch_size": per_rank}),
+                          cfg, env)
+    if env.is_main:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "config.json").write_text(json.dumps(cfg.dump(), indent=2) + "\n")
+        log.info("DPO: %d pairs, %d steps of %d pairs, beta %.3g", len(pairs), total, global_batch, t.beta)
     metrics = MetricsLogger(cfg.run_dir, total_steps=total, start_step=0, log_every=cfg.metrics.log_every,
-                            tensorboard=cfg.metrics.tensorboard, progress=cfg.metrics.progress)
+                            tensorboard=cfg.metrics.tensorboard, progress=cfg.metrics.progress, enabled=env.is_main)
     order: list[int] = []
     record: dict[str, Any] = {}
     seen = 0
     try:
         for step in range(total):
             t0 = time.perf_counter()
-            if len(order) < t.micro_batch_size:
+            if len(order) < global_batch:
                 fresh = list(range(len(pairs)))
                 rng.shuffle(fresh)
                 order += fresh
-            idx, order = order[:t.micro_batch_size], order[t.micro_batch_size:]
-            seen += sum(len(e.input_ids) for i in idx for e in pairs[i])
-            chosen, rejected = pair_logps(model, [pairs[i] for i in idx], cfg.seq_len, tokenizer.pad_id)
-            out = dpo_loss(chosen, rejected, ref[0][idx], ref[1][idx], t.beta)
-            out["loss"].backward()
-            norm = optimizer_step(model, optimizer, t, step)
+            batch, order = order[:global_batch], order[global_batch:]
+            idx = policy.share(batch)
+            chosen, rejected = pair_logps(policy, [pairs[i] for i in idx], cfg.seq_len, tokenizer.pad_id, env.device)
+            out = dpo_loss(chosen.float(), rejected.float(), on_device[0][idx], on_device[1][idx], t.beta)
+            lr = warmup_lr(t, step)
+            _, norm = policy.step(out["loss"], lr)
+            stats = {k: distributed.all_reduce_mean(v.detach()) for k, v in out.items()}
+            stats["logps/chosen"] = distributed.all_reduce_mean(chosen.detach().float().mean())
+            stats["logps/rejected"] = distributed.all_reduce_mean(rejected.detach().float().mean())
+            tokens = sum(len(e.input_ids) for i in batch for e in pairs[i])
+            seen += tokens
             dt = time.perf_counter() - t0
-            record = {"step": step + 1, "phase": "dpo", **{k: float(v.detach()) for k, v in out.items()},
-                      "logps/chosen": float(chosen.detach().mean()), "logps/rejected": float(rejected.detach().mean()),
-                      "grad_norm": norm, "lr": optimizer.param_groups[0]["lr"], "tokens": seen,
-                      "pairs_per_s": len(idx) / dt, "tokens_per_s": sum(len(e.input_ids) for i in idx
-                                                                        for e in pairs[i]) / dt, "step_time_s": dt, "time": time.time()}
+            record = {"step": step + 1, "phase": "dpo", **stats, "grad_norm": norm, "lr": lr, "tokens": seen,
+                      "pairs_per_s": len(batch) / dt, "tokens_per_s": tokens / dt, "step_time_s": dt,
+                      "time": time.time()}
             metrics.log(record, force=step + 1 == total)
     finally:
         metrics.close()
-    final = evaluate_margin(model, pairs, ref, cfg.seq_len, tokenizer.pad_id, t.beta)
-    (cfg.run_dir / "dpo_eval.json").write_text(json.dumps(final, indent=2) + "\n")
+    final = evaluate_margin(policy, pairs, ref, cfg.seq_len, tokenizer.pad_id, t.beta, device=env.device)
+    if env.is_main:
+        (cfg.run_dir / "dpo_eval.json").write_text(json.dumps(final, indent=2) + "\n")
     parent = cfg.parent or (base.name if base else str(cfg.base_model))
-    return export_model(model, cfg.export_dir, tokenizer, name=cfg.name, stage="dpo", base=base, parent=parent,
-                        train_config=cfg.dump(),
-                        data={"preferences": [str(Path(p).resolve()) for p in cfg.data.preferences],
-                              "pairs": len(pairs)},
-                        metrics={k: v for k, v in final.items()})
+    info = checkpoint_info(model, name=cfg.name, stage="dpo", base=base, parent=parent, train_config=cfg.dump(),
+                           data={"preferences": [str(Path(p).resolve()) for p in cfg.data.preferences],
+                                 "pairs": len(pairs)},
+                           metrics=final)
+    return policy.export(cfg.export_dir, tokenizer, info)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,11 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     from neo_trainer.settings import TrainerSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = list(argv if argv is not None else sys.argv[1:])
-    if len(args) != 1:
-        raise SystemExit(f"usage: python -m neo_trainer.stages.dpo CONFIG (got {args}; DPO runs do not resume)")
-    cfg = load_stage_config(DPOConfig, Path(args[0]))
+    config, overrides = stage_args("dpo", argv)
+    cfg = load_stage_config(DPOConfig, config, overrides)
     settings = TrainerSettings()
+    main_rank = distributed.setup().is_main
     if cfg.register_export and cfg.parent is None:  # the UI's job: which registered version it started from
         from neo.registry import ModelRegistry
         from neo_trainer.align import version_of
@@ -145,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         base = version_of(ModelRegistry.from_url(settings.redis_url, settings.redis_prefix), cfg.base_model)
         cfg = cfg.model_copy(update={"parent": base.ref if base else None})
     out = run_dpo(cfg, threads=settings.threads)
+    if not main_rank:
+        return 0
     print(f"exported {out}")
     if cfg.register_export:
         from neo.registry import ModelRegistry
