@@ -1,6 +1,7 @@
 """A terminal chat with an exported checkpoint: the foundation's way to talk to a model.
 
-Streams tokens as they are sampled; holds back text while a multi-byte character is incomplete.
+Streams tokens as they are sampled through ``neo.detokenize.IncrementalDetokenizer`` (as serving does),
+which holds back text while a multi-byte character is incomplete.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from neo.detokenize import IncrementalDetokenizer
 from neo.generate import SamplingParams, stream_generate
 from neo.hf import load_hf
 from neo.tokenizer import NeoTokenizer
@@ -16,19 +18,10 @@ from neo.tokenizer import NeoTokenizer
 console = Console()
 
 
-def stream_text(tokenizer: NeoTokenizer, ids_iter):
-    """Turn a stream of token ids into a stream of text pieces, never splitting a character."""
-    ids: list[int] = []
-    shown = ""
-    for token in ids_iter:
-        if token in (tokenizer.eos_id, tokenizer.im_end_id):
-            break
-        ids.append(token)
-        text = tokenizer.decode(ids)
-        if text.endswith("\ufffd"):  # a byte-fallback character is not complete yet
-            continue
-        yield text[len(shown):]
-        shown = text
+def _show(piece: str) -> str:
+    if piece:
+        console.print(piece, end="", markup=False, highlight=False)
+    return piece
 
 
 def run_chat(model_dir: Path, system: str, max_new_tokens: int, temperature: float, top_p: float) -> None:
@@ -52,9 +45,11 @@ def run_chat(model_dir: Path, system: str, max_new_tokens: int, temperature: flo
             del messages[1 if messages[0]["role"] == "system" else 0]
             prompt = tokenizer.encode_chat(messages, add_generation_prompt=True)
         console.print("[bold green]neo>[/bold green] ", end="")
-        answer = ""
-        for piece in stream_text(tokenizer, stream_generate(model, prompt[-room:], params)):
-            answer += piece
-            console.print(piece, end="", markup=False, highlight=False)
+        detok, answer = IncrementalDetokenizer(tokenizer), ""
+        for token in stream_generate(model, prompt[-room:], params):
+            if token in params.stop_ids:
+                break
+            answer += _show(detok.push([token]))
+        answer += _show(detok.flush())  # a character cut off by max_new_tokens shows as U+FFFD
         console.print()
         messages.append({"role": "assistant", "content": answer})

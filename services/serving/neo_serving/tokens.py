@@ -1,5 +1,5 @@
 """The tokenizer as serving uses it: prompts, the checkpoint's chat template, stop ids, token texts,
-and incremental detokenization that never emits half a character.
+and incremental detokenization (``neo.detokenize``) that never emits half a character.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 
 from jinja2 import TemplateError
 
+from neo.detokenize import IncrementalDetokenizer
 from neo.tokenizer import NeoTokenizer
 from neo_serving.errors import InvalidRequestError, NoChatTemplateError
 
 log = logging.getLogger(__name__)
-
 
 
 class ServedTokenizer:
@@ -96,37 +96,6 @@ class ServedTokenizer:
 
     def detokenizer(self) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self)
-
-
-class IncrementalDetokenizer:
-    """Token ids in, text deltas out. Text is held back while it ends in an incomplete UTF-8 character
-    (byte-fallback pieces of a Chinese character or an emoji arrive one byte at a time).
-
-    Only a window of recent tokens is decoded at each step (``prefix``..end), so a long answer costs
-    linear time; the window's own decode is subtracted so the delta is exact.
-    """
-
-    def __init__(self, tokenizer: ServedTokenizer):
-        self.tok = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0  # window start
-        self.read = 0  # tokens whose text has been returned
-
-    def push(self, token_ids: Sequence[int]) -> str:
-        self.ids.extend(token_ids)
-        text = self.tok.decode(self.ids[self.prefix:])
-        if not text or text.endswith("\ufffd"):  # nothing yet, or a character is still incomplete
-            return ""
-        done = self.tok.decode(self.ids[self.prefix:self.read])
-        self.prefix, self.read = self.read, len(self.ids)
-        return text[len(done):]
-
-    def flush(self) -> str:
-        """At the end: whatever is still held back (an incomplete character shows as U+FFFD)."""
-        text = self.tok.decode(self.ids[self.prefix:])
-        done = self.tok.decode(self.ids[self.prefix:self.read])
-        self.prefix = self.read = len(self.ids)
-        return text[len(done):]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

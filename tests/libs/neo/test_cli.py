@@ -2,13 +2,20 @@
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from neo.config import ModelConfig
 
+YOU, NEO = "you> ", "neo> "  # the prompts of `neo chat`
 
-def neo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "neo.cli", *args], capture_output=True, text=True,
-                          timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+
+def neo(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """``neo ARGS`` with ``stdin`` as its whole input (a pipe: its end is Ctrl-D)."""
+    return subprocess.run([sys.executable, "-m", "neo.cli", *args], input=stdin, capture_output=True, text=True,
+                          encoding="utf-8", timeout=120,
+                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
 
 
 def test_help_lists_library_and_service_commands():
@@ -31,3 +38,41 @@ def test_unknown_preset_is_a_clear_error():
     out = neo("model", "info", "gpt-5")
     assert out.returncode != 0
     assert "unknown preset 'gpt-5'" in out.stderr + out.stdout
+
+
+def chat(checkpoint: Path, stdin: str) -> subprocess.CompletedProcess:
+    """``neo chat`` with greedy decoding, and answers long enough that a second turn already overflows the
+    checkpoint's 128-token context (the oldest turns are dropped)."""
+    out = neo("chat", str(checkpoint), "--max-new-tokens", "48", "--temperature", "0", stdin=stdin)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"Neo chat with {checkpoint} — an empty line or Ctrl-D quits.\n")
+    assert "Traceback" not in out.stderr
+    return out
+
+
+def answers(stdout: str) -> list[str]:
+    """What `neo chat` streamed after each of its prompts, up to the next user prompt."""
+    return [part.split(YOU)[0].removesuffix("\n") for part in stdout.split(NEO)[1:]]
+
+
+def test_chat_streams_an_answer_and_an_empty_line_quits(checkpoint):
+    out = chat(checkpoint, "Hello, who are you?\n\nnever read\n")
+    assert out.stdout.count(YOU) == 2 and out.stdout.endswith(YOU)  # asked twice; the empty line ended it
+    [answer] = answers(out.stdout)
+    assert answer.strip()
+
+
+@pytest.mark.slow
+def test_chat_keeps_talking_over_several_turns(checkpoint):
+    turns = ["Hello, who are you?", "你好，今天天气怎么样？", "Please tell me a short story about the sea.", "再见"]
+    out = chat(checkpoint, "\n".join(turns) + "\n\n")
+    assert out.stdout.count(YOU) == len(turns) + 1
+    replies = answers(out.stdout)
+    assert len(replies) == len(turns) and all(r.strip() for r in replies)
+
+
+def test_chat_ctrl_d_exits_cleanly(checkpoint):
+    out = chat(checkpoint, "你好")  # a last line without a newline, then end of input at the next prompt
+    assert out.stdout.count(YOU) == 2 and out.stdout.endswith(YOU)
+    [answer] = answers(out.stdout)
+    assert answer.strip()
