@@ -20,9 +20,10 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE_INDEX)
 
 
-#: logits elements per chunk of ``linear_cross_entropy`` (16 MiB in fp32): ~512 rows at a vocabulary of
-#: 8000, 64 rows at MAP-Neo's 64000. Smaller chunks hold less memory; larger ones make bigger matmuls.
-LOSS_CHUNK_ELEMENTS = 1 << 22
+#: logits elements per chunk of ``linear_cross_entropy``, by device. CPU: 16 MiB in fp32 (~512 rows at a
+#: vocabulary of 8000; fastest in bench/train). GPU: 256 MiB (1024 rows at MAP-Neo's 64000), matmuls big
+#: enough to keep the device busy. Smaller chunks hold less memory; larger ones make bigger matmuls.
+LOSS_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -34,7 +35,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     its loss (softmax − one-hot, then two matmuls) and kept for backward; the logits are dropped.
     """
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    rows = chunk_rows or max(1, LOSS_CHUNK_ELEMENTS // weight.shape[0])
+    elements = LOSS_CHUNK_ELEMENTS.get(hidden.device.type, LOSS_CHUNK_ELEMENTS["cuda"])
+    rows = chunk_rows or max(1, elements // weight.shape[0])
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(hidden, weight, targets, rows)
     return _chunked_loss(hidden, weight, targets, rows, None)
