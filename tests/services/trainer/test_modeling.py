@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from neo.config import ModelConfig
 from neo.model import NeoModel
 from neo_trainer.losses import IGNORE_INDEX, cross_entropy, linear_cross_entropy
-from neo_trainer.modeling import CausalLM
+from neo_trainer.modeling import CausalLM, compile_blocks
 
 
 def _model(seed: int = 0) -> NeoModel:
@@ -78,3 +78,20 @@ def test_activation_checkpointing_switch_reaches_the_model():
         grads.append({n: p.grad.clone() for n, p in lm.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_and_loss_train_like_eager():
+    """model.compile=true (Inductor-compiled blocks) gives the eager loss and gradients."""
+    ids = torch.randint(0, 300, (2, 33))
+    results = []
+    for compiled in (False, True):
+        lm = CausalLM(_model()).train()
+        if compiled:
+            compile_blocks(lm.model)
+        loss = lm(ids[:, :-1], targets=ids[:, 1:])
+        loss.backward()
+        results.append((float(loss), {n: p.grad.clone() for n, p in lm.named_parameters()}))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-3, atol=1e-5, msg=name)
