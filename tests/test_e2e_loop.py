@@ -420,20 +420,21 @@ def test_corpus_to_dpo_round_served_and_evaluated(tmp_path, env, prefix, rds, se
     assert httpx.get(f"{url}/health").status_code == 200
     lap("9 serving v2")
 
-    # 10. neo eval: both versions in process, and the served one over the API -----------------------------
+    # 10. neo eval: both versions in process (named by registry ref), and the served one over the API ---
     api = f"{MODEL}@{url}/v1"
+    first, second = f"{MODEL}:v1 (sft)", f"{MODEL}:v2 (dpo)"
     report_path = tmp_path / "eval.json"
-    run = run_neo(env, "eval", "--model", v1.path, "--model", v2.path, "--api", api, "--task", "ceval",
+    run = run_neo(env, "eval", "--model", f"{MODEL}:v1", "--model", f"{MODEL}:v2", "--api", api, "--task", "ceval",
                   "--task", "mmlu", "--limit", "3", "--out", str(report_path))
     report = json.loads(report_path.read_text())
-    assert list(report) == [v1.path, v2.path, api]
+    assert list(report) == [first, second, api]
     for name, results in report.items():
         assert [r["task"] for r in results] == ["ceval", "mmlu"], name
         for r in results:
             assert r["metric"] == "accuracy" and r["n"] == 3 and 0 <= r["score"] <= 1
             assert all(math.isfinite(s) for sample in r["samples"] for s in sample["scores"].values())
     table = run.stdout  # one score column per model, headed by its name
-    assert v1.path in table and v2.path in table and api in table, table
+    assert first in table and second in table and api in table, table
     for i, kind in enumerate(("ceval", "mmlu")):
         cells = [c.strip() for c in next(line for line in table.splitlines() if line.startswith(f"│ {kind} ")).split("│")]
         assert cells[-4:-1] == [f"{report[name][i]['score']:.3f}" for name in report], table
@@ -442,6 +443,6 @@ def test_corpus_to_dpo_round_served_and_evaluated(tmp_path, env, prefix, rds, se
         return [s for r in report[name] for sample in r["samples"] for s in sample["scores"].values()]
 
     # the API answers from v2 (its log-likelihoods are v2's), and v2 is not v1
-    assert scores(api) == pytest.approx(scores(v2.path), abs=1e-3)
-    assert max(abs(a - b) for a, b in zip(scores(v1.path), scores(v2.path), strict=True)) > 1e-4
+    assert scores(api) == pytest.approx(scores(second), abs=1e-3)
+    assert max(abs(a - b) for a, b in zip(scores(first), scores(second), strict=True)) > 1e-4
     lap("10 eval")

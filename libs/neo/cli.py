@@ -192,7 +192,7 @@ def up(
     """Run Neo on this machine: Redis, data and trainer workers, the API and the chat + labeling UI.
 
     On first use it builds the demo model from the bundled corpus (tokenizer → data pipeline →
-    pretraining → registry; a few minutes on 2 CPU cores); later runs reuse it.
+    pretraining → two-phase SFT → registry; a few minutes on 2 CPU cores); later runs reuse it.
     """
     from neo.settings import NeoSettings
     from neo.stack import up as stack_up
@@ -208,7 +208,9 @@ def up(
 
 @app.command("eval")
 def evaluate(
-    model: Annotated[list[Path] | None, typer.Option(help="HF checkpoint dir, run in process; repeat to compare")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        help="HF checkpoint dir, or a registered version NAME:vN / NAME (latest), run in process; repeat to "
+             "compare")] = None,
     api: Annotated[list[str] | None, typer.Option(
         help="MODEL@BASE_URL of an OpenAI-compatible server (e.g. demo@http://127.0.0.1:8000/v1); repeatable")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="NEO_API_KEY", help="key for --api servers")] = None,
@@ -226,11 +228,11 @@ def evaluate(
     """
     import json
 
-    from neo.evals.backends import APIBackend, ModelBackend
+    from neo.evals.backends import APIBackend
     from neo.evals.runner import report, run_task
     from neo.evals.tasks import BUNDLED, TASK_KINDS
 
-    backends = [ModelBackend(m) for m in model or []]
+    backends = [_eval_model(spec) for spec in model or []]
     for spec in api or []:
         name, sep, url = spec.partition("@")
         if not sep or not name or not url:
@@ -262,6 +264,28 @@ def evaluate(
     if out:
         out.write_text(json.dumps(report(results), indent=2, ensure_ascii=False))
         console.print(f"report written to {out}")
+
+
+def _eval_model(spec: str):
+    """A checkpoint directory, or a registry ref (``neo:v2``) resolved at ``NEO_REDIS_URL``."""
+    from neo.evals.backends import ModelBackend
+
+    if Path(spec).is_dir():
+        return ModelBackend(Path(spec))
+    from neo.registry import ModelRegistry
+    from neo.settings import NeoSettings
+
+    settings = NeoSettings()
+    try:
+        version = ModelRegistry.from_url(settings.redis_url, settings.redis_prefix).resolve(spec)
+    except KeyError as exc:
+        console.print(f"[red]error:[/red] --model {spec}: not a checkpoint directory, and {exc.args[0]}")
+        raise typer.Exit(2) from exc
+    except Exception as exc:  # Redis unreachable: say both things it could have been
+        console.print(f"[red]error:[/red] --model {spec}: not a checkpoint directory, and the registry at "
+                      f"{settings.redis_url} cannot be read ({exc})")
+        raise typer.Exit(2) from exc
+    return ModelBackend(Path(version.path), name=f"{version.ref} ({version.stage})")
 
 
 def _add_service_commands() -> None:

@@ -149,3 +149,12 @@ class ModelRegistry:
 
     def latest(self, name: str) -> ModelVersion | None:
         return latest(self.redis, self.prefix, name)
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """``name:vN`` → that version, ``name`` → its latest; KeyError naming what is registered."""
+        name, _, version = ref.partition(":")
+        found = self.get(name, version) if version else self.latest(name)
+        if found is None:
+            known = ", ".join(v.ref for v in self.list()) or "none"
+            raise KeyError(f"{ref!r} is not a registered model version (registered: {known})")
+        return found

@@ -30,11 +30,11 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
 class ModelBackend:
     """An HF checkpoint directory run with ``neo.model`` on this process (greedy decoding)."""
 
-    def __init__(self, model_dir: Path, device: str = "cpu"):
+    def __init__(self, model_dir: Path, device: str = "cpu", name: str | None = None):
         from neo.hf import load_hf
         from neo.tokenizer import NeoTokenizer
 
-        self.name = str(model_dir)
+        self.name = name or str(model_dir)
         self.model = load_hf(model_dir, device=device)
         self.tokenizer = NeoTokenizer.load(model_dir)
         self.device = device

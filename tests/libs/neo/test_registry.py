@@ -53,3 +53,11 @@ def test_refuses_what_serving_could_not_load(reg, tmp_path):
     with pytest.raises(ValueError, match="invalid model name"):
         reg.register("a:b", ckpt(tmp_path, "y"), stage="sft")
     assert reg.list() == []
+
+
+def test_resolve_takes_a_version_or_the_latest_and_names_what_exists(reg, tmp_path):
+    v1 = reg.register("chat", ckpt(tmp_path, "sft"), stage="sft")
+    v2 = reg.register("chat", ckpt(tmp_path, "dpo1"), stage="dpo", parent=v1.ref)
+    assert reg.resolve("chat:v1") == v1 and reg.resolve("chat") == v2
+    with pytest.raises(KeyError, match=r"'chat:v9'.*chat:v1, chat:v2"):
+        reg.resolve("chat:v9")
