@@ -201,7 +201,9 @@ def test_two_phase_sft_lowers_assistant_loss(tmp_path, base_model, sft_files, to
     assert info["stage"] == "sft" and info["parent"] == "base" and info["name"] == "neo-sft"
 
 
+@pytest.mark.slow
 def test_cli_builds_the_demo_set_and_runs_the_shipped_config(tmp_path, base_model):
+    """The demo set, then the shipped config on the DeepSpeed engine: 2 processes (torchrun, gloo), ZeRO-2."""
     from .helpers import REPO, neo_train
 
     proc = neo_train("sft-data", str(tmp_path / "data"), "--max-chars", "60", "--limit", "6", timeout=120)
@@ -211,12 +213,15 @@ def test_cli_builds_the_demo_set_and_runs_the_shipped_config(tmp_path, base_mode
     phases = (f"phases=[{{name: instruction, data: [{data / 'instruction.jsonl'}], steps: 2}}, "
               f"{{name: chat, data: [{data / 'chat.jsonl'}], steps: 1}}]")
     proc = neo_train("sft", str(config), "--set", f"base_model={base_model}", "--set", f"run_dir={tmp_path / 'run'}",
-                     "--set", phases, "--set", "train.micro_batch_size=2",
-                     "--set", f"checkpoint.export_dir={tmp_path / 'out'}", timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    assert f"exported {tmp_path / 'out'}" in proc.stdout
-    assert [r["phase"] for r in records(tmp_path / "run")][-1] == "chat"
-    assert json.loads((tmp_path / "out" / "neo.json").read_text())["stage"] == "sft"
+                     "--set", phases, "--set", "train.micro_batch_size=1", "--set", "distributed.zero_stage=2", "--set", "metrics.log_every=1",
+                     "--set", f"checkpoint.export_dir={tmp_path / 'out'}", "--nproc", "2", timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count(f"exported {tmp_path / 'out'}") == 1  # rank 0 reports
+    rows = records(tmp_path / "run")
+    assert [(r["step"], r["phase"]) for r in rows] == [(1, "instruction"), (2, "instruction"), (3, "chat")]
+    assert all(r["loss"] > 0 and r["tokens"] > 0 for r in rows)
+    info = json.loads((tmp_path / "out" / "neo.json").read_text())
+    assert info["stage"] == "sft" and info["train_config"]["distributed"]["zero_stage"] == 2
 
 
 def test_bundled_alignment_configs_validate():
