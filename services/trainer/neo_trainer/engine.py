@@ -91,6 +91,10 @@ class AlignEngine:
             norm = step_grad_norm(self.engine, self.zero_stage)
         return distributed.all_reduce_mean(loss.detach()), norm
 
+    @property
+    def training(self) -> bool:
+        return self.engine.training
+
     def train(self, mode: bool = True) -> None:
         self.engine.train(mode)
 

@@ -19,15 +19,16 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from neo.hf import load_hf
+from neo.model import NeoModel
 from neo_trainer import distributed
 from neo_trainer.config import DPOConfig, load_stage_config
+from neo_trainer.engine import AlignEngine
 from neo_trainer.losses import dpo_loss, sequence_logps
 from neo_trainer.metrics import MetricsLogger
 from neo_trainer.modeling import CausalLM
@@ -44,7 +45,7 @@ def _pair_batch(pairs: list[tuple[Example, Example]], seq_len: int, pad_id: int)
     return pack(examples, width, pad_id, packing=False)
 
 
-def pair_logps(model: Callable[..., torch.Tensor], pairs: list[tuple[Example, Example]], seq_len: int,
+def pair_logps(model: NeoModel | AlignEngine, pairs: list[tuple[Example, Example]], seq_len: int,
                pad_id: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) summed completion log-probs under ``model`` (a NeoModel or the engine), (N,) each."""
     b = _pair_batch(pairs, seq_len, pad_id)
@@ -55,20 +56,17 @@ def pair_logps(model: Callable[..., torch.Tensor], pairs: list[tuple[Example, Ex
 
 
 @torch.no_grad()
-def reference_logps(model: Callable[..., torch.Tensor], pairs: list[tuple[Example, Example]], seq_len: int,
+def reference_logps(model: NeoModel | AlignEngine, pairs: list[tuple[Example, Example]], seq_len: int,
                     pad_id: int, batch: int = 8, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    train = getattr(model, "train", None)
-    was = getattr(model, "training", True)
-    if train is not None:
-        train(False)
+    was = model.training
+    model.train(False)
     parts = [pair_logps(model, pairs[i:i + batch], seq_len, pad_id, device) for i in range(0, len(pairs), batch)]
-    if train is not None:
-        train(was)
-    return torch.cat([c for c, _ in parts]).float().cpu(), torch.cat([r for _, r in parts]).float().cpu()
+    model.train(was)
+    return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
 
 
 @torch.no_grad()
-def evaluate_margin(model: Callable[..., torch.Tensor], pairs: list[tuple[Example, Example]],
+def evaluate_margin(model: NeoModel | AlignEngine, pairs: list[tuple[Example, Example]],
                     ref: tuple[torch.Tensor, torch.Tensor], seq_len: int, pad_id: int, beta: float,
                     device: torch.device | None = None) -> dict[str, float]:
     """DPO loss and reward statistics over all ``pairs`` (the numbers TRL logs, for a whole set)."""
@@ -98,12 +96,11 @@ def run_dpo(cfg: DPOConfig, threads: int = 0) -> Path:
     reference.requires_grad_(False)
     ref = reference_logps(reference, pairs, cfg.seq_len, tokenizer.pad_id, device=env.device)
     del reference
-    on_device = (ref[0].to(env.device), ref[1].to(env.device))
     global_batch = per_rank * env.world_size
     per_epoch = math.ceil(len(pairs) / global_batch)
     total = t.steps or per_epoch * t.epochs
     policy = build_engine(model, CausalLM(model, fused_loss=False), t.model_copy(update={"micro_batch_size": per_rank}),
-                          cfg, env)
+                          cfg.distributed, env)
     if env.is_main:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         (cfg.run_dir / "config.json").write_text(json.dumps(cfg.dump(), indent=2) + "\n")
@@ -123,12 +120,12 @@ def run_dpo(cfg: DPOConfig, threads: int = 0) -> Path:
             batch, order = order[:global_batch], order[global_batch:]
             idx = policy.share(batch)
             chosen, rejected = pair_logps(policy, [pairs[i] for i in idx], cfg.seq_len, tokenizer.pad_id, env.device)
-            out = dpo_loss(chosen.float(), rejected.float(), on_device[0][idx], on_device[1][idx], t.beta)
+            out = dpo_loss(chosen, rejected, ref[0][idx], ref[1][idx], t.beta)
             lr = warmup_lr(t, step)
             _, norm = policy.step(out["loss"], lr)
             stats = {k: distributed.all_reduce_mean(v.detach()) for k, v in out.items()}
-            stats["logps/chosen"] = distributed.all_reduce_mean(chosen.detach().float().mean())
-            stats["logps/rejected"] = distributed.all_reduce_mean(rejected.detach().float().mean())
+            stats["logps/chosen"] = distributed.all_reduce_mean(chosen.detach().mean())
+            stats["logps/rejected"] = distributed.all_reduce_mean(rejected.detach().mean())
             tokens = sum(len(e.input_ids) for i in batch for e in pairs[i])
             seen += tokens
             dt = time.perf_counter() - t0

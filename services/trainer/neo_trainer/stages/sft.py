@@ -26,7 +26,7 @@ from neo.model import NeoModel
 from neo.schemas import NeoCheckpointInfo
 from neo.tokenizer import NeoTokenizer
 from neo_trainer import distributed
-from neo_trainer.config import AlignTrainSection, SFTConfig, load_stage_config
+from neo_trainer.config import AlignTrainSection, DistributedSection, SFTConfig, load_stage_config
 from neo_trainer.engine import AlignEngine
 from neo_trainer.losses import IGNORE_INDEX, sft_loss
 from neo_trainer.metrics import MetricsLogger
@@ -48,11 +48,11 @@ def warmup_lr(t: AlignTrainSection, step: int) -> float:
     return t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
 
 
-def build_engine(model: NeoModel, module: torch.nn.Module, t: AlignTrainSection, cfg: SFTConfig | Any,
+def build_engine(model: NeoModel, module: torch.nn.Module, t: AlignTrainSection, dist: DistributedSection,
                  env: distributed.DistEnv) -> AlignEngine:
     return AlignEngine.build(module, model, micro_batch_size=t.micro_batch_size, lr=t.lr, betas=t.betas,
-                             weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-                             zero_stage=cfg.distributed.zero_stage, precision=cfg.distributed.precision, env=env)
+                             weight_decay=t.weight_decay, grad_clip=t.grad_clip, zero_stage=dist.zero_stage,
+                             precision=dist.precision, env=env)
 
 
 def checkpoint_info(model: NeoModel, *, name: str, stage: str, base: NeoCheckpointInfo | None, parent: str | None,
@@ -98,7 +98,7 @@ def run_sft(cfg: SFTConfig, threads: int = 0) -> Path:
     if cfg.seq_len > model.config.max_seq_len:
         raise ValueError(f"seq_len: {cfg.seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
     phases = [(p, load_sft_examples(p.data, tokenizer, cfg.seq_len)) for p in cfg.phases]
-    policy = build_engine(model, CausalLM(model), cfg.train, cfg, env)
+    policy = build_engine(model, CausalLM(model), cfg.train, cfg.distributed, env)
     total = sum(p.steps for p in cfg.phases)
     if env.is_main:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
