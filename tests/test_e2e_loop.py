@@ -30,13 +30,11 @@ import os
 import random
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import torch
 import zstandard
 
@@ -61,30 +59,11 @@ ZH_TEXT = "Debian 是一个自由的操作系统，用 apt 安装软件包。你
 
 # --- fixtures --------------------------------------------------------------------------------------------
 @pytest.fixture
-def prefix() -> Iterator[str]:
-    """A Redis key prefix no other test uses; every key under it is deleted afterwards."""
-    prefix = f"neo-test-e2e-{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-def rds() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def env(tmp_path, prefix) -> dict[str, str]:
+def env(tmp_path, redis_prefix) -> dict[str, str]:
     """Environment of every `neo` subprocess: one workspace, this prefix, one thread per process."""
     base = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
     return base | {
-        "NEO_HOME": str(tmp_path / "home"), "NEO_REDIS_URL": REDIS_URL, "NEO_REDIS_PREFIX": prefix,
+        "NEO_HOME": str(tmp_path / "home"), "NEO_REDIS_URL": REDIS_URL, "NEO_REDIS_PREFIX": redis_prefix,
         "OMP_NUM_THREADS": "1", "NEO_THREADS": "1",  # busy-waiting OpenMP threads slow tiny models on 2 cores
         "PYTHONUNBUFFERED": "1", "NEO_DATAPROC_POLL_S": "0.1", "NEO_WATCH_INTERVAL_S": "0.5",
         "COLUMNS": "1000",  # rich tables (neo eval) unwrapped, whole paths in the header
@@ -222,9 +201,9 @@ def chat(url: str, text: str) -> dict:
 
 
 # --- the loop --------------------------------------------------------------------------------------------
-def test_corpus_to_dpo_round_served_and_evaluated(tmp_path, env, prefix, rds, services):
+def test_corpus_to_dpo_round_served_and_evaluated(tmp_path, env, redis_prefix, rds, services):
     home = Path(env["NEO_HOME"])
-    registry = ModelRegistry(rds, prefix)
+    registry = ModelRegistry(rds, redis_prefix)
     lap = Laps()
 
     # 1. dataproc on Celery: clean documents and the report ----------------------------------------------
@@ -348,10 +327,10 @@ def test_corpus_to_dpo_round_served_and_evaluated(tmp_path, env, prefix, rds, se
     from neo_ui.settings import UISettings
     from neo_ui.store import PreferenceStore
 
-    ui = UISettings(home=home, redis_url=REDIS_URL, redis_prefix=prefix, api_url=url, label_models=[MODEL],
+    ui = UISettings(home=home, redis_url=REDIS_URL, redis_prefix=redis_prefix, api_url=url, label_models=[MODEL],
                     labels_per_prompt=1, label_max_tokens=16, label_temperature=1.0, request_timeout_s=120)
     client = ServingClient(ui)
-    labeler = Labeler(ui, PreferenceStore(rds, prefix), PromptQueue(rds, prefix), client, rng=random.Random(0))
+    labeler = Labeler(ui, PreferenceStore(rds, redis_prefix), PromptQueue(rds, redis_prefix), client, rng=random.Random(0))
     tasks = [r for r in instruction if r["task"] in ("en2zh", "zh2en")][:4]
     reference = {r["messages"][0]["content"]: r["messages"][1]["content"] for r in tasks}
     upload = labeler.prompts.add_jsonl("\n".join(json.dumps({"prompt": p}, ensure_ascii=False) for p in reference))

@@ -78,34 +78,27 @@ def test_chat_ctrl_d_exits_cleanly(checkpoint):
     assert answer.strip()
 
 
-def test_eval_compares_registered_versions_by_name(checkpoint, tmp_path):
+def test_eval_compares_registered_versions_by_name(checkpoint, tmp_path, redis_prefix):
     """`neo eval --model NAME:vN` resolves versions through the registry in Redis and labels them by ref."""
     import json
     import shutil
-    import uuid
 
     import redis
 
     from neo.registry import ModelRegistry
 
-    prefix = f"test-eval-{uuid.uuid4().hex[:8]}:"
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    registry = ModelRegistry(client, prefix)
+    registry = ModelRegistry(redis.Redis.from_url("redis://127.0.0.1:6379/0"), redis_prefix)
     second = tmp_path / "v2"
     shutil.copytree(checkpoint, second)
     registry.register("chat", checkpoint, stage="sft")
     registry.register("chat", second, stage="dpo", parent="chat:v1")
-    env = {"NEO_REDIS_URL": "redis://127.0.0.1:6379/0", "NEO_REDIS_PREFIX": prefix}
-    try:
-        report = tmp_path / "report.json"
-        ok = neo("eval", "--model", "chat:v1", "--model", "chat", "--task", "mmlu", "--limit", "2",
-                 "--out", str(report), env=env)
-        assert ok.returncode == 0, ok.stdout + ok.stderr
-        assert "chat:v1 (sft)" in ok.stdout and "chat:v2 (dpo)" in ok.stdout
-        models = json.loads(report.read_text())
-        assert set(models) == {"chat:v1 (sft)", "chat:v2 (dpo)"}
-        bad = neo("eval", "--model", "chat:v7", "--task", "mmlu", env=env)
-        assert bad.returncode == 2 and "chat:v7" in bad.stdout and "chat:v1, chat:v2" in bad.stdout
-    finally:
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+    env = {"NEO_REDIS_URL": "redis://127.0.0.1:6379/0", "NEO_REDIS_PREFIX": redis_prefix}
+    report = tmp_path / "report.json"
+    ok = neo("eval", "--model", "chat:v1", "--model", "chat", "--task", "mmlu", "--limit", "2",
+             "--out", str(report), env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "chat:v1 (sft)" in ok.stdout and "chat:v2 (dpo)" in ok.stdout
+    models = json.loads(report.read_text())
+    assert set(models) == {"chat:v1 (sft)", "chat:v2 (dpo)"}
+    bad = neo("eval", "--model", "chat:v7", "--task", "mmlu", env=env)
+    assert bad.returncode == 2 and "chat:v7" in bad.stdout and "chat:v1, chat:v2" in bad.stdout

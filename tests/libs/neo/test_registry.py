@@ -1,5 +1,3 @@
-import uuid
-
 import pytest
 import redis
 
@@ -7,12 +5,10 @@ from neo.registry import ModelRegistry, latest, list_versions, register
 
 
 @pytest.fixture
-def reg():
+def reg(redis_prefix):
     client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    prefix = f"test-registry-{uuid.uuid4().hex[:8]}:"
-    yield ModelRegistry(client, prefix)
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
+    yield ModelRegistry(client, redis_prefix)
+    client.close()
 
 
 def ckpt(tmp_path, name):

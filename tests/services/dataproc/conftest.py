@@ -7,13 +7,11 @@ import gzip
 import json
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from neo_dataproc.settings import DataprocSettings
 
@@ -28,17 +26,6 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     else:
         path.write_bytes(data)
     return path
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A key prefix no other test uses; every key under it is deleted afterwards."""
-    prefix = f"neo-test-{uuid.uuid4().hex[:12]}:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture

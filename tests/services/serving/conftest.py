@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import openai
 import pytest
-import redis
 
 from neo.tokenizer import NeoTokenizer, TokenizerConfig, train_tokenizer
 from neo_serving.settings import ServingSettings
 
 from .corpus import corpus_lines
-from .helpers import REDIS_URL, VOCAB_SIZE, LiveServer, export_random_model
+from .helpers import VOCAB_SIZE, LiveServer, export_random_model
 
 
 @pytest.fixture(scope="session")
@@ -65,13 +63,3 @@ def server(checkpoint, plain_checkpoint):
 @pytest.fixture
 def client(server) -> openai.OpenAI:
     return server.client()
-
-
-@pytest.fixture
-def redis_prefix():
-    """A unique key prefix on the machine's Redis, deleted afterwards."""
-    client = redis.Redis.from_url(REDIS_URL)
-    prefix = f"test-serving-{uuid.uuid4().hex[:8]}:"
-    yield prefix
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 import redis
@@ -23,22 +22,11 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 FAST = ["train.steps=3", "train.lr=2e-3", "seq_len=256"]
 
 
-@pytest.fixture
-def prefix():
-    prefix = f"neotest:{uuid.uuid4().hex[:8]}:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 def test_round_from_jsonl_exports_a_loadable_checkpoint_and_registers_it(tmp_path, base_model, sft_files,  # noqa: F811
-                                                                         prefix):
+                                                                         redis_prefix):
     from transformers import AutoModelForCausalLM
 
-    registry = ModelRegistry.from_url(REDIS_URL, prefix)
+    registry = ModelRegistry.from_url(REDIS_URL, redis_prefix)
     v1 = registry.register("neo-chat", base_model, stage="sft")
     prefs = write_prefs(tmp_path / "prefs.jsonl", sft_files)
     result = run_round(run_dir=tmp_path / "round1", prefs=prefs, model_name="neo-chat", registry=registry,
@@ -71,15 +59,15 @@ def test_zero_new_preferences_are_refused(tmp_path, base_model):  # noqa: F811
     assert "refusing to run: no new preferences since the last round" in proc.stderr
 
 
-def test_round_from_redis_takes_labels_since_the_last_round(tmp_path, base_model, sft_files, prefix):  # noqa: F811
+def test_round_from_redis_takes_labels_since_the_last_round(tmp_path, base_model, sft_files, redis_prefix):  # noqa: F811
     from neo_ui.store import PreferenceStore  # test-only: seed labels as the labeling UI stores them
 
-    store = PreferenceStore(redis.Redis.from_url(REDIS_URL, decode_responses=True), prefix)
+    store = PreferenceStore(redis.Redis.from_url(REDIS_URL, decode_responses=True), redis_prefix)
     for record in preference_records(sft_files, n=4):
         assert store.save_label(record, labels_per_prompt=1)
-    registry = ModelRegistry.from_url(REDIS_URL, prefix)
+    registry = ModelRegistry.from_url(REDIS_URL, redis_prefix)
     registry.register("neo-chat", base_model, stage="sft")
-    env = trainer_env(NEO_REDIS_URL=REDIS_URL, NEO_REDIS_PREFIX=prefix, NEO_HOME=str(tmp_path / "home"))
+    env = trainer_env(NEO_REDIS_URL=REDIS_URL, NEO_REDIS_PREFIX=redis_prefix, NEO_HOME=str(tmp_path / "home"))
     result = run_round(run_dir=tmp_path / "round1", model_name="neo-chat", registry=registry, from_redis=True,
                        env=env, overrides=FAST)
     assert result.pairs == 4 and registry.latest("neo-chat").version == "v2"
@@ -91,15 +79,15 @@ def test_round_from_redis_takes_labels_since_the_last_round(tmp_path, base_model
     assert registry.latest("neo-chat").version == "v2" and store.last_round()["round"] == 1
 
 
-def test_worker_runs_the_ui_dpo_job(tmp_path, base_model, sft_files, prefix, monkeypatch):  # noqa: F811
+def test_worker_runs_the_ui_dpo_job(tmp_path, base_model, sft_files, redis_prefix, monkeypatch):  # noqa: F811
     """The UI's job config as jobs.py sends it; the export becomes the next version of the base's name."""
     assert "dpo" in JOB_KINDS and "sft" in JOB_KINDS
     monkeypatch.setenv("NEO_REDIS_URL", REDIS_URL)
-    monkeypatch.setenv("NEO_REDIS_PREFIX", prefix)
-    registry = ModelRegistry.from_url(REDIS_URL, prefix)
+    monkeypatch.setenv("NEO_REDIS_PREFIX", redis_prefix)
+    registry = ModelRegistry.from_url(REDIS_URL, redis_prefix)
     registry.register("neo-chat", base_model, stage="sft")
     prefs = write_prefs(tmp_path / "prefs.jsonl", sft_files, n=4)
-    store = JobStore(redis.Redis.from_url(REDIS_URL, decode_responses=True), prefix)
+    store = JobStore(redis.Redis.from_url(REDIS_URL, decode_responses=True), redis_prefix)
     config = {"name": "neo-chat", "stage": "dpo", "run_dir": str(tmp_path / "run"), "base_model": str(base_model),
               "data": {"preferences": [str(prefs)], "format": "conversational"},
               "checkpoint": {"export_dir": str(tmp_path / "out")},

@@ -5,11 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-import redis
 
 from neo_trainer.settings import TrainerSettings
 from neo_trainer.worker import JobStore, submit_job
@@ -21,13 +19,8 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
-def settings():
-    prefix = f"neotest:{uuid.uuid4().hex[:8]}:"
-    yield TrainerSettings(redis_url=REDIS_URL, redis_prefix=prefix, trainer_queue=f"trainer-{prefix}")
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
+def settings(redis_prefix):
+    return TrainerSettings(redis_url=REDIS_URL, redis_prefix=redis_prefix, trainer_queue=f"trainer-{redis_prefix}")
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import torch
 import uvicorn
 
@@ -109,25 +108,7 @@ def serving(checkpoints) -> Iterator[str]:
         stop(proc)
 
 
-# --- Redis and settings ----------------------------------------------------------------------------------
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A unique key prefix on the machine's Redis, its keys deleted afterwards."""
-    client = redis.Redis.from_url(REDIS_URL)
-    prefix = f"test-ui-{uuid.uuid4().hex[:8]}:"
-    yield prefix
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
-    client.close()
-
-
-@pytest.fixture
-def rds() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    yield client
-    client.close()
-
-
+# --- settings (redis_prefix and rds: tests/conftest.py) ---------------------------------------------------
 def make_settings(home: Path, prefix: str, api_url: str, **overrides) -> UISettings:
     base = dict(home=home, redis_url=REDIS_URL, redis_prefix=prefix, api_url=api_url, temperature=1.0,
                 max_tokens=48, label_max_tokens=12, request_timeout_s=30, connect_timeout_s=2,
