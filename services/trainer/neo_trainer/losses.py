@@ -43,27 +43,38 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
 
 def _chunked_loss(hidden, weight, targets, rows, grads):
-    """Sum of chunk losses / number of counted targets; fills ``grads`` = (d hidden, d weight) if given."""
+    """Sum of chunk losses / number of counted targets; fills ``grads`` = (d hidden, d weight) if given.
+
+    The gradient of a chunk's logits is G = diag(s)·(P − onehot) with P the softmax and s = keep / (n·Σexp)
+    per row. G is never formed: the two matmuls run on the unnormalised exp(logits − max) and the row
+    scale is applied on their small side (rows × d), the one-hot part as a gather / index_add of rows.
+    That leaves three passes over each (rows × V) block besides the matmuls: max, subtract + exp, sum.
+    """
     counted = targets != IGNORE_INDEX
     n = counted.sum().clamp(min=1)
     acc = torch.promote_types(hidden.dtype, torch.float32)  # bf16/fp16 → fp32; fp64 stays fp64
     total = torch.zeros((), dtype=acc, device=hidden.device)
+    buffer = torch.empty(min(rows, hidden.shape[0]), weight.shape[0], dtype=hidden.dtype, device=hidden.device)
     for start in range(0, hidden.shape[0], rows):
         h, t, keep = hidden[start:start + rows], targets[start:start + rows], counted[start:start + rows]
         safe = torch.where(keep, t, torch.zeros_like(t))
-        logits = (h @ weight.t()).to(acc)  # (rows, V)
+        logits = torch.mm(h, weight.t(), out=buffer[:len(h)]).to(acc)  # (rows, V), one buffer for all chunks
         picked = logits.gather(1, safe[:, None]).squeeze(1)
         peak = logits.amax(dim=-1, keepdim=True)
         e = logits.sub_(peak).exp_()  # in place: one pass gives both the log-sum-exp and the softmax
         norm = e.sum(dim=-1)
         total += ((peak.squeeze(1) + norm.log() - picked) * keep).sum()
-        if grads is not None:  # d loss / d logits = (softmax − one_hot) · keep / n
-            scale = keep.to(acc) / n
-            g = e.mul_((scale / norm)[:, None])
-            g[torch.arange(len(t), device=g.device), safe] -= scale
-            g = g.to(h.dtype)
-            grads[0][start:start + rows] = g @ weight
-            grads[1].add_((g.t() @ h).to(grads[1].dtype))
+        if grads is not None:
+            scale = keep.to(acc) / n  # d loss / d logits = scale · (exp / Σexp − one_hot)
+            e, row_scale, scale = e.to(h.dtype), (scale / norm).to(h.dtype)[:, None], scale.to(h.dtype)[:, None]
+            d_hidden = grads[0][start:start + rows]
+            torch.mm(e, weight, out=d_hidden).mul_(row_scale).sub_(weight[safe] * scale)
+            h_scaled = h * row_scale
+            if grads[1].dtype == h.dtype:
+                grads[1].addmm_(e.t(), h_scaled)
+            else:  # bf16 matmul, fp32 accumulation across chunks
+                grads[1].add_((e.t() @ h_scaled).to(grads[1].dtype))
+            grads[1].index_add_(0, safe, (h * scale).to(grads[1].dtype), alpha=-1)
     return total / n
 
 

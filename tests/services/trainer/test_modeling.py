@@ -42,6 +42,25 @@ def test_linear_cross_entropy_equals_the_unfused_loss_and_gradients(rows):
         torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets, rows), plain, rtol=0, atol=1e-12)
 
 
+def test_linear_cross_entropy_in_bf16_accumulates_the_weight_gradient_in_fp32():
+    """The GPU path: bf16 hidden and weight, fp32 softmax and fp32 weight-gradient sum across chunks; within
+    bf16 rounding of the fp32 reference, and the gradients come back in bf16."""
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 64, dtype=torch.bfloat16, requires_grad=True)
+    weight = (0.1 * torch.randn(1000, 64)).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 1000, (300,))
+    targets[::7] = IGNORE_INDEX
+    loss = linear_cross_entropy(hidden, weight, targets, chunk_rows=64)
+    loss.backward()
+    ref_h, ref_w = hidden.detach().float().requires_grad_(), weight.detach().float().requires_grad_()
+    ref = F.cross_entropy(ref_h @ ref_w.t(), targets, ignore_index=IGNORE_INDEX)
+    ref.backward()
+    assert loss.dtype == torch.float32 and hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=0)
+    for got, want in ((hidden.grad, ref_h.grad), (weight.grad, ref_w.grad)):
+        assert float((got.float() - want).norm() / want.norm()) < 1e-2
+
+
 def test_all_targets_ignored_gives_zero_loss_and_gradient():
     hidden = torch.randn(4, 8, requires_grad=True)
     weight = torch.randn(30, 8, requires_grad=True)
