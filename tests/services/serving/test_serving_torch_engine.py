@@ -83,6 +83,44 @@ def test_concurrent_equals_sequential(checkpoint, tokenizer, invariant):
     assert conc_steps <= seq_steps / 4  # 8 requests really decoded together
 
 
+def test_requests_admitted_together_share_one_prefill_and_equal_their_runs_alone(checkpoint, tokenizer):
+    """Prompts of different lengths (right-padded in one forward), one with prompt logprobs and echo only:
+    the same tokens and logprobs as each request gets alone, from a single prefill forward."""
+    reqs = requests(tokenizer, 6, max_new=12)
+    reqs[1].prompt_logprobs = 2
+    reqs[2].params.max_new_tokens = 0  # scoring only: finishes in the prefill
+    reqs[2].prompt_logprobs = 1
+    assert len({len(r.prompt_ids) for r in reqs}) > 2
+
+    async def collect_all(engine, request):
+        outs = [out async for out in engine.generate(request)]
+        return ([t for o in outs for t in o.token_ids], [lp.logprob for o in outs for lp in o.logprobs or ()],
+                [lp and lp.logprob for o in outs for lp in o.prompt_logprobs or ()])
+
+    async def main():
+        engine = make_engine(checkpoint, max_batch_size=8)
+        await engine.start()
+        try:
+            alone = [await collect_all(engine, r) for r in reqs]
+            before = engine.prefills
+            with engine._cond:  # the engine thread waits until all six are queued (the lock is reentrant)
+                tasks = [asyncio.create_task(collect_all(engine, r)) for r in reqs]
+                await asyncio.sleep(0.2)
+            together = await asyncio.gather(*tasks)
+            return alone, together, engine.prefills - before
+        finally:
+            await engine.shutdown()
+
+    alone, together, prefills = asyncio.run(main())
+    assert prefills == 1
+    assert [t for t, _, _ in together] == [t for t, _, _ in alone]
+    assert together[2][0] == [] and len(together[2][2]) == len(reqs[2].prompt_ids)
+    assert together[1][2][0] is None and len(together[1][2]) == len(reqs[1].prompt_ids)
+    for (_, lp, plp), (_, lp_alone, plp_alone) in zip(together, alone, strict=True):
+        torch.testing.assert_close(lp, lp_alone, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(plp[1:], plp_alone[1:], rtol=1e-5, atol=1e-5)
+
+
 def test_more_requests_than_rows_wait_their_turn(checkpoint, tokenizer):
     reqs = requests(tokenizer, 6, max_new=8)
 

@@ -3,8 +3,11 @@
 Each running request owns one row of a ``KVCache`` (``max_batch_size`` rows). The thread loops:
 
 1. drop aborted requests (their rows are freed at once),
-2. admit waiting requests into free rows and prefill each on its own row (one request at a time, so a
-   prompt's logits never depend on what else is queued), sampling its first token,
+2. admit waiting requests into free rows and prefill them, sampling each one's first token: the
+   admitted prompts go through one forward, right-padded to the longest (a pad token's key/value lands in
+   a slot past its row's position, which no query sees and decoding overwrites); the LM head runs on each
+   prompt's last position only, or on all of them when prompt logprobs are asked for. With
+   ``batch_invariant`` each prompt is prefilled alone, so its logits never depend on what else is queued,
 3. one batched decode step: every running row feeds its last token at its own position, and each row
    samples with its own ``SamplingParams`` and its own seeded ``torch.Generator``.
 
@@ -97,6 +100,7 @@ class TorchEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batch = _Batch()
         self.steps = 0  # decode steps run, for tests and metrics
+        self.prefills = 0  # prefill forwards run (one per admitted group)
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -129,7 +133,7 @@ class TorchEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(waiting=len(self._waiting), running=len(self._running), healthy=self.healthy(),
-                           extra={"decode_steps": float(self.steps)})
+                           extra={"decode_steps": float(self.steps), "prefill_forwards": float(self.prefills)})
 
     # --- requests (event loop side) --------------------------------------------------------------------
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
@@ -215,14 +219,24 @@ class TorchEngine:
             # usually nobody is listening any more; if someone is, they learn why the stream ended
             self._batch.items += [(s.queue, EngineUnavailableError(f"request {s.req.request_id} was aborted"))
                                   for s in dropped]
+        if len(admitted) > 1 and not self.batch_invariant:
+            try:
+                hidden = self._prefill_forward(admitted)
+            except (RuntimeError, ValueError, IndexError):  # find out whose: one by one below
+                log.exception("batched prefill of %d requests failed; prefilling them one by one", len(admitted))
+                self._running = [s for s in self._running if s not in admitted]
+            else:
+                self._prefill_finish(admitted, hidden)
+                admitted = []
         for seq in admitted:
             try:
-                self._prefill(seq)
+                hidden = self._prefill_forward([seq])
             except (RuntimeError, ValueError, IndexError) as exc:  # this request's failure, not the engine's
                 log.exception("prefill failed for %s", seq.req.request_id)
                 self._batch.items.append((seq.queue, ServingError(f"prefill failed for this request: {exc}")))
-                if seq in self._running:
-                    self._remove([seq])
+                self._remove([seq])
+            else:
+                self._prefill_finish([seq], hidden)
         if self._running:
             self._decode()
         self._flush()
@@ -230,36 +244,60 @@ class TorchEngine:
 
     def _take_waiting(self) -> list[_Seq]:
         taken: list[_Seq] = []
-        tokens = 0
+        longest = 0
         free = self.max_batch_size - len(self._running)
         while self._waiting and len(taken) < free:
             n = len(self._waiting[0].req.prompt_ids)
-            if taken and tokens + n > self.max_prefill_tokens:
+            if taken and (len(taken) + 1) * max(longest, n) > self.max_prefill_tokens:  # padded size
                 break
             taken.append(self._waiting.popleft())
-            tokens += n
+            longest = max(longest, n)
         return taken
 
-    def _prefill(self, seq: _Seq) -> None:
+    def _prefill_forward(self, seqs: list[_Seq]) -> torch.Tensor:
+        """Put ``seqs`` in the next free rows and run their prompts through the model in one forward,
+        right-padded to the longest; returns the final hidden states (n, T, d)."""
         assert self.model is not None and self.cache is not None
-        seq.row = len(self._running)
-        self._running.append(seq)
-        prompt = seq.req.prompt_ids
-        view = KVCache(k=[k[seq.row:seq.row + 1] for k in self.cache.k],
-                       v=[v[seq.row:seq.row + 1] for v in self.cache.v])
-        ids = torch.tensor([prompt], device=self.device)  # (1, T)
-        positions = torch.arange(len(prompt), device=self.device)[None]  # (1, T)
-        logits = self.model(ids, positions=positions, cache=view)[0]  # (T, V)
-        prompt_lp = None
-        if seq.req.prompt_logprobs is not None:
-            prompt_lp = [None] + _logprobs(logits[:-1], prompt[1:], seq.req.prompt_logprobs)
-        seq.pos = len(prompt)
-        if seq.budget == 0:  # echo-only scoring: no token to sample
-            self._emit(seq, EngineOutput([], None, prompt_lp, "length"))
-            self._remove([seq])
-            return
-        if self._sample(seq, logits[-1], prompt_lp):
-            self._remove([seq])
+        self.prefills += 1
+        first = len(self._running)
+        for i, seq in enumerate(seqs):
+            seq.row = first + i
+        self._running.extend(seqs)
+        ids = torch.zeros(len(seqs), max(len(seq.req.prompt_ids) for seq in seqs), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, :len(seq.req.prompt_ids)] = torch.tensor(seq.req.prompt_ids)  # pads: token 0
+        ids = ids.to(self.device)
+        positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
+        view = KVCache(k=[k[first:first + len(seqs)] for k in self.cache.k],
+                       v=[v[first:first + len(seqs)] for v in self.cache.v])
+        return self.model.hidden_states(ids, positions=positions, cache=view)
+
+    def _prefill_finish(self, seqs: list[_Seq], hidden: torch.Tensor) -> None:
+        """Each prefilled request's prompt logprobs (if asked) and first token; finished ones leave."""
+        assert self.model is not None
+        lengths = [len(seq.req.prompt_ids) for seq in seqs]
+        lm_head = self.model.lm_head
+        last = lm_head(hidden[torch.arange(len(seqs), device=hidden.device), torch.tensor(lengths) - 1])  # (n, V)
+        done = []
+        for i, seq in enumerate(seqs):
+            prompt, prompt_lp = seq.req.prompt_ids, None
+            seq.pos = len(prompt)
+            try:
+                if seq.req.prompt_logprobs is not None:  # position t predicts prompt token t + 1
+                    prompt_lp = [None] + _logprobs(lm_head(hidden[i, :lengths[i] - 1]), prompt[1:],
+                                                   seq.req.prompt_logprobs)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                log.exception("prompt logprobs failed for %s", seq.req.request_id)
+                self._batch.items.append((seq.queue, ServingError(f"prefill failed for this request: {exc}")))
+                done.append(seq)
+                continue
+            if seq.budget == 0:  # echo-only scoring: no token to sample
+                self._emit(seq, EngineOutput([], None, prompt_lp, "length"))
+                done.append(seq)
+            elif self._sample(seq, last[i], prompt_lp):
+                done.append(seq)
+        if done:
+            self._remove(done)
 
     def _decode(self) -> None:
         assert self.model is not None and self.cache is not None
