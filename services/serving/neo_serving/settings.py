@@ -30,7 +30,8 @@ class ServingSettings(NeoSettings):
     max_model_len: int | None = Field(
         default=None, ge=2, description="context length served (default: the model's max_seq_len)")
     max_prefill_tokens: int = Field(
-        default=2048, ge=1, description="prompt tokens prefilled between two decode steps (bounds ITL spikes)")
+        default=2048, ge=1, description="prompt tokens (padded to the longest prompt) prefilled in one forward "
+                                     "between two decode steps (bounds ITL spikes)")
     batch_invariant: bool = Field(
         default=False,
         description="pad every decode step to one shape so a request's logits are bitwise independent of "
