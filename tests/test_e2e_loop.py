@@ -39,10 +39,11 @@ import torch
 import zstandard
 
 from neo.hf import load_hf
+from neo.net import NotHealthy, free_port, wait_http
 from neo.registry import ModelRegistry
 from neo.schemas import NeoCheckpointInfo, PreferencePair
 from neo.shards import read_manifest
-from neo.stack import SAMPLE_CORPUS, free_port, neo_command, sample_files
+from neo.stack import SAMPLE_CORPUS, neo_command, sample_files
 from neo.tokenizer import NeoTokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -100,16 +101,10 @@ class Services:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
 
     def wait_http(self, name: str, url: str, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.procs[name].poll() is None, f"{name} exited:\n{self.log(name)}"
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{name} not healthy at {url} within {timeout_s} s:\n{self.log(name)}")
+        try:
+            wait_http(url, self.procs[name], timeout_s)
+        except NotHealthy as exc:
+            raise AssertionError(f"{name}: {exc}\n{self.log(name)}") from None
 
     def stop(self) -> None:
         for proc in self.procs.values():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from neo.hf import load_hf
-from neo.stack import free_port
+from neo.net import free_port
 from neo.tokenizer import NeoTokenizer
 
 

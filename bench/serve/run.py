@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -82,12 +81,6 @@ def arrivals(n: int, rate: float, seed: int) -> list[float]:
 
 
 # --- Neo over HTTP --------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve(model_dir: str, port: int, max_batch_size: int) -> None:
     """Server mode (``--serve``): our app on the torch engine, in this process."""
     import uvicorn
@@ -133,23 +126,18 @@ async def run_neo(url: str, prompts, schedule, output_len: int, concurrency: int
 
 
 def start_server(model_dir: Path, max_batch_size: int) -> tuple[subprocess.Popen, str]:
-    import httpx
+    from neo.net import NotHealthy, free_port, wait_http
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(model_dir), "--port", str(port),
                              "--max-batch-size", str(max_batch_size)])
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the server exited during startup")
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server did not start in 120 s")
+    try:
+        wait_http(f"{url}/health", proc, timeout_s=120)
+    except NotHealthy:
+        proc.kill()
+        raise
+    return proc, url
 
 
 # --- Hugging Face, one at a time ---------------------------------------------------------------------------

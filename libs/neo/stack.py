@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from neo.net import NotHealthy, free_port, wait_http
 from neo.settings import NeoSettings
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,6 @@ def sample_files(corpus: Path = SAMPLE_CORPUS) -> list[Path]:
 
 def neo_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "neo.cli", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_answers(url: str) -> bool:
@@ -120,20 +114,10 @@ class Stack:
         subprocess.run(neo_command(*args), env=self.env, check=True)
 
     def wait_healthy(self, name: str, url: str, timeout_s: float = 180.0) -> None:
-        import httpx
-
-        proc = dict(self.procs)[name]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with status {proc.returncode}: see {self.settings.home}/logs/{name}.log")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{name} did not become healthy at {url} within {timeout_s:.0f}s")
+        try:
+            wait_http(url, dict(self.procs)[name], timeout_s, interval_s=0.5)
+        except NotHealthy as exc:
+            raise RuntimeError(f"{name}: {exc}; see {self.settings.home}/logs/{name}.log") from None
 
     def close(self) -> None:
         for _, proc in reversed(self.procs):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import uvicorn
 from neo.config import ModelConfig
 from neo.hf import export_hf
 from neo.model import NeoModel
+from neo.net import free_port
 from neo.tokenizer import NeoTokenizer
 from neo_serving.app import build_app
 from neo_serving.settings import ServingSettings
@@ -21,12 +21,6 @@ from neo_serving.settings import ServingSettings
 VOCAB_SIZE = 800
 MAX_SEQ_LEN = 256
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:

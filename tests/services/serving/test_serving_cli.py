@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
+from neo.net import free_port, wait_http
 from neo.registry import ModelRegistry
 from neo_serving.cli import app
 
-from .helpers import REDIS_URL, free_port
+from .helpers import REDIS_URL
 
 
 def test_help_explains_defaults():
@@ -46,14 +46,7 @@ def test_neo_serve_runs_as_a_process(checkpoint):
     proc = subprocess.Popen([sys.executable, "-m", "neo.cli", "serve", "--model", f"demo={checkpoint}",
                              "--port", str(port), "--max-batch-size", "2", "--log-level", "warning"])
     try:
-        deadline, status = time.monotonic() + 90, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                status = httpx.get(f"http://127.0.0.1:{port}/health").status_code
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        assert status == 200
+        wait_http(f"http://127.0.0.1:{port}/health", proc, timeout_s=90)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"model": "demo", "prompt": "Hi", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["model"] == "demo"
     finally:

@@ -7,9 +7,10 @@ import time
 import httpx
 import pytest
 
+from neo.net import free_port
 from neo_serving.settings import ServingSettings
 
-from .helpers import LiveServer, free_port
+from .helpers import LiveServer
 
 UP_KEY, GW_KEY = "sk-upstream", "sk-gateway"
 CHAT = [{"role": "user", "content": "请写一首关于春天的短诗"}]

@@ -8,7 +8,6 @@ The tiny models write gibberish: tests assert on mechanics (streaming, records, 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 import uvicorn
@@ -25,6 +23,7 @@ import uvicorn
 from neo.config import ModelConfig
 from neo.hf import export_hf
 from neo.model import NeoModel
+from neo.net import free_port, wait_http
 from neo.tokenizer import NeoTokenizer, TokenizerConfig, train_tokenizer
 from neo_ui.settings import UISettings
 
@@ -40,27 +39,6 @@ EN = ["Neo is an open bilingual language model.", "Please write a short poem abo
       "Label the better answer and explain why.", "Hello, how are you today? I am fine, thanks."]
 ZH = ["今天天气很好，我们去公园散步吧。", "请写一首关于春天的短诗。", "机器学习是人工智能的一个分支。",
       "你好，世界！很高兴认识你。", "北京是中国的首都。", "这个模型可以用中文和英文回答问题。"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 90) -> None:
-    """Poll ``url`` until it answers 200 (fail early if ``proc`` died)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up in {timeout} s")
 
 
 def stop(proc: subprocess.Popen) -> None:

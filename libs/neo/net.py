@@ -1,0 +1,37 @@
+"""Local ports and readiness checks for the processes Neo starts (``neo up``, benches, tests)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+
+class NotHealthy(RuntimeError):
+    """A service did not answer 200 in time, or its process exited first."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 120.0,
+              interval_s: float = 0.2) -> None:
+    """Poll ``url`` until it answers 200. Raises ``NotHealthy`` when ``proc`` (the process that should
+    serve it) exits first or ``timeout_s`` passes; callers add where the process's log is."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise NotHealthy(f"the process for {url} exited with status {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval_s)
+    raise NotHealthy(f"{url} did not answer 200 within {timeout_s:.0f} s")
