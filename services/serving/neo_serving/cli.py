@@ -6,6 +6,7 @@ shown in ``--help``. Examples::
     neo serve --model .neo/models/demo                                  # torch engine on 127.0.0.1:8000
     neo serve --model chat=.neo/models/dpo-2 --api-key sk-local         # a name, and a key
     neo serve --model chat --watch-registry                             # latest registered 'chat', followed
+    neo serve --model chat --model chat:v1                              # newest and first version side by side
     neo serve --engine gateway --model chat=/models/dpo-2 \\
         --upstream chat=http://vllm-0:8000 --upstream chat=http://vllm-1:8000   # vLLM replicas behind us
 """
@@ -36,7 +37,8 @@ def _help(field: str, text: str | None = None) -> str:
 def serve(
     ctx: typer.Context,
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help=_help(
-        "models", "checkpoint DIR, NAME=DIR, or a NAME in the model registry (repeat for several)"))] = None,
+        "models", "checkpoint DIR, NAME=DIR, a NAME in the model registry (its latest version) or NAME:vN (that "
+        "version, pinned); repeat for several"))] = None,
     host: Annotated[str | None, typer.Option(help=_help("serve_host"))] = None,
     port: Annotated[int | None, typer.Option(help=_help("serve_port"))] = None,
     engine: Annotated[str | None, typer.Option(help=_help("engine"))] = None,
@@ -73,7 +75,7 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     if not settings.models:
-        typer.echo("error: nothing to serve: give --model DIR (or NAME=DIR, or a registered NAME)", err=True)
+        typer.echo("error: nothing to serve: give --model DIR (or NAME=DIR, a registered NAME or NAME:vN)", err=True)
         raise typer.Exit(2)
     uvicorn.run(build_app(settings), host=settings.serve_host, port=settings.serve_port, log_level=log_level)
 

@@ -4,8 +4,10 @@ A request leases the entry it started on, so a reload (``POST /v1/admin/reload``
 watcher) swaps the name to a freshly loaded engine for new requests while in-flight ones finish on the
 old one, which shuts down when its last lease ends.
 
-What to serve comes from ``--model`` values: a checkpoint ``DIR``, ``NAME=DIR``, or a ``NAME`` registered
-in the Redis model registry (``neo.registry``), whose latest version is loaded.
+What to serve comes from ``--model`` values: a checkpoint ``DIR``, ``NAME=DIR``, a ``NAME`` registered
+in the Redis model registry (``neo.registry``), whose latest version is loaded and followed by reloads and
+the watcher, or a registry ref ``NAME:vN``, served under that id and pinned to that version (serve
+``--model chat --model chat:v1`` to compare the newest version with the first).
 """
 
 from __future__ import annotations
@@ -118,6 +120,9 @@ class ModelTable:
         async with self._reload_lock:
             old = self.get(name)
             version = "local"
+            if path is None and _pinned(name):
+                raise InvalidRequestError(f"{name!r} is pinned to a registered version; give a path to serve "
+                                          f"something else under this id", param="path")
             if path is None:
                 latest = await self._latest(name)
                 if latest is None:
@@ -138,6 +143,8 @@ class ModelTable:
         while True:
             await asyncio.sleep(self.settings.watch_interval_s)
             for name, model in self.items():
+                if _pinned(name):
+                    continue
                 try:
                     latest = await self._latest(name)
                     if latest is not None and Path(latest.path) != Path(model.info.path):
@@ -168,20 +175,31 @@ class ModelTable:
         if Path(spec).is_dir():
             info = NeoCheckpointInfo.read(Path(spec))
             return (info.name if info else Path(spec).resolve().name), Path(spec), "local"
-        latest = await self._latest(spec)
-        if latest is None:
-            raise ValueError(f"--model {spec!r} is neither a directory nor a name in the model registry")
-        return spec, Path(latest.path), latest.version
+        try:
+            found = await self._registry_call("resolve", spec)  # NAME → latest, NAME:vN → that version
+        except KeyError as exc:
+            raise ValueError(f"--model {spec!r} is neither a directory nor a model in the registry: "
+                             f"{exc.args[0]}") from None
+        return spec, Path(found.path), found.version
 
     async def _latest(self, name: str) -> ModelVersion | None:
+        return await self._registry_call("latest", name)
+
+    async def _registry_call(self, method: str, arg: str):
         import redis
 
         if self._registry is None:
             self._registry = ModelRegistry.from_url(self.settings.redis_url, self.settings.redis_prefix)
         try:
-            return await asyncio.to_thread(self._registry.latest, name)
+            return await asyncio.to_thread(getattr(self._registry, method), arg)
         except redis.RedisError as exc:
             raise RegistryUnavailableError(f"the model registry at {self.settings.redis_url} is unavailable: {exc}") from exc
+
+
+def _pinned(name: str) -> bool:
+    """A served id of the form ``NAME:vN`` (a registry ref) stays on its version."""
+    base, sep, version = name.rpartition(":")
+    return bool(sep and base and version[:1] == "v" and version[1:].isdigit())
 
 
 def _model_info(name: str, path: Path, version: str, max_model_len: int | None) -> ModelInfo:

@@ -14,7 +14,8 @@ class ServingSettings(NeoSettings):
 
     models: list[str] = Field(
         default_factory=list,
-        description="what to serve: a checkpoint DIR, NAME=DIR, or a NAME registered in the model registry")
+        description="what to serve: a checkpoint DIR, NAME=DIR, a NAME registered in the model registry (its "
+                    "latest version, followed by reloads) or a ref NAME:vN (that version, pinned)")
     serve_host: str = Field(default="127.0.0.1", description="address to listen on")
     serve_port: int = Field(default=8000, description="port to listen on (vLLM's default)")
     engine: Literal["torch", "gateway"] = Field(

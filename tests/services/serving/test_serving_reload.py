@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -90,3 +91,32 @@ def test_watcher_follows_the_registry(checkpoint, second_version, registry):
             time.sleep(0.05)
             version = http.get("/v1/models").json()["data"][0]["version"]
         assert version == "v2"
+
+
+def test_a_registry_ref_pins_its_version_beside_the_latest(checkpoint, second_version, registry):
+    """``--model chat --model chat:v1``: two ids; the watcher moves ``chat`` to v2, ``chat:v1`` stays."""
+    registry.register("chat", checkpoint, stage="sft")
+    registry.register("chat", second_version, stage="dpo", parent="chat:v1")
+    settings = ServingSettings(models=["chat", "chat:v1"], redis_url=REDIS_URL, redis_prefix=registry.prefix,
+                               watch_registry=True, watch_interval_s=0.1, max_batch_size=2)
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+        cards = {c["id"]: c for c in http.get("/v1/models").json()["data"]}
+        assert {k: (c["version"], c["root"]) for k, c in cards.items()} == {
+            "chat": ("v2", str(second_version.resolve())), "chat:v1": ("v1", str(checkpoint.resolve()))}
+        assert completion(http, model="chat") != completion(http, model="chat:v1")
+        r = http.post("/v1/admin/reload", json={"model": "chat:v1"})
+        assert r.status_code == 400 and "pinned" in r.json()["error"]["message"]
+        registry.register("chat", checkpoint, stage="dpo", parent="chat:v2")  # v3: the watcher moves `chat` only
+        deadline = time.monotonic() + 15
+        while live.models.get("chat").info.version != "v3" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live.models.get("chat").info.version == "v3" and live.models.get("chat:v1").info.version == "v1"
+
+
+def test_an_unknown_ref_names_what_is_registered(checkpoint, registry):
+    from neo_serving.models import ModelTable
+
+    registry.register("chat", checkpoint, stage="sft")
+    table = ModelTable(ServingSettings(models=["chat:v7"], redis_url=REDIS_URL, redis_prefix=registry.prefix))
+    with pytest.raises(ValueError, match=r"'chat:v7' is not a registered model version \(registered: chat:v1\)"):
+        asyncio.run(table.start())
