@@ -277,7 +277,8 @@ class TorchEngine:
         assert self.model is not None
         lengths = [len(seq.req.prompt_ids) for seq in seqs]
         lm_head = self.model.lm_head
-        last = lm_head(hidden[torch.arange(len(seqs), device=hidden.device), torch.tensor(lengths) - 1])  # (n, V)
+        rows = torch.arange(len(seqs), device=hidden.device)
+        last = lm_head(hidden[rows, torch.tensor(lengths, device=hidden.device) - 1])  # (n, V)
         done = []
         for i, seq in enumerate(seqs):
             prompt, prompt_lp = seq.req.prompt_ids, None
