@@ -33,7 +33,10 @@ class ServedModel:
 
     @property
     def ref(self) -> str:
-        """``name:version`` as stored with labels (``name:local`` when serving gave no version)."""
+        """``name:version`` as stored with labels (``name:local`` when serving gave no version); an id that
+        already is a registry ref (``chat:v1``, a version served pinned) is its own ref."""
+        if self.version and self.id.endswith(f":{self.version}"):
+            return self.id
         return f"{self.id}:{self.version or 'local'}"
 
 

@@ -106,3 +106,11 @@ def test_feedback_is_stored_once_per_answer(service):
     assert first.id == second.id and len(stored) == 1 and stored[0].rating == "down"
     assert stored[0].answer == conv[1]["content"] and stored[0].messages[-1].content == "你好"
     assert add_user([], "x")[0]["ok"]
+
+
+def test_label_refs_of_followed_pinned_and_local_models():
+    from neo_ui.client import ServedModel
+
+    assert ServedModel("chat", version="v3").ref == "chat:v3"  # --model chat, at its latest version
+    assert ServedModel("chat:v1", version="v1").ref == "chat:v1"  # --model chat:v1, pinned
+    assert ServedModel("demo").ref == "demo:local"  # a directory, or another server without versions
