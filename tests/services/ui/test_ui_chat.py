@@ -9,7 +9,7 @@ import pytest
 
 from neo_ui.chat import ChatService, add_user, display, request_messages, undo, without_last_answer
 from neo_ui.chatlog import ChatLog
-from neo_ui.client import Sampling, ServingClient, ServingUnavailable
+from neo_ui.client import Sampling, ServedModel, ServingClient, ServingUnavailable
 
 from .conftest import make_settings
 
@@ -109,8 +109,6 @@ def test_feedback_is_stored_once_per_answer(service):
 
 
 def test_label_refs_of_followed_pinned_and_local_models():
-    from neo_ui.client import ServedModel
-
     assert ServedModel("chat", version="v3").ref == "chat:v3"  # --model chat, at its latest version
     assert ServedModel("chat:v1", version="v1").ref == "chat:v1"  # --model chat:v1, pinned
     assert ServedModel("demo").ref == "demo:local"  # a directory, or another server without versions
