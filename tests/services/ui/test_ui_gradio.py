@@ -124,17 +124,25 @@ def test_logins(tmp_path, redis_prefix, serving, rds):
 
 
 def test_stop_cancels_the_stream(chat, rds, settings):
-    job = chat.submit("tell me a long story", "tiny", "", 1.0, 1.0, 200, api_name="/send")
-    deadline = time.monotonic() + 30
-    while len(job.outputs()) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert job.cancel() or job.done()
+    """Cancel mid-answer: the partial answer is logged as stopped. A random model may end its answer (EOS)
+    or a busy machine may deliver it whole before the cancel lands, so up to 3 tries must see one stop."""
     log_key = f"{settings.redis_prefix}chat:log"
-    deadline = time.monotonic() + 30
-    while not rds.llen(log_key) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    turn = json.loads(rds.lindex(log_key, 0))
-    assert turn["finish"] == "stopped", turn
+    finishes = []
+    for attempt in range(3):
+        job = chat.submit("tell me a long story", "tiny", "", 1.0, 1.0, 200, api_name="/send")
+        deadline = time.monotonic() + 30
+        while len(job.outputs()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert job.cancel() or job.done()
+        deadline = time.monotonic() + 30
+        while rds.llen(log_key) <= attempt and time.monotonic() < deadline:
+            time.sleep(0.05)
+        turn = json.loads(rds.lindex(log_key, 0))  # the newest
+        finishes.append(turn["finish"])
+        if turn["finish"] == "stopped":
+            assert turn["answer"], turn
+            break
+    assert finishes[-1] == "stopped", finishes
 
 
 def test_chat_logs_feed_the_labeling_queue(chat, label):
