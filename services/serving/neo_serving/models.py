@@ -17,9 +17,10 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from neo.registry import ModelRegistry, ModelVersion
 from neo.schemas import NeoCheckpointInfo
@@ -31,6 +32,7 @@ from neo_serving.settings import ServingSettings
 from neo_serving.tokens import ServedTokenizer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RegistryUnavailableError(ServingError):
@@ -176,22 +178,23 @@ class ModelTable:
             info = NeoCheckpointInfo.read(Path(spec))
             return (info.name if info else Path(spec).resolve().name), Path(spec), "local"
         try:
-            found = await self._registry_call("resolve", spec)  # NAME → latest, NAME:vN → that version
+            found = await self._registry_call(lambda r: r.resolve(spec))  # NAME → latest, NAME:vN → that version
         except KeyError as exc:
             raise ValueError(f"--model {spec!r} is neither a directory nor a model in the registry: "
                              f"{exc.args[0]}") from None
         return spec, Path(found.path), found.version
 
     async def _latest(self, name: str) -> ModelVersion | None:
-        return await self._registry_call("latest", name)
+        return await self._registry_call(lambda r: r.latest(name))
 
-    async def _registry_call(self, method: str, arg: str):
+    async def _registry_call(self, call: Callable[[ModelRegistry], T]) -> T:
+        """``call(registry)`` in a worker thread; Redis being down becomes a 503."""
         import redis
 
         if self._registry is None:
             self._registry = ModelRegistry.from_url(self.settings.redis_url, self.settings.redis_prefix)
         try:
-            return await asyncio.to_thread(getattr(self._registry, method), arg)
+            return await asyncio.to_thread(call, self._registry)
         except redis.RedisError as exc:
             raise RegistryUnavailableError(f"the model registry at {self.settings.redis_url} is unavailable: {exc}") from exc
 
