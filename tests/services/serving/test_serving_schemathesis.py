@@ -76,7 +76,9 @@ SAMPLING = st.fixed_dictionaries({}, optional={
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_valid_sampling_requests_always_succeed(fuzzed_server, params, prompt, logprobs, echo):
     """Any mix of valid sampling parameters generates (top_p = 1e-300 once killed the engine); a prompt that
-    leaves no room for max_tokens (rare characters are one byte token each) gets the OpenAI 400 instead."""
+    leaves no room for max_tokens (rare characters are one byte token each) gets the OpenAI 400 instead.
+    Without max_tokens the default (16) is capped to the room left, so only a prompt filling the context
+    is refused."""
     body = {"model": "tiny", "prompt": prompt, "logprobs": logprobs, "echo": echo, **params}
     with httpx.Client(base_url=fuzzed_server.url, timeout=60) as http:
         if isinstance(prompt, str):
@@ -85,7 +87,8 @@ def test_valid_sampling_requests_always_succeed(fuzzed_server, params, prompt, l
         else:
             n_prompt, limit = len(prompt), 48
         r = http.post("/v1/completions", json=body)
-    if n_prompt + params.get("max_tokens", 16) > limit:
+    requested = params.get("max_tokens")
+    if (n_prompt >= limit) if requested is None else (n_prompt + requested > limit):
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
         return
     assert r.status_code == 200, r.text
