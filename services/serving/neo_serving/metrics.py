@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -17,6 +18,9 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from neo_serving.engines.base import EngineStats
+
+if TYPE_CHECKING:
+    from neo_serving.models import WatcherState
 
 # Bucket edges as vLLM's (seconds): tokens on a CPU take milliseconds, a request seconds to minutes.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -27,8 +31,9 @@ KNOWN_ROUTES = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions
 
 
 class _EngineCollector(Collector):
-    def __init__(self, source: Callable[[], Iterable[tuple[str, EngineStats]]]):
-        self.source = source
+    def __init__(self, source: Callable[[], Iterable[tuple[str, EngineStats]]],
+                 watcher: Callable[[], WatcherState] | None):
+        self.source, self.watcher = source, watcher
 
     def collect(self) -> Iterable[Metric]:
         waiting = GaugeMetricFamily("neo_num_requests_waiting", "requests queued for a KV-cache row", labels=["model"])
@@ -44,10 +49,20 @@ class _EngineCollector(Collector):
                                                                  labels=["model"]))
                 family.add_metric([name], value)
         yield from (waiting, running, healthy, *extra.values())
+        if self.watcher is not None:
+            state = self.watcher()
+            yield GaugeMetricFamily("neo_registry_watcher_running", "1 while the registry watcher follows new "
+                                    "versions", value=float(state.running))
+            skipped = GaugeMetricFamily("neo_registry_watcher_skipped", "1 for a version that failed to start "
+                                        "and is skipped until a newer one", labels=["model", "ref"])
+            for name, (ref, _) in state.skipped.items():
+                skipped.add_metric([name, ref], 1.0)
+            yield skipped
 
 
 class ServingMetrics:
-    def __init__(self, engine_stats: Callable[[], Iterable[tuple[str, EngineStats]]]):
+    def __init__(self, engine_stats: Callable[[], Iterable[tuple[str, EngineStats]]],
+                 watcher: Callable[[], WatcherState] | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter("neo_http_requests", "HTTP requests by route and status",
@@ -64,7 +79,7 @@ class ServingMetrics:
                              ["model"], buckets=ITL_BUCKETS, registry=r)
         self.prompt_tokens = Counter("neo_prompt_tokens", "prompt tokens processed", ["model"], registry=r)
         self.generation_tokens = Counter("neo_generation_tokens", "tokens generated", ["model"], registry=r)
-        r.register(_EngineCollector(engine_stats))
+        r.register(_EngineCollector(engine_stats, watcher))
 
     def request(self, model: str) -> RequestMetrics:
         return RequestMetrics(self, model)

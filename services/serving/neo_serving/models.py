@@ -8,6 +8,10 @@ What to serve comes from ``--model`` values: a checkpoint ``DIR``, ``NAME=DIR``,
 in the Redis model registry (``neo.registry``), whose latest version is loaded and followed by reloads and
 the watcher, or a registry ref ``NAME:vN``, served under that id and pinned to that version (serve
 ``--model chat --model chat:v1`` to compare the newest version with the first).
+
+The watcher never dies of a bad version: a version that fails to start (a broken checkpoint, a vLLM
+replica that exits) is logged, remembered and skipped until a newer one is registered, while the old
+version keeps serving; ``/health`` and ``/metrics`` show what it skipped and why.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,6 +45,20 @@ class RegistryUnavailableError(ServingError):
     code = "registry_unavailable"
 
 
+@dataclass
+class WatcherState:
+    """What the registry watcher did last; shown by ``/health`` and ``/metrics``."""
+
+    running: bool = False
+    polls: int = 0
+    last_error: str | None = None  # the last poll's error (the registry down, say); None when it went fine
+    skipped: dict[str, tuple[str, str]] = field(default_factory=dict)  # name → (ref that failed, why)
+
+    def as_dict(self) -> dict:
+        return {"running": self.running, "polls": self.polls, "last_error": self.last_error,
+                "skipped": {name: {"ref": ref, "error": error} for name, (ref, error) in self.skipped.items()}}
+
+
 @dataclass(eq=False)
 class ServedModel:
     info: ModelInfo
@@ -57,6 +75,7 @@ class ModelTable:
         self._retiring: set[asyncio.Task] = set()
         self._watcher: asyncio.Task | None = None
         self._registry: ModelRegistry | None = None
+        self.watcher = WatcherState()
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -142,17 +161,43 @@ class ModelTable:
             return new.info
 
     async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.watch_interval_s)
-            for name, model in self.items():
-                if _pinned(name):
-                    continue
-                try:
-                    latest = await self._latest(name)
-                    if latest is not None and Path(latest.path) != Path(model.info.path):
-                        await self.reload(name)
-                except (ServingError, OSError, ValueError) as exc:
-                    log.warning("registry watcher: cannot switch %s: %s", name, exc)
+        self.watcher.running = True
+        try:
+            while True:
+                await asyncio.sleep(self.settings.watch_interval_s)
+                await self.poll_registry()
+        finally:
+            self.watcher.running = False
+
+    async def poll_registry(self) -> None:
+        """One watcher pass: move every followed name to its latest registered version, skipping failed ones."""
+        self.watcher.polls += 1
+        self.watcher.last_error = None
+        for name, model in self.items():
+            if _pinned(name):
+                continue
+            try:
+                latest = await self._latest(name)
+            except RegistryUnavailableError as exc:
+                self.watcher.last_error = exc.message
+                log.warning("registry watcher: %s", exc.message)
+                return
+            if latest is None or Path(latest.path).resolve() == model.info.path:
+                continue
+            if self.watcher.skipped.get(name, ("",))[0] == latest.ref:
+                continue  # failed before: wait for a newer version
+            try:
+                await self.reload(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever a bad version raises, keep following the rest
+                error = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+                self.watcher.skipped[name] = (latest.ref, error)
+                self.watcher.last_error = f"{latest.ref}: {error}"
+                log.error("registry watcher: %s failed to start and is skipped until a newer version is "
+                          "registered; %s keeps serving %s: %s", latest.ref, name, model.info.version, error)
+            else:
+                self.watcher.skipped.pop(name, None)
 
     def _retire_now(self, model: ServedModel) -> None:
         task = asyncio.get_running_loop().create_task(model.engine.shutdown())

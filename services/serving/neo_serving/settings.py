@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from neo.settings import NeoSettings
+
+# Shared by every checkout on the machine, so CI's clean clones reuse it (a vLLM venv is ~3.5 GB).
+DEFAULT_VLLM_VENV = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "neo" / "vllm-venv"
 
 
 class ServingSettings(NeoSettings):
@@ -18,8 +23,9 @@ class ServingSettings(NeoSettings):
                     "latest version, followed by reloads) or a ref NAME:vN (that version, pinned)")
     serve_host: str = Field(default="127.0.0.1", description="address to listen on")
     serve_port: int = Field(default=8000, description="port to listen on (vLLM's default)")
-    engine: Literal["torch", "gateway"] = Field(
-        default="torch", description="torch: generate in this process; gateway: forward to --upstream servers")
+    engine: Literal["torch", "gateway", "vllm"] = Field(
+        default="torch", description="torch: generate in this process; gateway: forward to --upstream servers; "
+                                     "vllm: start and supervise vLLM replicas of each version and forward to them")
     upstreams: list[str] = Field(
         default_factory=list, description="NAME=URL of an OpenAI-compatible server (repeat for replicas)")
     upstream_api_key: str | None = Field(default=None, description="Bearer key sent to upstream servers")
@@ -44,7 +50,24 @@ class ServingSettings(NeoSettings):
 
     # --- gateway ----------------------------------------------------------------------------------
     health_interval_s: float = Field(default=5.0, gt=0, description="seconds between upstream health checks")
+    unhealthy_after: int = Field(
+        default=3, ge=1, description="consecutive failed health checks before a replica that was up is marked down")
     upstream_timeout_s: float = Field(default=600.0, gt=0, description="read timeout of an upstream request")
+
+    # --- vllm engine (managed replicas) -------------------------------------------------------------
+    vllm_python: Path = Field(
+        default=DEFAULT_VLLM_VENV / "bin" / "python",
+        description="Python of the venv vLLM is installed in (`neo serve install-vllm` builds it)")
+    vllm_replicas: int = Field(default=1, ge=1, description="vLLM processes started per served model version")
+    vllm_args: list[str] = Field(
+        default_factory=list, description="extra `vllm serve` arguments for every replica, e.g. "
+                                          "--gpu-memory-utilization=0.45 (one list item per argument)")
+    vllm_devices: list[str] = Field(
+        default_factory=list, description="CUDA_VISIBLE_DEVICES of each replica in turn, e.g. 0 1 (empty: inherit)")
+    vllm_start_timeout_s: float = Field(
+        default=600.0, gt=0, description="seconds a replica may take to answer /health before its start fails")
+    vllm_kv_cache_gb: float = Field(
+        default=1.0, gt=0, description="KV cache per replica on CPU (VLLM_CPU_KVCACHE_SPACE); GPUs ignore it")
 
     # --- versions ---------------------------------------------------------------------------------
     watch_registry: bool = Field(

@@ -26,8 +26,9 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 class LiveServer:
     """``build_app(settings)`` served by uvicorn in a thread; a context manager."""
 
-    def __init__(self, settings: ServingSettings):
+    def __init__(self, settings: ServingSettings, start_timeout_s: float = 60.0):
         self.port = free_port()
+        self.start_timeout_s = start_timeout_s
         self.settings = settings.model_copy(update={"serve_port": self.port})
         self.app = build_app(self.settings)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
@@ -36,7 +37,7 @@ class LiveServer:
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.start_timeout_s
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"server on port {self.port} did not start")

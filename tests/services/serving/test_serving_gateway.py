@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 
 import httpx
 import pytest
 
+from neo.generate import SamplingParams
 from neo.net import free_port
+from neo_serving.engines.base import EngineRequest, ModelInfo
+from neo_serving.engines.upstream import UpstreamEngine
 from neo_serving.settings import ServingSettings
+from neo_serving.tokens import ServedTokenizer
 
 from .helpers import LiveServer
 
@@ -106,8 +112,9 @@ def test_failover_when_a_replica_dies_then_503_when_none_is_left(checkpoint):
                 r = client.completions.create(model="tiny", prompt="Hello", max_tokens=3, seed=seed,
                                               extra_body={"ignore_eos": True})
                 assert r.usage.completion_tokens == 3
-            assert [r.healthy for r in engine.replicas] == [False, True]
-            assert "request failed" in engine.replicas[0].error
+            now = time.monotonic()
+            assert [r.available(now) for r in engine.replicas] == [False, True]  # b is ejected, a serves
+            assert "request failed" in engine.replicas[0].error and engine.replicas[0].ejections == 1
         a_url = a.url
     dead = free_port()
     with LiveServer(gateway_settings(checkpoint, f"http://127.0.0.1:{dead}", a_url)) as gw, \
@@ -116,3 +123,75 @@ def test_failover_when_a_replica_dies_then_503_when_none_is_left(checkpoint):
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "engine_unavailable" and "no healthy upstream" in r.json()["error"]["message"]
         assert http.get("/health").status_code == 503
+
+
+def engine_over(checkpoint, *urls, **kw) -> UpstreamEngine:
+    info = ModelInfo(name="tiny", version="local", path=checkpoint, max_model_len=256, created=0)
+    return UpstreamEngine(info, ServedTokenizer.load(checkpoint), list(urls), api_key=UP_KEY,
+                          health_interval_s=3600, **kw)
+
+
+def request(seed: int, max_new: int = 3) -> EngineRequest:
+    return EngineRequest(request_id=f"r{seed}-{time.monotonic_ns()}", prompt_ids=[5, 6, 7],
+                         params=SamplingParams(max_new_tokens=max_new, seed=seed))
+
+
+def test_a_replica_goes_down_only_after_consecutive_failed_checks(checkpoint):
+    """One slow or failed /health under load must not take a healthy replica out (it did, and a test flaked)."""
+    async def scenario(up_url: str, stop_upstream) -> list[bool]:
+        engine = engine_over(checkpoint, up_url, unhealthy_after=3)
+        await engine.start()
+        try:
+            seen = [engine.replicas[0].healthy]
+            await asyncio.to_thread(stop_upstream)
+            for _ in range(3):
+                await engine.check_health()
+                seen.append(engine.replicas[0].healthy)
+            return seen
+        finally:
+            await engine.shutdown()
+
+    live = LiveServer(upstream_settings(checkpoint)).__enter__()
+    seen = asyncio.run(scenario(live.url, lambda: live.__exit__(None, None, None)))
+    assert seen == [True, True, True, False]
+
+
+def test_least_outstanding_routing_and_ejection_backoff(checkpoint, upstreams):
+    a, b = upstreams
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    async def busy_then_route() -> tuple[int, list[int]]:
+        engine = engine_over(checkpoint, a.url, b.url)
+        await engine.start()
+        try:
+            long = engine.generate(request(0, max_new=200))
+            await anext(long)  # one long request holds a replica
+            busy = next(i for i, r in enumerate(engine.replicas) if r.outstanding == 1)
+            for seed in range(4):  # short requests all go to the idle one
+                async for _ in engine.generate(request(seed + 1)):
+                    pass
+            await long.aclose()
+            return busy, [r.served for r in engine.replicas]
+        finally:
+            await engine.shutdown()
+
+    busy, served = asyncio.run(busy_then_route())
+    assert served[1 - busy] == 4 and served[busy] == 0
+
+    async def ejections() -> list[float]:
+        engine = engine_over(checkpoint, dead, a.url)
+        await engine.start()
+        engine.replicas[0].healthy = True  # as if it had been up and just died: only passive checks see it
+        try:
+            backoffs = []
+            for seed in range(2):
+                engine.replicas[0].ejected_until = 0.0  # let the next request try it again
+                engine._turn = itertools.count(0)  # and try it first
+                async for _ in engine.generate(request(seed)):
+                    pass  # served by a after failing over
+                backoffs.append(round(engine.replicas[0].ejected_until - time.monotonic()))
+            return backoffs
+        finally:
+            await engine.shutdown()
+
+    assert asyncio.run(ejections()) == [1, 2]  # the backoff doubles while the replica keeps failing

@@ -1,5 +1,6 @@
 """Engines behind one interface (``base.Engine``): ``torch`` generates in this process, ``gateway``
-forwards to upstream OpenAI-compatible servers. ``build_engine`` is the only place that picks one."""
+forwards to upstream OpenAI-compatible servers, ``vllm`` starts vLLM replicas and forwards to them.
+``build_engine`` is the only place that picks one."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ if TYPE_CHECKING:
 
 def build_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings: ServingSettings) -> Engine:
     """A not-yet-started engine for one model version, of the kind ``settings.engine`` names."""
+    if settings.engine == "vllm":
+        from neo_serving.engines.vllm import build_vllm_engine
+
+        return build_vllm_engine(info, tokenizer, settings)
     if settings.engine == "gateway":
         from neo_serving.engines.upstream import build_upstream_engine
 

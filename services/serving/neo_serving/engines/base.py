@@ -63,7 +63,8 @@ class EngineStats:
     waiting: int = 0  # queued, not yet admitted
     running: int = 0  # holding a KV-cache row (or an upstream stream)
     healthy: bool = True
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)  # more gauges, exported as neo_engine_{key}
+    replicas: list[dict] | None = None  # upstream engines: each replica's url, state, counts (for /health)
 
 
 @runtime_checkable

@@ -6,10 +6,19 @@ It speaks token ids both ways, so everything above ``engines/`` works unchanged:
 names its tokens), ``return_tokens_as_token_ids`` and ``stop_token_ids`` + ``ignore_eos`` (vLLM's
 extras, which Neo's server also accepts), and ``echo`` when prompt logprobs are wanted.
 
-Replicas are tried round-robin among the healthy ones. A replica that refuses the connection, times out
-or answers 5xx before the first token is marked unhealthy and the request fails over to the next; after
-the first token an error ends the request (502). With no healthy replica the answer is a clear 503. A
-background task checks every replica's ``/health`` (and learns its model id from ``/v1/models``).
+Routing and health, as a load balancer does it (Envoy's outlier detection is the model):
+
+- A request goes to the available replica with the fewest requests outstanding (ties in turn), not blindly
+  round-robin, so a replica slowed by a long prompt gets fewer new ones.
+- Active checks: a background task asks every replica's ``/health`` (and learns its model id from
+  ``/v1/models``). A replica that was up goes down only after ``unhealthy_after`` consecutive failed checks:
+  one slow answer under load is not an outage. One good check brings it back.
+- Passive ejection: a replica that refuses the connection, times out or answers 5xx before the first token
+  is ejected for a backoff (1 s, doubling to 30 s while it keeps failing; a success resets it) and the
+  request fails over to the next replica. After the first token an error ends the request (its stream
+  carries the error). With no available replica the answer is a clear 503 naming each replica's state.
+- Whoever supervises the replicas' processes (``engines/vllm.py``) marks one down at once when its process
+  exits, and up again when a restarted one is healthy.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -30,15 +40,31 @@ from neo_serving.tokens import ServedTokenizer
 
 log = logging.getLogger(__name__)
 
-HEALTH_TIMEOUT_S = 3.0  # a replica slower than this to answer /health is treated as down
+HEALTH_TIMEOUT_S = 3.0  # a /health answer slower than this counts as a failed check
+EJECT_BASE_S, EJECT_MAX_S = 1.0, 30.0  # passive ejection: 1 s, 2 s, 4 s … 30 s while a replica keeps failing
 
 
 @dataclass
 class Replica:
     url: str  # base URL, without /v1
-    healthy: bool = False
+    healthy: bool = False  # the active checks' verdict
     model_id: str | None = None  # the name the upstream serves the model under
     error: str = "not checked yet"
+    failed_checks: int = 0  # consecutive failed health checks
+    ejections: int = 0  # consecutive request failures (passive), which set the backoff
+    ejected_until: float = 0.0  # monotonic time before which no request is sent to it
+    outstanding: int = 0  # requests being served by it now
+    served: int = 0  # requests it answered (that produced output)
+
+    def available(self, now: float) -> bool:
+        return self.healthy and now >= self.ejected_until
+
+    def state(self, now: float) -> str:
+        if not self.healthy:
+            return f"down ({self.error})"
+        if now < self.ejected_until:
+            return f"ejected for {self.ejected_until - now:.1f} s ({self.error})"
+        return "up"
 
 
 class _Failover(Exception):
@@ -46,15 +72,15 @@ class _Failover(Exception):
 
 
 class UpstreamEngine:
-    """Round-robin over the healthy replicas of one model."""
+    """Least-outstanding routing over the available replicas of one model, with active and passive checks."""
 
     def __init__(self, info: ModelInfo, tokenizer: ServedTokenizer, urls: list[str], api_key: str | None = None,
-                 health_interval_s: float = 5.0, timeout_s: float = 600.0):
+                 health_interval_s: float = 5.0, timeout_s: float = 600.0, unhealthy_after: int = 3):
         if not urls:
             raise ValueError(f"gateway: no upstream URL for model {info.name!r} (give --upstream {info.name}=URL)")
         self.info, self.tokenizer = info, tokenizer
         self.replicas = [Replica(url.rstrip("/").removesuffix("/v1")) for url in urls]
-        self.health_interval_s, self.timeout_s = health_interval_s, timeout_s
+        self.health_interval_s, self.timeout_s, self.unhealthy_after = health_interval_s, timeout_s, unhealthy_after
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._turn = itertools.count()
         self._client: httpx.AsyncClient | None = None
@@ -87,13 +113,23 @@ class UpstreamEngine:
             raise self._unavailable()
 
     def _unavailable(self) -> EngineUnavailableError:
-        down = "; ".join(f"{r.url}: {r.error or 'healthy'}" for r in self.replicas)
-        return EngineUnavailableError(f"no healthy upstream for model {self.info.name!r} ({down})")
+        now = time.monotonic()
+        states = "; ".join(f"{r.url}: {r.state(now)}" for r in self.replicas)
+        return EngineUnavailableError(f"no healthy upstream for model {self.info.name!r} ({states})")
 
     def stats(self) -> EngineStats:
+        now = time.monotonic()
         return EngineStats(running=len(self._active), healthy=self.healthy(),
                            extra={"healthy_replicas": float(sum(r.healthy for r in self.replicas)),
-                                  "replicas": float(len(self.replicas))})
+                                  "available_replicas": float(sum(r.available(now) for r in self.replicas)),
+                                  "replicas": float(len(self.replicas))},
+                           replicas=self.replica_states())
+
+    def replica_states(self) -> list[dict]:
+        """What ``/health`` shows of each replica."""
+        now = time.monotonic()
+        return [{"url": r.url, "state": r.state(now), "outstanding": r.outstanding, "served": r.served}
+                for r in self.replicas]
 
     async def check_health(self) -> None:
         await asyncio.gather(*(self._check(r) for r in self.replicas))
@@ -116,16 +152,36 @@ class UpstreamEngine:
                     raise ValueError(f"it serves {ids}, not {self.info.name!r}")
                 replica.model_id = self.info.name if self.info.name in ids else ids[0]
         except (httpx.HTTPError, ValueError, KeyError) as exc:
-            self._mark_down(replica, f"health check failed: {exc!r}")
+            replica.failed_checks += 1
+            if not replica.healthy or replica.failed_checks >= self.unhealthy_after:
+                self.mark_down(replica, f"health check failed: {exc!r}")
+            else:
+                log.info("upstream %s for %s: health check %d of %d failed: %r", replica.url, self.info.name,
+                         replica.failed_checks, self.unhealthy_after, exc)
             return
         if not replica.healthy:
             log.info("upstream %s for %s is healthy (model %s)", replica.url, self.info.name, replica.model_id)
-        replica.healthy, replica.error = True, ""
+        replica.healthy, replica.error, replica.failed_checks = True, "", 0
 
-    def _mark_down(self, replica: Replica, error: str) -> None:
+    def mark_down(self, replica: Replica, error: str) -> None:
+        """Take ``replica`` out of routing until a health check passes again (its process died, say)."""
         if replica.healthy:
             log.warning("upstream %s for %s is down: %s", replica.url, self.info.name, error)
         replica.healthy, replica.error = False, error
+
+    def _eject(self, replica: Replica, error: str) -> None:
+        """Passive ejection: no requests for a backoff that doubles while the replica keeps failing."""
+        replica.ejections += 1
+        backoff = min(EJECT_BASE_S * 2 ** (replica.ejections - 1), EJECT_MAX_S)
+        replica.ejected_until, replica.error = time.monotonic() + backoff, error
+        log.warning("upstream %s for %s ejected for %.0f s: %s", replica.url, self.info.name, backoff, error)
+
+    def _order(self) -> list[Replica]:
+        """Available replicas, fewest outstanding requests first; equal ones in turn."""
+        now, turn = time.monotonic(), next(self._turn)
+        n = len(self.replicas)
+        ranked = sorted(range(n), key=lambda i: (self.replicas[i].outstanding, (i - turn) % n))
+        return [self.replicas[i] for i in ranked if self.replicas[i].available(now)]
 
     # --- requests --------------------------------------------------------------------------------------
     async def abort(self, request_id: str) -> None:
@@ -134,25 +190,30 @@ class UpstreamEngine:
             await response.aclose()  # the upstream sees the disconnect and frees the request
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        start = next(self._turn)
-        order = [self.replicas[(start + i) % len(self.replicas)] for i in range(len(self.replicas))]
-        for replica in (r for r in order if r.healthy):
-            stream = self._stream(replica, request)
+        for replica in self._order():
+            if not replica.available(time.monotonic()):
+                continue  # ejected or marked down while an earlier one was tried
+            replica.outstanding += 1
             try:
-                first = await anext(stream)
-            except _Failover as exc:
-                self._mark_down(replica, str(exc))
-                continue
-            except StopAsyncIteration:
+                stream = self._stream(replica, request)
+                try:
+                    first = await anext(stream)
+                except _Failover as exc:
+                    self._eject(replica, str(exc))
+                    continue
+                except StopAsyncIteration:
+                    return
+                replica.ejections, replica.served = 0, replica.served + 1
+                try:
+                    yield first
+                    async for out in stream:
+                        yield out
+                finally:
+                    await stream.aclose()
                 return
-            try:
-                yield first
-                async for out in stream:
-                    yield out
             finally:
-                await stream.aclose()
-            return
-        raise self._unavailable()  # every replica failed: the 503 names each one's last error
+                replica.outstanding -= 1
+        raise self._unavailable()  # every replica failed: the 503 names each one's state
 
     async def _stream(self, replica: Replica, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         """Outputs of one upstream request; a failure before the first output raises ``_Failover``."""
@@ -243,4 +304,5 @@ def _upstream_error(response: httpx.Response) -> ServingError:
 def build_upstream_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings) -> UpstreamEngine:
     urls = [url for name, _, url in (u.partition("=") for u in settings.upstreams) if name == info.name]
     return UpstreamEngine(info, tokenizer, urls, api_key=settings.upstream_api_key,
-                          health_interval_s=settings.health_interval_s, timeout_s=settings.upstream_timeout_s)
+                          health_interval_s=settings.health_interval_s, timeout_s=settings.upstream_timeout_s,
+                          unhealthy_after=settings.unhealthy_after)
