@@ -8,8 +8,9 @@ checkpoint, in one run.
 
 vLLM runs from the venv ``neo serve install-vllm`` builds (``--vllm-python``; ``--no-vllm`` leaves it out),
 started as Neo's vllm engine starts its replicas (same flags: the checkpoint's dtype, its context). The
-gateway row is ``neo serve --engine gateway --upstream`` pointed at that vLLM server, so the two rows
-differ by the gateway alone: its cost per token is what they show.
+gateway rows are ``neo serve --engine gateway --upstream`` pointed at that vLLM server, so they differ from
+the vLLM row by the gateway alone: its cost per token is what they show. ``relay`` forwards requests and
+response bytes as they are (the default); ``tokens`` re-tokenizes and streams token ids (``NEO_RELAY=false``).
 
 Like ``vllm bench serve --dataset-name random``: random token prompts of ``--input-len`` tokens,
 ``--output-len`` tokens each (EOS ignored, greedy), Poisson arrivals at ``--request-rate`` with at most
@@ -89,7 +90,7 @@ def arrivals(n: int, rate: float, seed: int) -> list[float]:
 
 
 # --- Neo over HTTP --------------------------------------------------------------------------------------
-def serve(model_dir: str, port: int, max_batch_size: int, upstream: str | None) -> None:
+def serve(model_dir: str, port: int, max_batch_size: int, upstream: str | None, relay: bool) -> None:
     """Server mode (``--serve``): our app on the torch engine, or the gateway to ``upstream``, in this process."""
     import uvicorn
 
@@ -98,7 +99,7 @@ def serve(model_dir: str, port: int, max_batch_size: int, upstream: str | None) 
 
     settings = ServingSettings(models=[f"bench={model_dir}"], serve_port=port, max_batch_size=max_batch_size)
     if upstream:
-        settings = settings.model_copy(update={"engine": "gateway", "upstreams": [f"bench={upstream}"]})
+        settings = settings.model_copy(update={"engine": "gateway", "upstreams": [f"bench={upstream}"], "relay": relay})
     uvicorn.run(build_app(settings), host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -135,29 +136,31 @@ async def run_neo(url: str, prompts, schedule, output_len: int, concurrency: int
         return results, time.perf_counter() - start
 
 
-def start_server(model_dir: Path, max_batch_size: int, upstream: str | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, max_batch_size: int, upstream: str | None = None,
+                 relay: bool = True) -> tuple[subprocess.Popen, str]:
     from neo.net import free_port
 
     port = free_port()
     command = [sys.executable, __file__, "--serve", str(model_dir), "--port", str(port),
                "--max-batch-size", str(max_batch_size)] + (["--upstream", upstream] if upstream else [])
+    command += [] if relay else ["--no-relay"]
     return _started(subprocess.Popen(command), port, 120)
 
 
 def start_vllm(model_dir: Path, python: Path, max_model_len: int) -> tuple[subprocess.Popen, str]:
-    """vLLM's OpenAI server on the checkpoint, as Neo's vllm engine starts a replica."""
-    import os
+    """vLLM's OpenAI server on the checkpoint, started as Neo's vllm engine starts a replica (same command line
+    and environment: the checkpoint's dtype, no core pinning, a 2 GB KV cache)."""
     import time as _time
 
     from neo.net import free_port
     from neo_serving.engines.base import ModelInfo
-    from neo_serving.engines.vllm import vllm_command
+    from neo_serving.engines.vllm import replica_env, vllm_command
+    from neo_serving.settings import ServingSettings
 
     port = free_port()
     info = ModelInfo(name="bench", version="bench", path=Path(model_dir).resolve(), max_model_len=max_model_len,
                      created=int(_time.time()))
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
-           "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+    env = replica_env(ServingSettings(vllm_replicas=1, vllm_kv_cache_gb=2), 0)
     log_file = open(Path(tempfile.gettempdir()) / f"neo-bench-vllm-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(vllm_command(python, info, port, []), stdout=log_file, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
@@ -273,8 +276,10 @@ def table(rows: list[tuple[str, int, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-HF, VLLM, GATEWAY, TORCH = ("HF generate, one at a time", "vLLM-CPU direct", "Neo gateway -> vLLM",
-                            "Neo torch engine (HTTP)")
+HF, VLLM, GATEWAY, GATEWAY_TOKENS, TORCH = (
+    "HF generate, one at a time", "vLLM-CPU direct", "Neo gateway -> vLLM (relay)",
+    "Neo gateway -> vLLM (tokens)",
+    "Neo torch engine (HTTP)")
 
 
 def main() -> None:
@@ -295,9 +300,10 @@ def main() -> None:
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--upstream", help=argparse.SUPPRESS)
+    p.add_argument("--no-relay", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.max_batch_size, args.upstream)
+        serve(args.serve, args.port, args.max_batch_size, args.upstream, not args.no_relay)
         return
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -324,18 +330,19 @@ def main() -> None:
             vllm, vllm_url = start_vllm(Path(model_dir), python, context)
             try:
                 rows += [(VLLM, c, r) for c, r in measure(vllm_url, prompts, schedule, args.output_len, args.concurrency)]
-                gw, gw_url = start_server(model_dir, args.max_batch_size, upstream=vllm_url)
-                try:
-                    rows += [(GATEWAY, c, r)
-                             for c, r in measure(gw_url, prompts, schedule, args.output_len, args.concurrency)]
-                finally:
-                    stop(gw)
+                for name, relay in ((GATEWAY, True), (GATEWAY_TOKENS, False)):
+                    gw, gw_url = start_server(model_dir, args.max_batch_size, upstream=vllm_url, relay=relay)
+                    try:
+                        rows += [(name, c, r)
+                                 for c, r in measure(gw_url, prompts, schedule, args.output_len, args.concurrency)]
+                    finally:
+                        stop(gw)
             finally:
                 stop(vllm)
         if not args.no_hf:
             offsets = time_hf(model_dir, prompts, args.output_len)
             rows += [(HF, conc, summarize(*replay_fifo(offsets, schedule, conc))) for conc in args.concurrency]
-        order = {name: i for i, name in enumerate((HF, VLLM, GATEWAY, TORCH))}
+        order = {name: i for i, name in enumerate((HF, VLLM, GATEWAY, GATEWAY_TOKENS, TORCH))}
         rows.sort(key=lambda row: (row[1], order[row[0]]))
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
     print(f"model: {args.model or args.preset} ({cfg['num_hidden_layers']} layers, d={cfg['hidden_size']}, "

@@ -11,6 +11,22 @@ class NotHealthy(RuntimeError):
     """A service did not answer 200 in time, or its process exited first."""
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its password (``redis://:secret@host`` → ``redis://:***@host``), for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

@@ -36,6 +36,7 @@ from neo_serving.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from neo_serving.relay import RelayService
 from neo_serving.service import check_token_ids
 from neo_serving.settings import ServingSettings
 
@@ -53,6 +54,7 @@ class Services:
     metrics: ServingMetrics
     chat: ChatService
     completions: CompletionService
+    relay: RelayService
 
 
 def services(request: Request) -> Services:
@@ -118,12 +120,22 @@ async def list_models(request: Request) -> ModelList:
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    return _respond(await cancel_on_disconnect(request, services(request).chat.run(body)))
+    s = services(request)
+    relayed = await cancel_on_disconnect(request, s.relay.run(
+        "/v1/chat/completions", body, await request.body(), (body.n, body.top_logprobs), s.chat.check_limits))
+    if relayed is not None:
+        return relayed
+    return _respond(await cancel_on_disconnect(request, s.chat.run(body)))
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    return _respond(await cancel_on_disconnect(request, services(request).completions.run(body)))
+    s = services(request)
+    relayed = await cancel_on_disconnect(request, s.relay.run(
+        "/v1/completions", body, await request.body(), (body.n, body.logprobs), s.completions.check_limits))
+    if relayed is not None:
+        return relayed
+    return _respond(await cancel_on_disconnect(request, s.completions.run(body)))
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)

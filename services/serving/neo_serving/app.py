@@ -22,9 +22,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from neo_serving import api
 from neo_serving.chat import ChatService
 from neo_serving.completions import CompletionService
-from neo_serving.errors import AuthenticationError, InvalidRequestError, ServingError, openai_error
+from neo_serving.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    ServingError,
+    openai_error,
+)
 from neo_serving.metrics import HTTPMetricsMiddleware, ServingMetrics
 from neo_serving.models import ModelTable
+from neo_serving.relay import RelayService
 from neo_serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -33,24 +40,49 @@ OPEN_PATHS = frozenset({"/health", "/metrics"})  # never behind the API key (pro
 STATUS_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 
 
-class APIKeyMiddleware:
-    """When keys are set, every route but ``/health`` and ``/metrics`` needs ``Authorization: Bearer KEY``."""
+ADMIN_PREFIX = "/v1/admin/"
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
-    def __init__(self, app: ASGIApp, keys: list[str]):
+
+class APIKeyMiddleware:
+    """When keys are set, every route but ``/health`` and ``/metrics`` needs ``Authorization: Bearer KEY``.
+
+    Admin routes (``/v1/admin/*``: switching the served model) take admin keys only. With none set they
+    are open only while the server listens on loopback; beyond it they answer 403 until an admin key is set.
+    """
+
+    def __init__(self, app: ASGIApp, keys: list[str], admin_keys: list[str], host: str):
         self.app, self.keys = app, [k.encode() for k in keys]
+        self.admin_keys, self.loopback = [k.encode() for k in admin_keys], host in LOOPBACK
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() == b"bearer" and any(hmac.compare_digest(token.strip(), k) for k in self.keys):
+        admin = scope["path"].startswith(ADMIN_PREFIX)
+        if admin and not self.admin_keys and not self.loopback:
+            await self._refuse(PermissionDeniedError(
+                "admin routes are disabled on a server that listens beyond loopback without an admin key: "
+                "set NEO_ADMIN_KEYS"), scope, receive, send)
+            return
+        keys = self.admin_keys if admin and self.admin_keys else self.keys
+        if not keys or _bearer(scope) is not None and any(hmac.compare_digest(_bearer(scope), k) for k in keys):
             await self.app(scope, receive, send)
             return
-        status, body = openai_error(AuthenticationError(
-            "Incorrect or missing API key: send it as 'Authorization: Bearer <key>'"))
+        what = "admin key" if admin and self.admin_keys else "API key"
+        await self._refuse(AuthenticationError(
+            f"Incorrect or missing {what}: send it as 'Authorization: Bearer <key>'"), scope, receive, send)
+
+    @staticmethod
+    async def _refuse(error: ServingError, scope: Scope, receive: Receive, send: Send) -> None:
+        status, body = openai_error(error)
         await JSONResponse(body, status_code=status)(scope, receive, send)
+
+
+def _bearer(scope: Scope) -> bytes | None:
+    header = dict(scope["headers"]).get(b"authorization", b"")
+    scheme, _, token = header.partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else None
 
 
 def _json_error(error: ServingError) -> JSONResponse:
@@ -100,7 +132,8 @@ def build_app(settings: ServingSettings) -> FastAPI:
                              watcher=(lambda: models.watcher) if settings.watch_registry else None)
     services = api.Services(settings=settings, models=models, metrics=metrics,
                             chat=ChatService(models, metrics, settings),
-                            completions=CompletionService(models, metrics, settings))
+                            completions=CompletionService(models, metrics, settings),
+                            relay=RelayService(models, metrics, settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,6 +152,7 @@ def build_app(settings: ServingSettings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(api.ClientDisconnected, _disconnected)
     app.add_exception_handler(Exception, _unexpected)
-    app.add_middleware(APIKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(APIKeyMiddleware, keys=settings.api_keys, admin_keys=settings.admin_keys,
+                       host=settings.serve_host)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
     return app

@@ -45,6 +45,12 @@ class AuthenticationError(ServingError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(ServingError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
 class ModelNotFoundError(ServingError):
     status_code = 404
     error_type = "not_found_error"

@@ -25,12 +25,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
+from neo.net import redact_url
 from neo.registry import ModelRegistry, ModelVersion
 from neo.schemas import NeoCheckpointInfo
 from neo_serving.engines import build_engine
 from neo_serving.engines.base import Engine, ModelInfo
-from neo_serving.errors import InvalidRequestError, ModelNotFoundError, ServingError
+from neo_serving.errors import InvalidRequestError, ModelNotFoundError, ModelStartError, ServingError
 from neo_serving.protocol import ModelCard
 from neo_serving.settings import ServingSettings
 from neo_serving.tokens import ServedTokenizer
@@ -76,6 +78,7 @@ class ModelTable:
         self._watcher: asyncio.Task | None = None
         self._registry: ModelRegistry | None = None
         self.watcher = WatcherState()
+        self._start_roots: list[Path] = []  # folders of the checkpoints served at start (reload may use them)
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -85,6 +88,7 @@ class ModelTable:
                 if name in self._models:
                     raise ValueError(f"two --model values are named {name!r}; name them NAME=DIR")
                 self._models[name] = await self._load(name, path, version)
+                self._start_roots.append(Path(path).resolve().parent)
         except BaseException:
             await self.shutdown()  # the ones already loaded
             raise
@@ -149,6 +153,8 @@ class ModelTable:
                 if latest is None:
                     raise InvalidRequestError(f"{name!r} is not in the model registry; give a path", param="path")
                 path, version = latest.path, latest.version
+            else:
+                self._check_inside_roots(Path(path))
             if not (Path(path) / "config.json").is_file():
                 raise InvalidRequestError(f"{path} is not a checkpoint directory (no config.json)", param="path")
             new = await self._load(name, Path(path), version)
@@ -159,6 +165,15 @@ class ModelTable:
             log.info("%s: now serving %s (%s); %d request(s) finish on the previous version",
                      name, new.info.path, version, old.leases)
             return new.info
+
+    def _check_inside_roots(self, path: Path) -> None:
+        """A reload ``path`` must lie in a models root: the API never loads an arbitrary server directory."""
+        resolved = path.resolve()
+        roots = [self.settings.models_dir.resolve(), *(Path(r).resolve() for r in self.settings.model_roots),
+                 *self._start_roots]
+        if not any(resolved.is_relative_to(root) for root in roots):
+            raise InvalidRequestError(f"path must lie inside a models root ({', '.join(map(str, roots))}); add "
+                                      f"its folder to NEO_MODEL_ROOTS to allow it", param="path")
 
     async def _watch(self) -> None:
         self.watcher.running = True
@@ -207,10 +222,21 @@ class ModelTable:
     # --- loading ---------------------------------------------------------------------------------------
     async def _load(self, name: str, path: Path, version: str) -> ServedModel:
         path = Path(path).resolve()
-        tokenizer = await asyncio.to_thread(ServedTokenizer.load, path)
-        info = _model_info(name, path, version, self.settings.max_model_len)
-        engine = build_engine(info, tokenizer, self.settings)
-        await engine.start()
+        try:
+            tokenizer = await asyncio.to_thread(ServedTokenizer.load, path)
+            info = _model_info(name, path, version, self.settings.max_model_len)
+            engine = build_engine(info, tokenizer, self.settings)
+            try:
+                await engine.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await engine.shutdown()  # whatever it had started (a thread, replicas)
+                raise
+        except ServingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken checkpoint fails in many ways; each is a 400, not a 500
+            raise ModelStartError(f"cannot serve {path} as {name!r}: {type(exc).__name__}: {exc}",
+                                  param="path") from exc
         log.info("serving %s (%s) from %s, context %d", name, version, path, info.max_model_len)
         return ServedModel(info, engine)
 
@@ -241,7 +267,11 @@ class ModelTable:
         try:
             return await asyncio.to_thread(call, self._registry)
         except redis.RedisError as exc:
-            raise RegistryUnavailableError(f"the model registry at {self.settings.redis_url} is unavailable: {exc}") from exc
+            url = self.settings.redis_url  # never a password in a response or a log line
+            secret = urlsplit(url).password
+            why = str(exc).replace(secret, "***") if secret else str(exc)
+            raise RegistryUnavailableError(f"the model registry at {redact_url(url)} is unavailable: "
+                                           f"{type(exc).__name__}: {why}") from None
 
 
 def _pinned(name: str) -> bool:

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from neo.generate import SamplingParams
 
@@ -32,15 +32,38 @@ def random_id(prefix: str) -> str:
 
 
 class OpenAIModel(BaseModel):
-    """Requests: unknown fields are kept (``model_extra``) and logged, not rejected."""
+    """Requests: unknown fields are kept (``model_extra``) and logged, not rejected. Text that is not valid
+    Unicode (a lone surrogate such as ``"\\ud800"``, which JSON can escape) is a 400 here: it can be neither
+    tokenized nor written back as UTF-8."""
 
     model_config = ConfigDict(extra="allow")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: Any, info: ValidationInfo) -> Any:
+        if _has_lone_surrogate(value):
+            raise ValueError(f"{info.field_name} is not valid Unicode (it contains a lone surrogate)")
+        return value
 
     @model_validator(mode="after")
     def _log_unknown(self) -> OpenAIModel:
         if self.model_extra:
             log.info("%s: ignoring unknown field(s) %s", type(self).__name__, sorted(self.model_extra))
         return self
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, list | tuple):
+        return any(_has_lone_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    return False
 
 
 class StreamOptions(OpenAIModel):

@@ -31,6 +31,12 @@ class ServingSettings(NeoSettings):
     upstream_api_key: str | None = Field(default=None, description="Bearer key sent to upstream servers")
     api_keys: list[str] = Field(
         default_factory=list, description="accepted Bearer keys; empty = no auth (/health and /metrics stay open)")
+    admin_keys: list[str] = Field(
+        default_factory=list, description="Bearer keys of the admin routes (/v1/admin/*; API keys do not open "
+                                          "them); empty = admin routes only while listening on loopback")
+    model_roots: list[Path] = Field(
+        default_factory=list, description="directories a reload `path` may lie in, besides NEO_HOME/models and "
+                                          "the folders of the checkpoints served at start")
 
     # --- torch engine ------------------------------------------------------------------------------
     max_batch_size: int = Field(default=16, ge=1, description="KV-cache rows: requests decoded together")
@@ -53,6 +59,10 @@ class ServingSettings(NeoSettings):
     unhealthy_after: int = Field(
         default=3, ge=1, description="consecutive failed health checks before a replica that was up is marked down")
     upstream_timeout_s: float = Field(default=600.0, gt=0, description="read timeout of an upstream request")
+    relay: bool = Field(
+        default=True, description="forward chat/completions requests to upstream replicas as they came and their "
+                                  "responses back untouched, when the replicas serve the model under the same "
+                                  "name (off: re-tokenize and generate token by token through the gateway)")
 
     # --- vllm engine (managed replicas) -------------------------------------------------------------
     vllm_python: Path = Field(

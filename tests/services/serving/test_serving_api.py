@@ -170,7 +170,9 @@ def test_tokenize_detokenize_round_trip(server, tokenizer):
 def test_health_and_metrics(server, client):
     client.completions.create(model="tiny", prompt="Hi", max_tokens=3, extra_body={"ignore_eos": True})
     with httpx.Client(base_url=server.url) as http:
-        assert http.get("/health").json() == {"status": "ok"}
+        assert http.get("/health").json() == {
+            "status": "ok", "watcher": None,  # not following the registry
+            "models": {"tiny": {"version": "local", "healthy": True}, "plain": {"version": "local", "healthy": True}}}
         text = http.get("/metrics").text
     for name in ("neo_http_requests_total", "neo_time_to_first_token_seconds_bucket",
                  "neo_inter_token_latency_seconds_bucket", "neo_e2e_request_latency_seconds_count",

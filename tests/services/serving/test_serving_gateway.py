@@ -26,9 +26,9 @@ def upstream_settings(checkpoint) -> ServingSettings:
     return ServingSettings(models=[f"tiny={checkpoint}"], api_keys=[UP_KEY], max_batch_size=4)
 
 
-def gateway_settings(checkpoint, *urls, interval=0.2) -> ServingSettings:
+def gateway_settings(checkpoint, *urls, interval=0.2, relay=True) -> ServingSettings:
     return ServingSettings(engine="gateway", models=[f"tiny={checkpoint}"], upstreams=[f"tiny={u}" for u in urls],
-                           upstream_api_key=UP_KEY, api_keys=[GW_KEY], health_interval_s=interval)
+                           upstream_api_key=UP_KEY, api_keys=[GW_KEY], health_interval_s=interval, relay=relay)
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +37,17 @@ def upstreams(checkpoint):
         yield a, b
 
 
-@pytest.fixture(scope="module")
-def gateway(checkpoint, upstreams):
-    with LiveServer(gateway_settings(checkpoint, *(u.url for u in upstreams))) as gw:
+@pytest.fixture(scope="module", params=[True, False], ids=["relay", "tokens"])
+def gateway(request, checkpoint, upstreams):
+    """The gateway relaying requests and responses as they are, and re-tokenizing them (NEO_RELAY=false)."""
+    with LiveServer(gateway_settings(checkpoint, *(u.url for u in upstreams), relay=request.param)) as gw:
         yield gw
 
 
-def completions_served(server) -> float:
+def completions_served(server, route="/v1/completions") -> float:
     registry = server.app.state.services.metrics.registry
     return registry.get_sample_value("neo_http_requests_total",
-                                     {"method": "POST", "route": "/v1/completions", "status": "200"}) or 0
+                                     {"method": "POST", "route": route, "status": "200"}) or 0
 
 
 def test_gateway_gives_the_upstreams_output_and_balances(gateway, upstreams):
@@ -65,13 +66,20 @@ def test_gateway_gives_the_upstreams_output_and_balances(gateway, upstreams):
     assert after[0] - served[0] >= 3 and after[1] - served[1] >= 2  # round-robin over both replicas
 
 
-def test_gateway_chat_streams_through_with_the_local_template(gateway, upstreams):
+def test_gateway_chat_streams_through(gateway, upstreams):
     direct, via = upstreams[1].client(UP_KEY), gateway.client(GW_KEY)
     kw = dict(model="tiny", messages=CHAT, max_tokens=10, seed=4, extra_body={"ignore_eos": True})
     want = direct.chat.completions.create(**kw).choices[0].message.content
+    relayed = sum(completions_served(u, "/v1/chat/completions") for u in upstreams)
     chunks = list(via.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
     assert chunks[-1].usage.completion_tokens == 10
+    # relay: the upstream answered the chat request itself; tokens: the gateway's template made a completion
+    asked = sum(completions_served(u, "/v1/chat/completions") for u in upstreams) - relayed
+    assert asked == (1 if gateway.settings.relay else 0)
+    # without include_usage the client gets no usage chunk (the relay asks for it, for metrics, and drops it)
+    plain = list(via.chat.completions.create(stream=True, **kw))
+    assert all(c.usage is None for c in plain) and "".join(c.choices[0].delta.content or "" for c in plain) == want
     echo = via.completions.create(model="tiny", prompt="Hello", max_tokens=2, echo=True, logprobs=1, seed=1)
     assert echo.choices[0].logprobs.token_logprobs[0] is None and echo.choices[0].text.startswith("Hello")
     assert len(echo.choices[0].logprobs.tokens) == echo.usage.prompt_tokens + 2
@@ -83,7 +91,21 @@ def test_gateway_keeps_its_own_keys_and_metrics(gateway):
         assert http.get("/v1/models", headers={"Authorization": f"Bearer {GW_KEY}"}).json()["data"][0]["id"] == "tiny"
         metrics = http.get("/metrics").text
     assert 'neo_engine_healthy_replicas{model="tiny"} 2.0' in metrics
-    assert "neo_time_to_first_token_seconds_count" in metrics
+    assert 'neo_time_to_first_token_seconds_count{model="tiny"}' in metrics
+    generated = gateway.app.state.services.metrics.registry.get_sample_value(
+        "neo_generation_tokens_total", {"model": "tiny"})
+    assert generated and generated >= 10  # counted from the upstreams' usage in relay mode too
+
+
+def test_gateway_passes_on_upstream_errors_and_checks_its_own_limits(gateway):
+    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {GW_KEY}"}) as http:
+        too_long = http.post("/v1/completions", json={"model": "tiny", "prompt": "hi " * 400, "max_tokens": 4})
+        assert too_long.status_code == 400
+        assert too_long.json()["error"]["type"] == "invalid_request_error"
+        too_many = http.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "n": 99})
+        assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "n"
+        bad = http.post("/v1/chat/completions", json={"model": "tiny", "messages": "not a list"})
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_gateway_disconnect_frees_the_upstream(gateway, upstreams):
@@ -176,7 +198,7 @@ def test_least_outstanding_routing_and_ejection_backoff(checkpoint, upstreams):
             await engine.shutdown()
 
     busy, served = asyncio.run(busy_then_route())
-    assert served[1 - busy] == 4 and served[busy] == 0
+    assert served[1 - busy] == 4 and served[busy] == 1  # the long one
 
     async def ejections() -> list[float]:
         engine = engine_over(checkpoint, dead, a.url)

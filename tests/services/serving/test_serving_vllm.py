@@ -101,6 +101,7 @@ class Load:
     """A client sending streamed completions one after another from a thread, recording each outcome."""
 
     client: openai.OpenAI
+    pause_s: float = 0.05  # between requests
     results: list[dict] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -118,7 +119,7 @@ class Load:
                 self.results.append({"t": started, "ok": True, "sig": [round(v, 3) for v in logprobs]})
             except (openai.APIError, httpx.HTTPError) as exc:
                 self.results.append({"t": started, "ok": False, "chunks": chunks, "error": repr(exc)})
-            time.sleep(0.05)
+            time.sleep(self.pause_s)
 
     def __enter__(self) -> Load:
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -192,7 +193,8 @@ def test_a_new_version_rolls_out_under_load_with_no_failed_request(vllm_server, 
     assert v1_sig != v2_sig
     old = engine_of(vllm_server)
     old_pids = [p.pid for p in old.processes]
-    with Load(vllm_server.client()) as load:
+    # 4 requests/s: continuous, but leaves the 2 cores room to start two new replicas beside the old two
+    with Load(vllm_server.client(), pause_s=0.25) as load:
         wait_until(lambda: len(load.results) >= 3, 60, "requests before the new version")
         registry.register("tiny", v2_dir, stage="dpo", parent="tiny:v1")
         registered_at = time.monotonic()

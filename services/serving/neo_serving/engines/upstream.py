@@ -19,6 +19,12 @@ Routing and health, as a load balancer does it (Envoy's outlier detection is the
   carries the error). With no available replica the answer is a clear 503 naming each replica's state.
 - Whoever supervises the replicas' processes (``engines/vllm.py``) marks one down at once when its process
   exits, and up again when a restarted one is healthy.
+
+Relay: when every replica serves the model under the name clients use (always so for the vllm engine, which
+names them), chat and completions requests can be forwarded as they came, and the replica's response bytes
+sent back untouched (``relay()``; ``relay.py`` above the engines does it). The gateway then costs one socket
+copy per chunk instead of parsing, re-tokenizing and re-encoding every token, which on a 2-core machine is
+CPU taken from vLLM itself. Routing, ejection and failover before the response starts are the same.
 """
 
 from __future__ import annotations
@@ -69,6 +75,15 @@ class Replica:
 
 class _Failover(Exception):
     """This replica failed before producing anything: try the next one."""
+
+
+@dataclass
+class Relayed:
+    """A replica's answer to a relayed request: status, content type, and its body as it arrives."""
+
+    status_code: int
+    content_type: str
+    chunks: AsyncIterator[bytes]  # closing it early closes the upstream connection (the replica aborts)
 
 
 class UpstreamEngine:
@@ -182,6 +197,47 @@ class UpstreamEngine:
         n = len(self.replicas)
         ranked = sorted(range(n), key=lambda i: (self.replicas[i].outstanding, (i - turn) % n))
         return [self.replicas[i] for i in ranked if self.replicas[i].available(now)]
+
+    # --- relay -----------------------------------------------------------------------------------------
+    def can_relay(self) -> bool:
+        """True when every replica serves the model under ``info.name`` (a relayed body names it so)."""
+        return all(r.model_id in (None, self.info.name) for r in self.replicas)
+
+    async def relay(self, path: str, body: bytes) -> Relayed:
+        """Send ``body`` (an OpenAI request for this model) to ``path`` of a replica; fail over until one answers.
+
+        A connection error, timeout or 5xx before the response starts ejects the replica and tries the next;
+        4xx answers are the client's (passed on). Raises ``EngineUnavailableError`` when none is left.
+        """
+        assert self._client is not None
+        for replica in self._order():
+            if not replica.available(time.monotonic()):
+                continue
+            request = self._client.build_request("POST", f"{replica.url}{path}", content=body,
+                                                 headers={"content-type": "application/json"})
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                self._eject(replica, f"request failed: {exc!r}")
+                continue
+            if response.status_code >= 500:
+                await response.aclose()
+                self._eject(replica, f"HTTP {response.status_code}")
+                continue
+            replica.ejections, replica.served, replica.outstanding = 0, replica.served + 1, replica.outstanding + 1
+            return Relayed(response.status_code, response.headers.get("content-type", "application/json"),
+                           self._relay_body(replica, response))
+        raise self._unavailable()
+
+    async def _relay_body(self, replica: Replica, response: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream {replica.url} failed mid-stream: {exc!r}") from exc
+        finally:
+            replica.outstanding -= 1
+            await response.aclose()
 
     # --- requests --------------------------------------------------------------------------------------
     async def abort(self, request_id: str) -> None:

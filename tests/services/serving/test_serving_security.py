@@ -1,0 +1,129 @@
+"""Holes an audit found in serving (issue: reliability and security), each reproduced against a live server.
+
+- a broken registered version must not kill the registry watcher (it logs, skips it, keeps following);
+- no Redis password in any response body;
+- lone surrogates in prompt, messages or model name are a 400, not a 500;
+- reloading a directory that is not a loadable checkpoint is a 400 naming the problem, not a 500;
+- admin routes take admin keys only, are closed beyond loopback without one, and load only from model roots.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import httpx
+import pytest
+import redis
+
+from neo.net import free_port
+from neo.registry import ModelRegistry
+from neo_serving.settings import ServingSettings
+
+from .helpers import REDIS_URL, LiveServer, export_random_model
+
+
+@pytest.fixture
+def registry(redis_prefix) -> ModelRegistry:
+    return ModelRegistry(redis.Redis.from_url(REDIS_URL), redis_prefix)
+
+
+def broken_copy(checkpoint, root):
+    broken = root / "broken"
+    shutil.copytree(checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)  # weights no loader accepts
+    return broken
+
+
+def test_the_watcher_skips_a_broken_version_and_keeps_following(checkpoint, tokenizer, registry, tmp_path):
+    registry.register("chat", checkpoint, stage="sft")
+    settings = ServingSettings(models=["chat"], redis_url=REDIS_URL, redis_prefix=registry.prefix,
+                               watch_registry=True, watch_interval_s=0.2, max_batch_size=2)
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+        registry.register("chat", broken_copy(checkpoint, tmp_path), stage="dpo", parent="chat:v1")
+        deadline = time.monotonic() + 30
+        while not (skipped := http.get("/health").json()["watcher"]["skipped"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert skipped["chat"]["ref"] == "chat:v2" and "SafetensorError" in skipped["chat"]["error"]
+        assert http.get("/health").json()["models"]["chat"]["version"] == "v1"  # the old one keeps serving
+        assert 'neo_registry_watcher_skipped{model="chat",ref="chat:v2"} 1.0' in http.get("/metrics").text
+        ok = http.post("/v1/completions", json={"model": "chat", "prompt": "Hi", "max_tokens": 2})
+        assert ok.status_code == 200
+
+        good = export_random_model(tmp_path / "v3", tokenizer, seed=3)  # a newer version is still followed
+        registry.register("chat", good, stage="dpo", parent="chat:v1")
+        deadline = time.monotonic() + 30
+        while http.get("/v1/models").json()["data"][0]["version"] != "v3" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        health = http.get("/health").json()
+        assert health["models"]["chat"]["version"] == "v3"
+        assert health["watcher"]["running"] is True and health["watcher"]["skipped"] == {}
+
+
+def test_no_redis_password_in_responses(checkpoint):
+    secret = "s3cr3t-pa55"
+    url = f"redis://:{secret}@127.0.0.1:{free_port()}/0"  # nothing listens: every registry call fails
+    settings = ServingSettings(models=[f"chat={checkpoint}"], redis_url=url, max_batch_size=2)
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+        r = http.post("/v1/admin/reload", json={"model": "chat"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "registry_unavailable"
+        assert secret not in r.text and ":***@" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("route, body", [
+    ("/v1/completions", {"model": "tiny", "prompt": "a\ud800b", "max_tokens": 2}),
+    ("/v1/completions", {"model": "tiny", "prompt": ["ok", "a\udfffb"], "max_tokens": 2}),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "a\ud800b"}]}),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stop": ["\ud800"]}),
+    ("/v1/completions", {"model": "ti\ud800ny", "prompt": "hello", "max_tokens": 2}),
+    ("/tokenize", {"model": "tiny", "prompt": "a\ud800b"}),
+])
+def test_lone_surrogates_are_a_400(server, route, body):
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        # json.dumps escapes the surrogate as \ud800, which is how such a request arrives
+        r = http.post(route, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error" and "Unicode" in r.json()["error"]["message"]
+
+
+def test_reload_to_a_broken_checkpoint_is_a_400_naming_the_problem(checkpoint, tmp_path):
+    settings = ServingSettings(models=[f"chat={checkpoint}"], max_batch_size=2, model_roots=[tmp_path])
+    (tmp_path / "bad-config").mkdir()
+    (tmp_path / "bad-config" / "config.json").write_text("{not json")
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+        for path, says in ((broken_copy(checkpoint, tmp_path), "SafetensorError"),
+                           (tmp_path / "bad-config", "config"),
+                           (tmp_path, "no config.json")):
+            r = http.post("/v1/admin/reload", json={"model": "chat", "path": str(path)})
+            assert r.status_code == 400, r.text
+            assert says in r.json()["error"]["message"] and r.json()["error"]["param"] == "path"
+        assert http.post("/v1/completions", json={"model": "chat", "prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+
+def test_admin_routes_need_an_admin_key_and_a_models_root(checkpoint, tokenizer, tmp_path):
+    outside = export_random_model(tmp_path / "elsewhere" / "m", tokenizer, seed=2)
+    settings = ServingSettings(models=[f"chat={checkpoint}"], max_batch_size=2, api_keys=["sk-user"],
+                               admin_keys=["sk-admin"])
+    user, admin = ({"Authorization": f"Bearer {k}"} for k in ("sk-user", "sk-admin"))
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+        body = {"model": "chat", "path": str(checkpoint)}
+        assert http.post("/v1/admin/reload", json=body).status_code == 401
+        r = http.post("/v1/admin/reload", json=body, headers=user)  # an inference key is not enough
+        assert r.status_code == 401 and "admin key" in r.json()["error"]["message"]
+        assert http.post("/v1/admin/reload", json=body, headers=admin).status_code == 200
+        assert http.post("/v1/completions", json={"model": "chat", "prompt": "Hi", "max_tokens": 2},
+                         headers=admin).status_code == 401  # and an admin key is not an inference key
+        r = http.post("/v1/admin/reload", json={"model": "chat", "path": str(outside)}, headers=admin)
+        assert r.status_code == 400 and "models root" in r.json()["error"]["message"]
+        r = http.post("/v1/admin/reload", json={"model": "chat", "path": "/etc"}, headers=admin)
+        assert r.status_code == 400 and "models root" in r.json()["error"]["message"]
+
+
+def test_admin_routes_are_closed_beyond_loopback_without_an_admin_key(checkpoint):
+    # listening on all interfaces (the server under test binds 127.0.0.1 but is configured as 0.0.0.0)
+    settings = ServingSettings(models=[f"chat={checkpoint}"], max_batch_size=2, serve_host="0.0.0.0")
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+        r = http.post("/v1/admin/reload", json={"model": "chat", "path": str(checkpoint)})
+        assert r.status_code == 403 and "NEO_ADMIN_KEYS" in r.json()["error"]["message"]
+        assert http.post("/v1/completions", json={"model": "chat", "prompt": "Hi", "max_tokens": 2}).status_code == 200
