@@ -37,7 +37,7 @@ from neo_serving.protocol import (
     TokenizeResponse,
 )
 from neo_serving.relay import RelayService
-from neo_serving.service import check_token_ids
+from neo_serving.service import GenerationService, check_token_ids
 from neo_serving.settings import ServingSettings
 
 T = TypeVar("T")
@@ -118,24 +118,24 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=services(request).models.cards())
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+async def _generate(request: Request, path: str, body: Any, service: GenerationService, logprobs: int | None) -> Any:
+    """Relayed to an upstream replica as it came when the model's engine allows it, else through ``service``."""
     s = services(request)
     relayed = await cancel_on_disconnect(request, s.relay.run(
-        "/v1/chat/completions", body, await request.body(), (body.n, body.top_logprobs), s.chat.check_limits))
+        path, body, await request.body(), (body.n, logprobs), service.check_limits))
     if relayed is not None:
         return relayed
-    return _respond(await cancel_on_disconnect(request, s.chat.run(body)))
+    return _respond(await cancel_on_disconnect(request, service.run(body)))
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    return await _generate(request, "/v1/chat/completions", body, services(request).chat, body.top_logprobs)
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    s = services(request)
-    relayed = await cancel_on_disconnect(request, s.relay.run(
-        "/v1/completions", body, await request.body(), (body.n, body.logprobs), s.completions.check_limits))
-    if relayed is not None:
-        return relayed
-    return _respond(await cancel_on_disconnect(request, s.completions.run(body)))
+    return await _generate(request, "/v1/completions", body, services(request).completions, body.logprobs)
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)

@@ -11,9 +11,12 @@ broker's ``global_keyprefix`` also puts under the prefix)::
     {prefix}train:jobs         zset   job id → submit time
     {prefix}train:job:{id}     hash   id, kind, state (queued|running|done|failed), config, nproc,
                                       run_dir, export_dir, step, total_steps, loss, val_loss, tokens,
-                                      submitted, started, finished, error
+                                      submitted, started, finished, error, heartbeat
 
-While a job runs, the worker tails the run's ``metrics.jsonl`` into the hash every second.
+While a job runs, the worker tails the run's ``metrics.jsonl`` into the hash every second and stamps
+``heartbeat`` (unix time). A redelivered job that is ``running`` with a fresh heartbeat is someone else's
+and skipped; with a heartbeat older than ``STALE_AFTER_S`` its worker died (Celery redelivers unacked
+tasks), so this worker takes it over and resumes it from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ TASK_NAME = "neo_trainer.run_job"
 #: job kind → the module each training process runs (``python -m MODULE CONFIG [--resume]``)
 JOB_KINDS = {"pretrain": "neo_trainer.launch", "sft": "neo_trainer.stages.sft", "dpo": "neo_trainer.stages.dpo"}
 _PROGRESS_KEYS = ("step", "loss", "val_loss", "tokens", "lr", "phase")
+STALE_AFTER_S = 30.0  # a running job whose heartbeat is older than this has lost its worker
 
 
 def _now() -> str:
@@ -73,10 +77,16 @@ class JobStore:
             self.redis.hset(self._key(job), mapping=mapping)
 
     def get(self, job: str) -> dict[str, Any] | None:
+        """The job's record; a missing or unreadable ``config`` is None with ``config_error`` saying why."""
         raw = self.redis.hgetall(self._key(job))
         if not raw:
             return None
-        raw["config"] = json.loads(raw["config"])
+        try:
+            raw["config"] = json.loads(raw["config"])
+            if not isinstance(raw["config"], dict):
+                raise ValueError(f"expected a JSON object, got {type(raw['config']).__name__}")
+        except (KeyError, ValueError) as exc:
+            raw["config"], raw["config_error"] = None, f"unreadable config: {exc!r}"
         return raw
 
     def recent(self, n: int = 20) -> list[dict[str, Any]]:
@@ -143,9 +153,11 @@ def _progress(metrics_path: Path) -> dict[str, Any]:
         return {}
     last: dict[str, Any] = {}
     for line in metrics_path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            last |= {k: record[k] for k in _PROGRESS_KEYS if k in record}
+        try:
+            record = json.loads(line) if line.strip() else {}
+        except ValueError:
+            continue  # the line the trainer is writing right now
+        last |= {k: record[k] for k in _PROGRESS_KEYS if k in record}
     return last
 
 
@@ -154,23 +166,32 @@ def execute_job(store: JobStore, job: str, poll_s: float = 1.0) -> str:
     record = store.get(job)
     if record is None:
         raise KeyError(f"no job {job!r} in Redis")
-    if record["state"] in ("done", "running"):
-        log.info("job %s is already %s: skipped (redelivery)", job, record["state"])
-        return record["state"]
+    if record["state"] == "done":
+        log.info("job %s is already done: skipped (redelivery)", job)
+        return "done"
+    if record["state"] == "running":
+        age = time.time() - float(record.get("heartbeat") or 0)
+        if age < STALE_AFTER_S:
+            log.info("job %s is running elsewhere (heartbeat %.0f s ago): skipped (redelivery)", job, age)
+            return "running"
+        log.warning("job %s was left running by a dead worker (heartbeat %.0f s ago): resuming it", job, age)
     config = record["config"]
+    if config is None:
+        store.update(job, state="failed", finished=_now(), error=record["config_error"])
+        return "failed"
     run_dir = Path(config["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "job-config.json"
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     resume = (run_dir / "checkpoints" / "latest").exists()  # a redelivered, interrupted job continues
     cmd = _command(record["kind"], config_path, int(record["nproc"]), resume)
-    store.update(job, state="running", started=_now(), command=" ".join(cmd))
+    store.update(job, state="running", started=_now(), command=" ".join(cmd), heartbeat=time.time())
     log.info("job %s: %s", job, " ".join(cmd))
     with open(run_dir / "job.log", "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=clean_launcher_env())
         while proc.poll() is None:
             time.sleep(poll_s)
-            store.update(job, **_progress(run_dir / "metrics.jsonl"))
+            store.update(job, heartbeat=time.time(), **_progress(run_dir / "metrics.jsonl"))
     store.update(job, **_progress(run_dir / "metrics.jsonl"))
     if proc.returncode == 0:
         export_dir = (config.get("checkpoint") or {}).get("export_dir") or str(run_dir / "hf")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from neo_trainer.settings import TrainerSettings
-from neo_trainer.worker import JobStore, submit_job
+from neo_trainer.worker import STALE_AFTER_S, JobStore, execute_job, submit_job
 
 from .helpers import REPO, losses, trainer_env
 
@@ -70,3 +70,32 @@ def test_jobs_run_one_at_a_time_and_report_status(settings, worker, make_config,
 def test_unknown_kind_is_refused(settings):
     with pytest.raises(ValueError, match="unknown job kind 'ppo'"):
         submit_job(settings, "ppo", {"run_dir": "x"})
+
+
+def test_a_job_left_running_by_a_dead_worker_is_resumed_not_skipped(settings, make_config):
+    """A worker SIGKILLed mid-job leaves it `running`; Celery redelivers the task (acks late) and the next
+    worker must take it over, not skip it as "already running" forever."""
+    store = JobStore.from_settings(settings)
+    job = store.create("pretrain", make_config("orphan", train={"steps": 3, "warmup_steps": 1}), 1)
+    store.update(job, state="running", heartbeat=time.time())  # a live worker has it: a redelivery skips it
+    assert execute_job(store, job) == "running"
+    store.update(job, heartbeat=time.time() - STALE_AFTER_S - 5)  # its worker stopped beating
+    assert execute_job(store, job) == "done"
+    row = store.get(job)
+    assert row["state"] == "done" and int(row["step"]) == 3 and float(row["heartbeat"]) > time.time() - 60
+    store.close()
+
+
+def test_a_job_with_an_unreadable_config_fails_and_status_still_works(settings, redis_prefix, rds):
+    store = JobStore.from_settings(settings)
+    job = store.create("pretrain", {"run_dir": "unused"}, 1)
+    rds.hset(f"{redis_prefix}train:job:{job}", "config", "{not json")
+    assert store.get(job)["config"] is None
+    assert execute_job(store, job) == "failed" and "unreadable config" in store.get(job)["error"]
+    env = trainer_env(NEO_REDIS_URL=settings.redis_url, NEO_REDIS_PREFIX=redis_prefix)
+    for args in ([job], []):
+        run = subprocess.run([sys.executable, "-m", "neo.cli", "train", "status", *args], capture_output=True,
+                             text=True, env=env, cwd=REPO, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert job in run.stdout and "Traceback" not in run.stderr
+    store.close()
