@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from neo_serving import api
 from neo_serving.chat import ChatService
@@ -75,6 +75,51 @@ class APIKeyMiddleware:
 
     @staticmethod
     async def _refuse(error: ServingError, scope: Scope, receive: Receive, send: Send) -> None:
+        status, body = openai_error(error)
+        await JSONResponse(body, status_code=status)(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``limit`` bytes with a 413, by Content-Length or while they stream in."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(scope, receive, send)
+            return
+        if declared is not None:
+            await self.app(scope, receive, send)  # the server stops a body at its Content-Length
+            return
+        # chunked: read it here, at most `limit` bytes, then hand it to the app
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replay = iter(messages)
+
+        async def replayed() -> Message:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, replayed, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = InvalidRequestError(f"request body is larger than this server's limit of {self.limit} bytes "
+                                    f"(NEO_MAX_BODY_BYTES)")
+        error.status_code, error.code = 413, "request_too_large"
         status, body = openai_error(error)
         await JSONResponse(body, status_code=status)(scope, receive, send)
 
@@ -154,5 +199,6 @@ def build_app(settings: ServingSettings) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(APIKeyMiddleware, keys=settings.api_keys, admin_keys=settings.admin_keys,
                        host=settings.serve_host)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
     return app

@@ -85,6 +85,9 @@ class ServingSettings(NeoSettings):
     watch_interval_s: float = Field(default=10.0, gt=0, description="seconds between registry polls")
 
     # --- request limits ---------------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        default=4_000_000, ge=1024, description="largest request body accepted (413 beyond): a huge prompt "
+                                                "would hold the event loop while it is parsed and tokenized")
     max_n: int = Field(default=16, ge=1, description="largest n (choices per prompt) accepted")
     max_logprobs: int = Field(default=20, ge=0, description="largest logprobs/top_logprobs accepted (vLLM: 20)")
 

@@ -127,3 +127,19 @@ def test_admin_routes_are_closed_beyond_loopback_without_an_admin_key(checkpoint
         r = http.post("/v1/admin/reload", json={"model": "chat", "path": str(checkpoint)})
         assert r.status_code == 403 and "NEO_ADMIN_KEYS" in r.json()["error"]["message"]
         assert http.post("/v1/completions", json={"model": "chat", "prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+
+def test_request_bodies_over_the_limit_are_a_413_and_the_server_stays_responsive(checkpoint):
+    settings = ServingSettings(models=[f"chat={checkpoint}"], max_batch_size=2, max_body_bytes=100_000)
+    huge = {"model": "chat", "prompt": "word " * 1_000_000, "max_tokens": 1}  # 5 MB
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+        start = time.monotonic()
+        r = http.post("/v1/completions", json=huge)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        data = json.dumps(huge).encode()
+        chunks = (data[i:i + 65536] for i in range(0, len(data), 65536))  # chunked: no Content-Length to check
+        r = http.post("/tokenize", content=chunks, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert time.monotonic() - start < 5
+        assert http.get("/health").status_code == 200
+        assert http.post("/v1/completions", json={"model": "chat", "prompt": "Hi", "max_tokens": 2}).status_code == 200
