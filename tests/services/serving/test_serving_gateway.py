@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 
 import httpx
@@ -217,3 +218,45 @@ def test_least_outstanding_routing_and_ejection_backoff(checkpoint, upstreams):
             await engine.shutdown()
 
     assert asyncio.run(ejections()) == [1, 2]  # the backoff doubles while the replica keeps failing
+
+
+async def _dies_after_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A replica that is healthy but dies once a generation request has its response headers (a SIGKILL
+    between vLLM's headers and its first token)."""
+    request = (await reader.readuntil(b"\r\n\r\n")).decode()
+    length = next((int(h.split(":")[1]) for h in request.split("\r\n") if h.lower().startswith("content-length")), 0)
+    await reader.readexactly(length)
+    if request.startswith("GET /health"):
+        body = b"{}"
+    elif request.startswith("GET /v1/models"):
+        body = json.dumps({"data": [{"id": "tiny"}]}).encode()
+    else:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        return
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    writer.close()
+
+
+def test_relay_fails_over_when_a_replica_dies_before_its_first_byte(checkpoint, upstreams):
+    async def scenario() -> tuple[str, str]:
+        faulty = await asyncio.start_server(_dies_after_headers, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{faulty.sockets[0].getsockname()[1]}"
+        engine = engine_over(checkpoint, url, upstreams[0].url)
+        await engine.start()
+        try:
+            assert engine.can_relay() and [r.healthy for r in engine.replicas] == [True, True]
+            engine._turn = itertools.count(0)  # the faulty replica first
+            body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 3, "stream": True}).encode()
+            relayed = await engine.relay("/v1/completions", body)
+            text = b"".join([chunk async for chunk in relayed.chunks]).decode()
+            return text, engine.replicas[0].error
+        finally:
+            await engine.shutdown()
+            faulty.close()
+
+    text, error = asyncio.run(scenario())
+    assert '"finish_reason":"length"' in text and text.rstrip().endswith("data: [DONE]")  # the good replica's
+    assert "before its first byte" in error  # and the faulty one ejected

@@ -224,14 +224,28 @@ class UpstreamEngine:
                 await response.aclose()
                 self._eject(replica, f"HTTP {response.status_code}")
                 continue
-            replica.ejections, replica.served, replica.outstanding = 0, replica.served + 1, replica.outstanding + 1
+            chunks = response.aiter_raw()
+            replica.outstanding += 1
+            try:  # nothing has reached the client until the first bytes: a replica dying before them fails over
+                first = await anext(chunks, b"")
+            except BaseException as exc:
+                replica.outstanding -= 1
+                await response.aclose()
+                if not isinstance(exc, httpx.HTTPError):
+                    raise
+                self._eject(replica, f"failed before its first byte: {exc!r}")
+                continue
+            replica.ejections, replica.served = 0, replica.served + 1
             return Relayed(response.status_code, response.headers.get("content-type", "application/json"),
-                           self._relay_body(replica, response))
+                           self._relay_body(replica, response, first, chunks))
         raise self._unavailable()
 
-    async def _relay_body(self, replica: Replica, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def _relay_body(self, replica: Replica, response: httpx.Response, first: bytes,
+                          chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         try:
-            async for chunk in response.aiter_raw():
+            if first:
+                yield first
+            async for chunk in chunks:
                 yield chunk
         except httpx.HTTPError as exc:
             raise UpstreamError(f"upstream {replica.url} failed mid-stream: {exc!r}") from exc
