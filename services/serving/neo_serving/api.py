@@ -118,11 +118,12 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=services(request).models.cards())
 
 
-async def _generate(request: Request, path: str, body: Any, service: GenerationService, logprobs: int | None) -> Any:
+async def _generate(request: Request, path: str, body: Any, service: GenerationService, logprobs: int | None,
+                    prompts: int = 1) -> Any:
     """Relayed to an upstream replica as it came when the model's engine allows it, else through ``service``."""
     s = services(request)
     relayed = await cancel_on_disconnect(request, s.relay.run(
-        path, body, await request.body(), (body.n, logprobs), service.check_limits))
+        path, body, await request.body(), (body.n, logprobs, prompts), service.check_limits))
     if relayed is not None:
         return relayed
     return _respond(await cancel_on_disconnect(request, service.run(body)))
@@ -135,7 +136,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    return await _generate(request, "/v1/completions", body, services(request).completions, body.logprobs)
+    return await _generate(request, "/v1/completions", body, services(request).completions, body.logprobs,
+                           len(body.prompts))
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)

@@ -29,7 +29,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions, used when the reque
 
 class CompletionService(GenerationService):
     def prepare(self, request: CompletionRequest, model: ServedModel) -> Prepared:
-        self.check_limits(request.n, request.logprobs)
+        self.check_limits(request.n, request.logprobs, len(request.prompts))
         tok, info = model.engine.tokenizer, model.info
         requested = request.max_tokens if "max_tokens" in request.model_fields_set else None
         runs, prompt_tokens, texts = [], 0, []

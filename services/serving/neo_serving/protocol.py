@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from neo.generate import SamplingParams
+from neo.tokenizer import IM_END, IM_START
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,17 @@ class ChatMessage(OpenAIModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _no_role_markers(self) -> ChatMessage:
+        """ChatML's markers are control tokens: typed into a message they would fake a turn (a system prompt
+        "from" the user), so they are refused, as OpenAI refuses its own special tokens in input."""
+        parts = [self.name or ""] + ([self.content] if isinstance(self.content, str) else
+                                     [part.text or "" for part in self.content or ()])
+        for marker in (IM_START, IM_END):
+            if any(marker in part for part in parts):
+                raise ValueError(f"{self.role} message contains the control marker {marker!r}")
+        return self
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):

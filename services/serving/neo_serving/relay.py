@@ -67,7 +67,7 @@ class RelayService:
             return engine
         return None
 
-    async def run(self, path: str, request: Any, raw: bytes, limits: tuple[int, int | None],
+    async def run(self, path: str, request: Any, raw: bytes, limits: tuple[int, int | None, int],
                   check_limits) -> Response | None:
         """The replica's response to ``raw`` as ours, or None when this model is not relayed."""
         stack = contextlib.AsyncExitStack()

@@ -52,9 +52,12 @@ class GenerationService:
     def __init__(self, models: ModelTable, metrics: ServingMetrics, settings: ServingSettings):
         self.models, self.metrics, self.settings = models, metrics, settings
 
-    def check_limits(self, n: int, logprobs: int | None) -> None:
+    def check_limits(self, n: int, logprobs: int | None, prompts: int = 1) -> None:
         if n > self.settings.max_n:
             raise _invalid(f"n={n} is above this server's limit of {self.settings.max_n}", "n")
+        if prompts * n > self.settings.max_choices:
+            raise _invalid(f"{prompts} prompt(s) x n={n} is {prompts * n} sequences, above this server's limit of "
+                           f"{self.settings.max_choices} per request", "prompt")
         if logprobs is not None and logprobs > self.settings.max_logprobs:
             raise _invalid(f"logprobs={logprobs} is above this server's limit of {self.settings.max_logprobs}",
                            "logprobs")

@@ -89,6 +89,8 @@ class ServingSettings(NeoSettings):
         default=4_000_000, ge=1024, description="largest request body accepted (413 beyond): a huge prompt "
                                                 "would hold the event loop while it is parsed and tokenized")
     max_n: int = Field(default=16, ge=1, description="largest n (choices per prompt) accepted")
+    max_choices: int = Field(
+        default=256, ge=1, description="largest number of sequences (prompts x n) one request may ask for")
     max_logprobs: int = Field(default=20, ge=0, description="largest logprobs/top_logprobs accepted (vLLM: 20)")
 
     @field_validator("upstreams")

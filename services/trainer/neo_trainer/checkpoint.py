@@ -16,6 +16,7 @@ the starting point of a separate decay run (``train.init_from``).
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -41,7 +42,11 @@ def step_tag(step: int) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state in types ``torch.load(weights_only=True)`` reads (no pickled numpy arrays)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -49,7 +54,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -93,7 +99,10 @@ def load(engine: Any, path: Path, *, rank: int, load_optimizer: bool = True) -> 
         raise RuntimeError(f"DeepSpeed could not load checkpoint {load_dir / tag}")
     rng = load_dir / tag / f"rng_rank{rank}.pt"
     if rng.exists():
-        set_rng_state(torch.load(rng, weights_only=False))
+        try:  # weights_only: a checkpoint directory is data, never code to run
+            set_rng_state(torch.load(rng, weights_only=True))
+        except (pickle.UnpicklingError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+            log.warning("%s: RNG state not restored (%s); resuming with fresh generators", rng, exc)
     log.info("loaded checkpoint %s (step %d)", load_dir / tag, client["step"])
     return client
 

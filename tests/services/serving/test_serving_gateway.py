@@ -63,8 +63,12 @@ def test_gateway_gives_the_upstreams_output_and_balances(gateway, upstreams):
         assert got.choices[0].logprobs.token_logprobs == want.choices[0].logprobs.token_logprobs
         assert got.choices[0].logprobs.top_logprobs == want.choices[0].logprobs.top_logprobs
         assert got.usage == want.usage
+    # an upstream counts a streamed request when its response has ended, which can be just after the gateway's
+    deadline = time.monotonic() + 10
+    while sum(map(completions_served, upstreams)) - sum(served) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
     after = [completions_served(u) for u in upstreams]
-    assert after[0] - served[0] >= 3 and after[1] - served[1] >= 2  # round-robin over both replicas
+    assert after[0] - served[0] >= 3 and after[1] - served[1] >= 2  # in turn over both replicas
 
 
 def test_gateway_chat_streams_through(gateway, upstreams):
@@ -76,8 +80,12 @@ def test_gateway_chat_streams_through(gateway, upstreams):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
     assert chunks[-1].usage.completion_tokens == 10
     # relay: the upstream answered the chat request itself; tokens: the gateway's template made a completion
-    asked = sum(completions_served(u, "/v1/chat/completions") for u in upstreams) - relayed
-    assert asked == (1 if gateway.settings.relay else 0)
+    want_asked = 1 if gateway.settings.relay else 0
+    deadline = time.monotonic() + 10  # counted when the upstream's response has ended (maybe after ours)
+    while (asked := sum(completions_served(u, "/v1/chat/completions") for u in upstreams) - relayed) < want_asked \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert asked == want_asked
     # without include_usage the client gets no usage chunk (the relay asks for it, for metrics, and drops it)
     plain = list(via.chat.completions.create(stream=True, **kw))
     assert all(c.usage is None for c in plain) and "".join(c.choices[0].delta.content or "" for c in plain) == want
@@ -137,7 +145,8 @@ def test_failover_when_a_replica_dies_then_503_when_none_is_left(checkpoint):
                 assert r.usage.completion_tokens == 3
             now = time.monotonic()
             assert [r.available(now) for r in engine.replicas] == [False, True]  # b is ejected, a serves
-            assert "request failed" in engine.replicas[0].error and engine.replicas[0].ejections == 1
+            # ejected once, or again if a request outlived the 1 s backoff on a busy machine
+            assert "request failed" in engine.replicas[0].error and engine.replicas[0].ejections >= 1
         a_url = a.url
     dead = free_port()
     with LiveServer(gateway_settings(checkpoint, f"http://127.0.0.1:{dead}", a_url)) as gw, \
