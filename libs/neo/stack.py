@@ -27,7 +27,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neo.net import NotHealthy, free_port, wait_http
+from neo.net import NotHealthy, free_port, redact_url, wait_http
 from neo.settings import NeoSettings
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,24 @@ def redis_answers(url: str) -> bool:
         return False
 
 
+def redis_durability_warning(url: str) -> str | None:
+    """Why labels and jobs written to the Redis at ``url`` would not survive its restart, or None if they would."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, decode_responses=True)
+    try:
+        aof = client.config_get("appendonly").get("appendonly")
+        save = client.config_get("save").get("save")
+    except redis.RedisError as exc:
+        return f"could not check whether the Redis at {redact_url(url)} keeps its data ({exc}); labels may be lost"
+    finally:
+        client.close()
+    if aof == "yes" or save:
+        return None
+    return (f"the Redis at {redact_url(url)} keeps nothing on disk (appendonly no, no save points): preference "
+            f"labels and jobs are lost when it restarts; turn on AOF, or run `neo up --embedded-redis`")
+
+
 @dataclass
 class Stack:
     """The processes ``neo up`` owns; ``close()`` stops them in reverse order."""
@@ -75,10 +93,14 @@ class Stack:
                                  "NEO_REDIS_PREFIX": self.settings.redis_prefix}
 
     # --- redis ----------------------------------------------------------------------------------------
-    def ensure_redis(self, embedded: bool | None = None) -> str:
-        """Use NEO_REDIS_URL if it answers (unless ``embedded``), else start an embedded redis-server."""
+    def ensure_redis(self, embedded: bool | None = None, warn: Callable[[str], None] = log.warning) -> str:
+        """Use NEO_REDIS_URL if it answers (unless ``embedded``), else start an embedded redis-server.
+        An existing Redis that keeps nothing on disk is used, with a warning through ``warn``."""
         if embedded is not True and redis_answers(self.settings.redis_url):
-            log.info("redis: %s", self.settings.redis_url)
+            log.info("redis: %s", redact_url(self.settings.redis_url))
+            warning = redis_durability_warning(self.settings.redis_url)
+            if warning:
+                warn(f"warning: {warning}")
             return self.settings.redis_url
         if embedded is False:
             raise RuntimeError(f"Redis at {self.settings.redis_url} does not answer")
@@ -225,7 +247,7 @@ def up(settings: NeoSettings, steps: int, rebuild: bool, build_only: bool, api_p
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        stack.ensure_redis(embedded_redis)
+        stack.ensure_redis(embedded_redis, warn=say)
         stack.start("data-worker", "data", "worker", "--concurrency", "1")
         stack.start("trainer-worker", "train", "worker")
         build_demo_model(stack, steps=steps, rebuild=rebuild, say=say)
