@@ -27,6 +27,17 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def hide_password(text: str, url: str) -> str:
+    """``text`` (an error message, say) with the password of ``url`` replaced by ``***``."""
+    from urllib.parse import urlsplit
+
+    try:
+        secret = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(secret, "***") if secret else text
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

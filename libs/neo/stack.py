@@ -27,7 +27,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neo.net import NotHealthy, free_port, redact_url, wait_http
+from neo.net import NotHealthy, free_port, hide_password, redact_url, wait_http
 from neo.settings import NeoSettings
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def redis_durability_warning(url: str) -> str | None:
         aof = client.config_get("appendonly").get("appendonly")
         save = client.config_get("save").get("save")
     except redis.RedisError as exc:
-        return f"could not check whether the Redis at {redact_url(url)} keeps its data ({exc}); labels may be lost"
+        return (f"could not check whether the Redis at {redact_url(url)} keeps its data "
+                f"({hide_password(str(exc), url)}); labels may be lost")
     finally:
         client.close()
     if aof == "yes" or save:

@@ -123,7 +123,7 @@ async def _generate(request: Request, path: str, body: Any, service: GenerationS
     """Relayed to an upstream replica as it came when the model's engine allows it, else through ``service``."""
     s = services(request)
     relayed = await cancel_on_disconnect(request, s.relay.run(
-        path, body, await request.body(), (body.n, logprobs, prompts), service.check_limits))
+        path, body, await request.body(), lambda: service.check_limits(body.n, logprobs, prompts)))
     if relayed is not None:
         return relayed
     return _respond(await cancel_on_disconnect(request, service.run(body)))

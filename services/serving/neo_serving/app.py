@@ -28,6 +28,7 @@ from neo_serving.errors import (
     PermissionDeniedError,
     ServingError,
     openai_error,
+    status_error,
 )
 from neo_serving.metrics import HTTPMetricsMiddleware, ServingMetrics
 from neo_serving.models import ModelTable
@@ -37,7 +38,6 @@ from neo_serving.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health", "/metrics"})  # never behind the API key (probes, Prometheus)
-STATUS_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 
 
 ADMIN_PREFIX = "/v1/admin/"
@@ -61,22 +61,18 @@ class APIKeyMiddleware:
             return
         admin = scope["path"].startswith(ADMIN_PREFIX)
         if admin and not self.admin_keys and not self.loopback:
-            await self._refuse(PermissionDeniedError(
+            await _json_error(PermissionDeniedError(
                 "admin routes are disabled on a server that listens beyond loopback without an admin key: "
-                "set NEO_ADMIN_KEYS"), scope, receive, send)
+                "set NEO_ADMIN_KEYS"))(scope, receive, send)
             return
         keys = self.admin_keys if admin and self.admin_keys else self.keys
-        if not keys or _bearer(scope) is not None and any(hmac.compare_digest(_bearer(scope), k) for k in keys):
+        token = _bearer(scope)
+        if not keys or token is not None and any(hmac.compare_digest(token, k) for k in keys):
             await self.app(scope, receive, send)
             return
         what = "admin key" if admin and self.admin_keys else "API key"
-        await self._refuse(AuthenticationError(
-            f"Incorrect or missing {what}: send it as 'Authorization: Bearer <key>'"), scope, receive, send)
-
-    @staticmethod
-    async def _refuse(error: ServingError, scope: Scope, receive: Receive, send: Send) -> None:
-        status, body = openai_error(error)
-        await JSONResponse(body, status_code=status)(scope, receive, send)
+        await _json_error(AuthenticationError(
+            f"Incorrect or missing {what}: send it as 'Authorization: Bearer <key>'"))(scope, receive, send)
 
 
 class BodyLimitMiddleware:
@@ -117,11 +113,9 @@ class BodyLimitMiddleware:
         await self.app(scope, replayed, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = InvalidRequestError(f"request body is larger than this server's limit of {self.limit} bytes "
-                                    f"(NEO_MAX_BODY_BYTES)")
-        error.status_code, error.code = 413, "request_too_large"
-        status, body = openai_error(error)
-        await JSONResponse(body, status_code=status)(scope, receive, send)
+        await _json_error(status_error(
+            413, f"request body is larger than this server's limit of {self.limit} bytes (NEO_MAX_BODY_BYTES)",
+            code="request_too_large"))(scope, receive, send)
 
 
 def _bearer(scope: Scope) -> bytes | None:
@@ -154,9 +148,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    error = ServingError(str(exc.detail))
-    error.status_code, error.error_type = exc.status_code, STATUS_TYPES.get(exc.status_code, "invalid_request_error")
-    return _json_error(error)
+    return _json_error(status_error(exc.status_code, str(exc.detail)))
 
 
 async def _disconnected(request: Request, exc: Exception) -> JSONResponse:

@@ -72,6 +72,19 @@ class UpstreamError(ServingError):
     error_type = "upstream_error"
 
 
+#: OpenAI's error type for an HTTP status, for errors that only have a status (Starlette's, an upstream's)
+STATUS_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                      404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+                      422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def status_error(status: int, message: str, param: str | None = None, code: str | None = None) -> ServingError:
+    """A ``ServingError`` answering ``status``, typed as OpenAI types that status."""
+    error = ServingError(message, param=param, code=code)
+    error.status_code, error.error_type = status, STATUS_ERROR_TYPES.get(status, "invalid_request_error")
+    return error
+
+
 def openai_error(exc: ServingError) -> tuple[int, dict]:
     """The HTTP status and OpenAI error body of a typed error (app.py's handlers and mid-stream errors)."""
     body = {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}

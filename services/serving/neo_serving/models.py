@@ -25,9 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
 
-from neo.net import redact_url
+from neo.net import hide_password, redact_url
 from neo.registry import ModelRegistry, ModelVersion
 from neo.schemas import NeoCheckpointInfo
 from neo_serving.engines import build_engine
@@ -268,10 +267,8 @@ class ModelTable:
             return await asyncio.to_thread(call, self._registry)
         except redis.RedisError as exc:
             url = self.settings.redis_url  # never a password in a response or a log line
-            secret = urlsplit(url).password
-            why = str(exc).replace(secret, "***") if secret else str(exc)
             raise RegistryUnavailableError(f"the model registry at {redact_url(url)} is unavailable: "
-                                           f"{type(exc).__name__}: {why}") from None
+                                           f"{type(exc).__name__}: {hide_password(str(exc), url)}") from None
 
 
 def _pinned(name: str) -> bool:

@@ -21,14 +21,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from neo_serving.engines.upstream import Relayed, UpstreamEngine
-from neo_serving.errors import ContextLengthError, ServingError, openai_error
+from neo_serving.engines.upstream import Relayed, UpstreamEngine, upstream_refusal
+from neo_serving.errors import ServingError, openai_error
 from neo_serving.metrics import RequestMetrics, ServingMetrics
 from neo_serving.models import ModelTable, ServedModel
 from neo_serving.settings import ServingSettings
@@ -37,23 +37,6 @@ log = logging.getLogger(__name__)
 
 FINISH = re.compile(rb'"finish_reason":"(\w+)"')
 SEP = b"\n\n"
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 422: "invalid_request_error", 429: "rate_limit_error"}
-CONTEXT_PHRASES = ("max_model_len", "maximum context length", "context length")
-
-
-def upstream_refusal(status: int, content: bytes) -> ServingError:
-    """A replica's 4xx as our OpenAI error (vLLM names its types after its exception classes, codes as ints)."""
-    try:
-        error = json.loads(content)["error"]
-        message, param = str(error.get("message") or error), error.get("param")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        message, param = content[:500].decode(errors="replace"), None
-    if status == 400 and any(phrase in message for phrase in CONTEXT_PHRASES):
-        return ContextLengthError(message, param=param)
-    refusal = ServingError(message, param=param if isinstance(param, str) else None)
-    refusal.status_code, refusal.error_type = status, ERROR_TYPES.get(status, "invalid_request_error")
-    return refusal
 
 
 class RelayService:
@@ -67,8 +50,7 @@ class RelayService:
             return engine
         return None
 
-    async def run(self, path: str, request: Any, raw: bytes, limits: tuple[int, int | None, int],
-                  check_limits) -> Response | None:
+    async def run(self, path: str, request: Any, raw: bytes, check_limits: Callable[[], None]) -> Response | None:
         """The replica's response to ``raw`` as ours, or None when this model is not relayed."""
         stack = contextlib.AsyncExitStack()
         model = await stack.enter_async_context(self.models.lease(request.model))
@@ -78,7 +60,7 @@ class RelayService:
                 await stack.aclose()
                 return None
             engine.check_available()
-            check_limits(*limits)
+            check_limits()
             body, strip_usage = raw, False
             if request.stream and not request.include_usage:
                 data = json.loads(raw)

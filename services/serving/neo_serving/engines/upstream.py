@@ -35,13 +35,20 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import httpx
 
 from neo_serving.engines.base import EngineOutput, EngineRequest, EngineStats, ModelInfo, TokenLogprob
-from neo_serving.errors import EngineUnavailableError, InvalidRequestError, ServingError, UpstreamError
+from neo_serving.errors import (
+    ContextLengthError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    ServingError,
+    UpstreamError,
+    status_error,
+)
 from neo_serving.tokens import ServedTokenizer
 
 log = logging.getLogger(__name__)
@@ -191,12 +198,13 @@ class UpstreamEngine:
         replica.ejected_until, replica.error = time.monotonic() + backoff, error
         log.warning("upstream %s for %s ejected for %.0f s: %s", replica.url, self.info.name, backoff, error)
 
-    def _order(self) -> list[Replica]:
-        """Available replicas, fewest outstanding requests first; equal ones in turn."""
-        now, turn = time.monotonic(), next(self._turn)
-        n = len(self.replicas)
-        ranked = sorted(range(n), key=lambda i: (self.replicas[i].outstanding, (i - turn) % n))
-        return [self.replicas[i] for i in ranked if self.replicas[i].available(now)]
+    def _candidates(self) -> Iterator[Replica]:
+        """Replicas to try for one request, fewest outstanding requests first (equal ones in turn), each
+        still available when its turn comes (an earlier try may have ejected or marked it down)."""
+        turn, n = next(self._turn), len(self.replicas)
+        for i in sorted(range(n), key=lambda i: (self.replicas[i].outstanding, (i - turn) % n)):
+            if self.replicas[i].available(time.monotonic()):
+                yield self.replicas[i]
 
     # --- relay -----------------------------------------------------------------------------------------
     def can_relay(self) -> bool:
@@ -210,9 +218,7 @@ class UpstreamEngine:
         4xx answers are the client's (passed on). Raises ``EngineUnavailableError`` when none is left.
         """
         assert self._client is not None
-        for replica in self._order():
-            if not replica.available(time.monotonic()):
-                continue
+        for replica in self._candidates():
             request = self._client.build_request("POST", f"{replica.url}{path}", content=body,
                                                  headers={"content-type": "application/json"})
             try:
@@ -260,9 +266,7 @@ class UpstreamEngine:
             await response.aclose()  # the upstream sees the disconnect and frees the request
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        for replica in self._order():
-            if not replica.available(time.monotonic()):
-                continue  # ejected or marked down while an earlier one was tried
+        for replica in self._candidates():
             replica.outstanding += 1
             try:
                 stream = self._stream(replica, request)
@@ -361,14 +365,33 @@ def _parse_choice(choice: dict, prompt_len: int) -> EngineOutput:
                         finish_reason=choice.get("finish_reason"))
 
 
-def _upstream_error(response: httpx.Response) -> ServingError:
+def _error_fields(content: bytes) -> tuple[str, str | None]:
+    """(message, param) of an upstream's OpenAI error body, or its first 500 characters."""
     try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = response.text[:500]
+        error = json.loads(content)["error"]
+        param = error.get("param")
+        return str(error.get("message") or error), param if isinstance(param, str) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return content[:500].decode(errors="replace"), None
+
+
+def _upstream_error(response: httpx.Response) -> ServingError:
+    message, _ = _error_fields(response.content)
     if response.status_code in (400, 422):
         return InvalidRequestError(f"upstream refused the request: {message}")
     return UpstreamError(f"upstream answered HTTP {response.status_code}: {message}")
+
+
+CONTEXT_PHRASES = ("max_model_len", "maximum context length", "context length")
+
+
+def upstream_refusal(status: int, content: bytes) -> ServingError:
+    """A relayed replica's 4xx as our OpenAI error: its status kept, typed as OpenAI types it (vLLM names
+    types after its exception classes and gives codes as ints), context overflows as ours."""
+    message, param = _error_fields(content)
+    if status == 400 and any(phrase in message for phrase in CONTEXT_PHRASES):
+        return ContextLengthError(message, param=param)
+    return status_error(status, message, param=param)
 
 
 def build_upstream_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings) -> UpstreamEngine:

@@ -122,12 +122,12 @@ class VllmEngine(UpstreamEngine):
 
     def __init__(self, info: ModelInfo, tokenizer: ServedTokenizer, settings, *, log_dir: Path):
         python = Path(settings.vllm_python)
-        self.processes = [
-            VllmProcess(index=i, port=free_port(), log_path=log_dir / f"{_slug(info.name)}-{info.version}-r{i}.log",
-                        env=replica_env(settings, i), command=[])
-            for i in range(settings.vllm_replicas)]
-        for p in self.processes:
-            p.command = vllm_command(python, info, p.port, settings.vllm_args)
+        self.processes = []
+        for i in range(settings.vllm_replicas):
+            port = free_port()
+            self.processes.append(VllmProcess(
+                index=i, port=port, log_path=log_dir / f"{_slug(info.name)}-{info.version}-r{i}.log",
+                env=replica_env(settings, i), command=vllm_command(python, info, port, settings.vllm_args)))
         super().__init__(info, tokenizer, [p.url for p in self.processes],
                          health_interval_s=settings.health_interval_s, timeout_s=settings.upstream_timeout_s,
                          unhealthy_after=settings.unhealthy_after)
