@@ -6,6 +6,8 @@ at its entry point and passes it down; nothing else reads ``os.environ``.
 
 from __future__ import annotations
 
+import logging
+import stat
 from pathlib import Path
 
 from pydantic import Field
@@ -34,3 +36,23 @@ class NeoSettings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+
+def read_secrets(path: Path) -> list[str]:
+    """The secrets in a file, one per line (blank lines and ``#`` comments skipped).
+
+    Keys and passwords given on a command line show in ``ps`` to every user of the machine; a file (or the
+    ``NEO_*`` environment) keeps them out. Raises ``ValueError`` naming the file when it is unreadable or
+    holds none.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        mode = Path(path).stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read secrets from {path}: {exc}") from exc
+    secrets = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not secrets:
+        raise ValueError(f"{path} holds no secret (one per line; blank lines and # comments are skipped)")
+    if mode & stat.S_IROTH:
+        logging.getLogger(__name__).warning("%s is readable by every user of this machine: chmod 600 it", path)
+    return secrets

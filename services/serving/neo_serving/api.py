@@ -39,6 +39,7 @@ from neo_serving.protocol import (
 from neo_serving.relay import RelayService
 from neo_serving.service import GenerationService, check_token_ids
 from neo_serving.settings import ServingSettings
+from neo_serving.tokens import ServedTokenizer
 
 T = TypeVar("T")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -115,7 +116,11 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/v1/models", response_model=ModelList, responses=ERRORS)
 async def list_models(request: Request) -> ModelList:
-    return ModelList(data=services(request).models.cards())
+    """The served names; ``root`` (the checkpoint directory on this server) only for admins."""
+    cards = services(request).models.cards()
+    if not getattr(request.state, "admin", False):
+        cards = [card.model_copy(update={"root": None}) for card in cards]
+    return ModelList(data=cards)
 
 
 async def _generate(request: Request, path: str, body: Any, service: GenerationService, logprobs: int | None,
@@ -144,7 +149,10 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     table = services(request).models
     model = table.get(body.model or table.default_name())
-    tok = model.engine.tokenizer
+    return await asyncio.to_thread(_tokenize, body, model.engine.tokenizer, model.info.max_model_len)
+
+
+def _tokenize(body: TokenizeRequest, tok: ServedTokenizer, max_model_len: int) -> TokenizeResponse:
     if body.messages is not None:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         ids = tok.encode_chat(messages, body.add_generation_prompt)
@@ -153,7 +161,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     else:
         ids = tok.tokenizer.encode(body.prompt or "")
     strs = [tok.token_text(i) for i in ids] if body.return_token_strs else None
-    return TokenizeResponse(count=len(ids), max_model_len=model.info.max_model_len, tokens=ids, token_strs=strs)
+    return TokenizeResponse(count=len(ids), max_model_len=max_model_len, tokens=ids, token_strs=strs)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS)

@@ -49,6 +49,7 @@ class APIKeyMiddleware:
 
     Admin routes (``/v1/admin/*``: switching the served model) take admin keys only. With none set they
     are open only while the server listens on loopback; beyond it they answer 403 until an admin key is set.
+    Admins (by key, or everyone on such a loopback server) also see checkpoint paths in ``/v1/models``.
     """
 
     def __init__(self, app: ASGIApp, keys: list[str], admin_keys: list[str], host: str):
@@ -66,8 +67,14 @@ class APIKeyMiddleware:
                 "set NEO_ADMIN_KEYS"))(scope, receive, send)
             return
         keys = self.admin_keys if admin and self.admin_keys else self.keys
+        if scope["path"] == "/v1/models" and self.keys:
+            keys = keys + self.admin_keys  # admins list what is served (and see where it lies)
         token = _bearer(scope)
         if not keys or token is not None and any(hmac.compare_digest(token, k) for k in keys):
+            # admins (an admin key, or anyone while admin routes are open on loopback) also see server paths
+            scope.setdefault("state", {})["admin"] = (
+                token is not None and any(hmac.compare_digest(token, k) for k in self.admin_keys)
+                if self.admin_keys else self.loopback)
             await self.app(scope, receive, send)
             return
         what = "admin key" if admin and self.admin_keys else "API key"

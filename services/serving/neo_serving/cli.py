@@ -52,7 +52,14 @@ def serve(
         "vllm_args", "extra argument for every vLLM replica, as --vllm-arg=--enforce-eager (repeat)"))] = None,
     vllm_device: Annotated[list[str] | None, typer.Option(help=_help(
         "vllm_devices", "CUDA_VISIBLE_DEVICES of the next replica (repeat: replica i takes the i-th)"))] = None,
-    api_key: Annotated[list[str] | None, typer.Option(help=_help("api_keys", "accepted Bearer key (repeat)"))] = None,
+    api_key: Annotated[list[str] | None, typer.Option(help=_help(
+        "api_keys", "accepted Bearer key (repeat); visible in `ps`: prefer --api-key-file or the env"))] = None,
+    api_key_file: Annotated[Path | None, typer.Option(
+        help="file of accepted Bearer keys, one per line (keeps them out of the process list)")] = None,
+    admin_key_file: Annotated[Path | None, typer.Option(
+        help="file of admin keys (/v1/admin/*), one per line (env NEO_ADMIN_KEYS)")] = None,
+    upstream_api_key_file: Annotated[Path | None, typer.Option(
+        help="file holding the Bearer key sent to upstream servers (env NEO_UPSTREAM_API_KEY)")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help=_help("max_batch_size"))] = None,
     max_model_len: Annotated[int | None, typer.Option(help=_help("max_model_len"))] = None,
     batch_invariant: Annotated[bool | None, typer.Option("--batch-invariant/--no-batch-invariant",
@@ -67,8 +74,8 @@ def serve(
     if ctx.invoked_subcommand is not None:
         return
     import uvicorn
-    from pydantic import ValidationError
 
+    from neo.settings import read_secrets
     from neo_serving.app import build_app
 
     given: dict[str, Any] = {
@@ -79,8 +86,14 @@ def serve(
         "watch_registry": watch_registry,
     }
     try:
+        if api_key_file is not None:
+            given["api_keys"] = [*(api_key or []), *read_secrets(api_key_file)]
+        if admin_key_file is not None:
+            given["admin_keys"] = read_secrets(admin_key_file)
+        if upstream_api_key_file is not None:
+            given["upstream_api_key"] = read_secrets(upstream_api_key_file)[0]
         settings = ServingSettings(**{k: v for k, v in given.items() if v not in (None, [])})
-    except ValidationError as exc:
+    except ValueError as exc:  # a ValidationError is a ValueError too
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     if not settings.models:

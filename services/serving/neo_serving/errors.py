@@ -65,6 +65,12 @@ class EngineUnavailableError(ServingError):
     code = "engine_unavailable"
 
 
+class EngineOverloadedError(EngineUnavailableError):
+    """The engine's queue is full (``NEO_MAX_WAITING``): the client should retry later, as OpenAI's 503 says."""
+
+    code = "engine_overloaded"
+
+
 class UpstreamError(ServingError):
     """An upstream server failed after streaming had begun, or answered with an error of its own."""
 

@@ -325,7 +325,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "neo"
-    root: str | None = Field(None, description="checkpoint directory")
+    root: str | None = Field(None, description="checkpoint directory on the server (shown to admins only)")
     parent: str | None = None
     max_model_len: int | None = None
     version: str | None = Field(None, description="Neo: registry version served under this name")

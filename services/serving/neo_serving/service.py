@@ -8,6 +8,7 @@ the stream has begun is sent as one ``data: {"error": …}`` line first, as vLLM
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -68,7 +69,8 @@ class GenerationService:
         model = await stack.enter_async_context(self.models.lease(request.model))
         try:
             model.engine.check_available()
-            prepared = self.prepare(request, model)
+            # tokenizing and templating a prompt of megabytes takes seconds: not on the event loop
+            prepared = await asyncio.to_thread(self.prepare, request, model)
         except BaseException:
             await stack.aclose()
             raise

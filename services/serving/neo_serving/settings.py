@@ -49,6 +49,9 @@ class ServingSettings(NeoSettings):
         default=False,
         description="pad every decode step to one shape so a request's logits are bitwise independent of "
                     "its batch-mates (exact concurrent == sequential; costs attention over the whole cache)")
+    max_waiting: int = Field(
+        default=1024, ge=1, description="sequences queued for a KV-cache row before new requests get a 503 "
+                                        "(engine_overloaded) instead of an ever longer wait")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="weights dtype (auto: the checkpoint's)")
     device: str = Field(default="cpu", description="torch device of the engine")

@@ -40,15 +40,40 @@ def test_register_adds_a_version(checkpoint, redis_prefix):
     assert latest is not None and latest.stage == "dpo" and latest.path == str(checkpoint.resolve())
 
 
+def test_key_files_must_hold_keys(tmp_path):
+    empty = tmp_path / "keys"
+    empty.write_text("# no keys yet\n\n")
+    result = CliRunner().invoke(app, ["--model", "x", "--api-key-file", str(empty)])
+    assert result.exit_code == 2 and "holds no secret" in result.output
+    result = CliRunner().invoke(app, ["--model", "x", "--admin-key-file", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "cannot read secrets" in result.output
+
+
 @pytest.mark.slow
-def test_neo_serve_runs_as_a_process(checkpoint):
+def test_neo_serve_runs_as_a_process_with_keys_from_files(checkpoint, tmp_path):
+    """Keys given in files work and stay out of the process list (`ps` shows every argv to every user)."""
     port = free_port()
+    (tmp_path / "api-keys").write_text("# inference keys\nsk-file-one\nsk-file-two\n")
+    (tmp_path / "admin-keys").write_text("sk-file-admin\n")
+    for f in ("api-keys", "admin-keys"):
+        (tmp_path / f).chmod(0o600)
     proc = subprocess.Popen([sys.executable, "-m", "neo.cli", "serve", "--model", f"demo={checkpoint}",
-                             "--port", str(port), "--max-batch-size", "2", "--log-level", "warning"])
+                             "--port", str(port), "--max-batch-size", "2", "--log-level", "warning",
+                             "--api-key-file", str(tmp_path / "api-keys"),
+                             "--admin-key-file", str(tmp_path / "admin-keys")])
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, timeout_s=90)
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"model": "demo", "prompt": "Hi", "max_tokens": 3})
+        assert b"sk-file" not in open(f"/proc/{proc.pid}/cmdline", "rb").read()
+        body = {"model": "demo", "prompt": "Hi", "max_tokens": 3}
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.post(f"{url}/v1/completions", json=body).status_code == 401
+        r = httpx.post(f"{url}/v1/completions", json=body, headers={"Authorization": "Bearer sk-file-two"})
         assert r.status_code == 200 and r.json()["model"] == "demo"
+        reload = {"model": "demo", "path": str(checkpoint)}
+        assert httpx.post(f"{url}/v1/admin/reload", json=reload,
+                          headers={"Authorization": "Bearer sk-file-one"}).status_code == 401
+        assert httpx.post(f"{url}/v1/admin/reload", json=reload, timeout=60,
+                          headers={"Authorization": "Bearer sk-file-admin"}).status_code == 200
     finally:
         proc.terminate()
         proc.wait(timeout=30)

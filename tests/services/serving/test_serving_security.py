@@ -4,19 +4,26 @@
 - no Redis password in any response body;
 - lone surrogates in prompt, messages or model name are a 400, not a 500;
 - reloading a directory that is not a loadable checkpoint is a 400 naming the problem, not a 500;
-- admin routes take admin keys only, are closed beyond loopback without one, and load only from model roots.
+- admin routes take admin keys only, are closed beyond loopback without one, and load only from model roots;
+- a prompt of megabytes is tokenized off the event loop; a full engine queue is a 503, not an endless wait;
+- /v1/models shows checkpoint paths to admins only.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 
 import httpx
 import pytest
 import redis
+import torch
 
+from neo.config import ModelConfig
+from neo.hf import export_hf
+from neo.model import NeoModel
 from neo.net import free_port
 from neo.registry import ModelRegistry
 from neo_serving.settings import ServingSettings
@@ -168,3 +175,73 @@ def test_one_request_cannot_ask_for_unbounded_sequences(server):
         assert r.status_code == 400 and r.json()["error"]["param"] == "prompt" and "2000" in r.json()["error"]["message"]
         ok = http.post("/v1/completions", json={"model": "tiny", "prompt": ["hi"] * 8, "n": 2, "max_tokens": 1})
         assert ok.status_code == 200 and len(ok.json()["choices"]) == 16
+
+
+def test_a_huge_prompt_is_tokenized_off_the_event_loop(checkpoint):
+    """Tokenizing a prompt of megabytes must not stall /health and every other request meanwhile."""
+    settings = ServingSettings(models=[f"chat={checkpoint}"], max_batch_size=2, max_body_bytes=8_000_000)
+    prompt = "Debian 软件包 manager, apt-get install 中文 words. " * 100_000  # ~5 MB of UTF-8
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=60) as http:
+        result: dict = {}
+
+        def tokenize() -> None:
+            with httpx.Client(base_url=live.url, timeout=120) as other:
+                start = time.monotonic()
+                result["response"] = other.post("/tokenize", json={"model": "chat", "prompt": prompt})
+                result["seconds"] = time.monotonic() - start
+
+        worker = threading.Thread(target=tokenize)
+        worker.start()
+        gaps, last = [], time.monotonic()
+        while worker.is_alive():
+            assert http.get("/health").status_code == 200
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+        worker.join()
+        assert result["response"].status_code == 200 and result["response"].json()["count"] > 1_000_000
+        # on the loop, one /health would wait for the whole tokenization; off it, each answers in a blink
+        assert len(gaps) > 3 and max(gaps) < result["seconds"] / 2, (max(gaps), result["seconds"])
+
+
+def test_a_full_engine_queue_answers_503_overloaded_instead_of_queueing_forever(tokenizer, tmp_path):
+    torch.manual_seed(0)  # a long context, so the first request holds the one row for seconds
+    model = NeoModel(ModelConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, max_seq_len=8192))
+    long_ctx = export_hf(model, tmp_path / "long", tokenizer=tokenizer)
+    settings = ServingSettings(models=[f"chat={long_ctx}"], max_batch_size=1, max_waiting=1)
+    long = {"model": "chat", "prompt": "Hi", "max_tokens": 8000, "ignore_eos": True, "stream": True}
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=60) as http:
+        engine = live.models.get("chat").engine
+        with http.stream("POST", "/v1/completions", json=long) as first:  # takes the one KV-cache row
+            lines = first.iter_lines()  # kept: an iterator dropped half-read closes the response
+            next(lines)
+            with http.stream("POST", "/v1/completions", json=long) as second:  # queued behind it
+                deadline = time.monotonic() + 30
+                while engine.stats().waiting < 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert engine.stats().waiting == 1
+                r = http.post("/v1/completions", json={"model": "chat", "prompt": "Hi", "max_tokens": 2})
+                assert r.status_code == 503 and r.json()["error"]["code"] == "engine_overloaded"
+                assert "NEO_MAX_WAITING" in r.json()["error"]["message"]
+                second.close()
+            first.close()
+        deadline = time.monotonic() + 30
+        while live.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert http.post("/v1/completions", json={"model": "chat", "prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+
+def test_model_list_shows_checkpoint_paths_to_admins_only(checkpoint):
+    keys = ServingSettings(models=[f"chat={checkpoint}"], max_batch_size=2, api_keys=["sk-user"],
+                           admin_keys=["sk-admin"])
+    with LiveServer(keys) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+        user = http.get("/v1/models", headers={"Authorization": "Bearer sk-user"}).json()["data"][0]
+        assert user["id"] == "chat" and user["root"] is None and str(checkpoint) not in json.dumps(user)
+        admin = http.get("/v1/models", headers={"Authorization": "Bearer sk-admin"})
+        assert admin.status_code == 200 and admin.json()["data"][0]["root"] == str(checkpoint)
+    beyond = ServingSettings(models=[f"chat={checkpoint}"], max_batch_size=2, serve_host="0.0.0.0")
+    with LiveServer(beyond) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+        assert http.get("/v1/models").json()["data"][0]["root"] is None  # open server: nobody is an admin
+    local = ServingSettings(models=[f"chat={checkpoint}"], max_batch_size=2)
+    with LiveServer(local) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+        assert http.get("/v1/models").json()["data"][0]["root"] == str(checkpoint)  # loopback demo: all admins

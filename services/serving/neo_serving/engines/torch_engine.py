@@ -45,7 +45,12 @@ from neo_serving.engines.base import (
     ModelInfo,
     TokenLogprob,
 )
-from neo_serving.errors import EngineUnavailableError, InvalidRequestError, ServingError
+from neo_serving.errors import (
+    EngineOverloadedError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    ServingError,
+)
 from neo_serving.tokens import ServedTokenizer
 
 log = logging.getLogger(__name__)
@@ -83,11 +88,12 @@ class TorchEngine:
     def __init__(
         self, info: ModelInfo, tokenizer: ServedTokenizer, max_batch_size: int = 16,
         max_prefill_tokens: int = 2048, batch_invariant: bool = False, device: str = "cpu",
-        dtype: str = "auto",
+        dtype: str = "auto", max_waiting: int = 1024,
     ):
         self.info, self.tokenizer = info, tokenizer
         self.max_batch_size, self.max_prefill_tokens = max_batch_size, max_prefill_tokens
         self.batch_invariant, self.device, self.dtype = batch_invariant, torch.device(device), dtype
+        self.max_waiting = max_waiting  # sequences queued for a row before new ones are refused
         self.model: NeoModel | None = None
         self.cache: KVCache | None = None
         self._cond = threading.Condition()
@@ -166,6 +172,10 @@ class TorchEngine:
 
     def _admit_check(self, request: EngineRequest) -> _Seq:
         self.check_available()
+        if len(self._waiting) >= self.max_waiting:
+            raise EngineOverloadedError(
+                f"the engine for {self.info.name} has {len(self._waiting)} sequences queued, its limit "
+                f"(NEO_MAX_WAITING): try again later")
         prompt, max_len = request.prompt_ids, self.info.max_model_len
         if not prompt:
             raise InvalidRequestError("the prompt is empty", param="prompt")
@@ -405,4 +415,4 @@ def build_torch_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings) ->
         torch.set_num_threads(settings.threads)
     return TorchEngine(info, tokenizer, max_batch_size=settings.max_batch_size,
                        max_prefill_tokens=settings.max_prefill_tokens, batch_invariant=settings.batch_invariant,
-                       device=settings.device, dtype=settings.dtype)
+                       device=settings.device, dtype=settings.dtype, max_waiting=settings.max_waiting)
