@@ -31,6 +31,9 @@ from neo.net import NotHealthy, free_port, hide_password, redact_url, wait_http
 from neo.settings import NeoSettings
 
 log = logging.getLogger(__name__)
+#: the embedded Redis writes every command to its append-only file (fsynced each second): a killed
+#: server loses nothing the OS already has, so acknowledged labels and queued jobs survive a crash
+EMBEDDED_REDIS_DURABILITY = {"appendonly": "yes", "appendfsync": "everysec"}
 
 #: The bundled sample corpus (see data/README.md); a repo checkout carries it.
 SAMPLE_CORPUS = Path(__file__).resolve().parents[2] / "data" / "sample"
@@ -111,7 +114,7 @@ class Stack:
         directory.mkdir(parents=True, exist_ok=True)
         port = free_port()
         server = EmbeddedRedis(str(directory / "neo.rdb"), serverconfig={
-            "port": str(port), "bind": "127.0.0.1", "appendonly": "yes", "appendfsync": "everysec"})
+            "port": str(port), "bind": "127.0.0.1", **EMBEDDED_REDIS_DURABILITY})
         self._exit.callback(server.shutdown)
         url = f"redis://127.0.0.1:{port}/0"
         log.info("redis: embedded server on %s (data in %s)", url, directory)

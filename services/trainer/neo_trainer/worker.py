@@ -14,9 +14,12 @@ broker's ``global_keyprefix`` also puts under the prefix)::
                                       submitted, started, finished, error, heartbeat
 
 While a job runs, the worker tails the run's ``metrics.jsonl`` into the hash every second and stamps
-``heartbeat`` (unix time). A redelivered job that is ``running`` with a fresh heartbeat is someone else's
-and skipped; with a heartbeat older than ``STALE_AFTER_S`` its worker died (Celery redelivers unacked
-tasks), so this worker takes it over and resumes it from its last checkpoint.
+``heartbeat`` (unix time). The training child gets SIGTERM when its worker dies (``PR_SET_PDEATHSIG``), so a
+SIGKILLed worker leaves no orphan training into the run directory. Its task, unacknowledged, goes back to
+the queue after ``trainer_visibility_timeout_s``; the worker that receives it finds the job ``running`` with
+a heartbeat older than ``trainer_stale_after_s`` and resumes it from its last checkpoint. A redelivery of a
+job whose worker is alive (a run longer than the visibility timeout) is watched until the job ends, and
+taken over if its heartbeat stops: the job always has a worker holding its task, and never two.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from neo.procs import die_with_parent
 from neo_trainer.distributed import clean_launcher_env
 from neo_trainer.settings import TrainerSettings
 
@@ -40,7 +44,6 @@ TASK_NAME = "neo_trainer.run_job"
 #: job kind → the module each training process runs (``python -m MODULE CONFIG [--resume]``)
 JOB_KINDS = {"pretrain": "neo_trainer.launch", "sft": "neo_trainer.stages.sft", "dpo": "neo_trainer.stages.dpo"}
 _PROGRESS_KEYS = ("step", "loss", "val_loss", "tokens", "lr", "phase")
-STALE_AFTER_S = 30.0  # a running job whose heartbeat is older than this has lost its worker
 
 
 def _now() -> str:
@@ -106,7 +109,10 @@ def make_celery(settings: TrainerSettings) -> Any:
     app.conf.update(
         task_default_queue=settings.trainer_queue, task_ignore_result=True, task_acks_late=True,
         worker_prefetch_multiplier=1, worker_concurrency=1, broker_connection_retry_on_startup=True,
-        broker_transport_options={"global_keyprefix": settings.redis_prefix},
+        broker_transport_options={
+            "global_keyprefix": settings.redis_prefix, "visibility_timeout": settings.trainer_visibility_timeout_s,
+            # look for tasks of dead workers every few seconds, not every 100 s (kombu: interval x throttle)
+            "unacked_restore_interval": min(10, settings.trainer_visibility_timeout_s), "unacked_restore_throttle": 1},
         worker_hijack_root_logger=False,
     )
 
@@ -114,7 +120,7 @@ def make_celery(settings: TrainerSettings) -> Any:
     def run_job(job: str) -> str:
         store = JobStore.from_settings(settings)
         try:
-            return execute_job(store, job)
+            return execute_job(store, job, stale_after_s=settings.trainer_stale_after_s)
         except Exception as exc:  # the job's status must say so whatever broke, then Celery logs it
             store.update(job, state="failed", finished=_now(), error=f"worker error: {exc!r}")
             raise
@@ -161,20 +167,35 @@ def _progress(metrics_path: Path) -> dict[str, Any]:
     return last
 
 
-def execute_job(store: JobStore, job: str, poll_s: float = 1.0) -> str:
-    """Run one queued job to the end in a child process, mirroring its progress into Redis."""
+def _heartbeat_age(record: dict[str, Any]) -> float:
+    return time.time() - float(record.get("heartbeat") or 0)
+
+
+def execute_job(store: JobStore, job: str, poll_s: float = 1.0, stale_after_s: float = 30.0,
+                watch_s: float | None = None) -> str:
+    """Run one queued job to the end in a child process, mirroring its progress into Redis.
+
+    A job already ``running`` under a live worker (fresh heartbeat) is watched until it ends (its final
+    state is returned) or for ``watch_s`` seconds (None: no limit; then "running"); when its heartbeat
+    goes stale, this worker takes it over and resumes it.
+    """
     record = store.get(job)
     if record is None:
         raise KeyError(f"no job {job!r} in Redis")
-    if record["state"] == "done":
-        log.info("job %s is already done: skipped (redelivery)", job)
-        return "done"
-    if record["state"] == "running":
-        age = time.time() - float(record.get("heartbeat") or 0)
-        if age < STALE_AFTER_S:
-            log.info("job %s is running elsewhere (heartbeat %.0f s ago): skipped (redelivery)", job, age)
+    watch_until = None if watch_s is None else time.monotonic() + watch_s
+    while record["state"] == "running" and _heartbeat_age(record) < stale_after_s:
+        if watch_until is not None and time.monotonic() >= watch_until:
             return "running"
-        log.warning("job %s was left running by a dead worker (heartbeat %.0f s ago): resuming it", job, age)
+        log.info("job %s is running on another worker (heartbeat %.0f s ago): watching it", job,
+                 _heartbeat_age(record))
+        time.sleep(poll_s)
+        record = store.get(job) or record
+    if record["state"] in ("done", "failed"):
+        log.info("job %s is already %s: skipped (redelivery)", job, record["state"])
+        return record["state"]
+    if record["state"] == "running":
+        log.warning("job %s was left running by a dead worker (heartbeat %.0f s ago): resuming it", job,
+                    _heartbeat_age(record))
     config = record["config"]
     if config is None:
         store.update(job, state="failed", finished=_now(), error=record["config_error"])
@@ -188,7 +209,8 @@ def execute_job(store: JobStore, job: str, poll_s: float = 1.0) -> str:
     store.update(job, state="running", started=_now(), command=" ".join(cmd), heartbeat=time.time())
     log.info("job %s: %s", job, " ".join(cmd))
     with open(run_dir / "job.log", "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=clean_launcher_env())
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=clean_launcher_env(),
+                                preexec_fn=die_with_parent)
         while proc.poll() is None:
             time.sleep(poll_s)
             store.update(job, heartbeat=time.time(), **_progress(run_dir / "metrics.jsonl"))

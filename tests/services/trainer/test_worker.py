@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from neo_trainer.settings import TrainerSettings
-from neo_trainer.worker import STALE_AFTER_S, JobStore, execute_job, submit_job
+from neo_trainer.worker import JobStore, execute_job, submit_job
 
 from .helpers import REPO, losses, trainer_env
 
@@ -74,15 +74,18 @@ def test_unknown_kind_is_refused(settings):
 
 def test_a_job_left_running_by_a_dead_worker_is_resumed_not_skipped(settings, make_config):
     """A worker SIGKILLed mid-job leaves it `running`; Celery redelivers the task (acks late) and the next
-    worker must take it over, not skip it as "already running" forever."""
+    worker must take it over, not skip it as "already running" forever. A redelivery of a job whose worker
+    is alive is watched, not run a second time."""
     store = JobStore.from_settings(settings)
     job = store.create("pretrain", make_config("orphan", train={"steps": 3, "warmup_steps": 1}), 1)
-    store.update(job, state="running", heartbeat=time.time())  # a live worker has it: a redelivery skips it
-    assert execute_job(store, job) == "running"
-    store.update(job, heartbeat=time.time() - STALE_AFTER_S - 5)  # its worker stopped beating
-    assert execute_job(store, job) == "done"
+    store.update(job, state="running", heartbeat=time.time())  # a live worker has it: a redelivery watches
+    assert execute_job(store, job, poll_s=0.1, stale_after_s=30, watch_s=0.5) == "running"
+    assert store.get(job)["state"] == "running" and "command" not in store.get(job)  # nothing was started
+    store.update(job, heartbeat=time.time() - 35)  # its worker stopped beating
+    assert execute_job(store, job, poll_s=0.1, stale_after_s=30) == "done"
     row = store.get(job)
     assert row["state"] == "done" and int(row["step"]) == 3 and float(row["heartbeat"]) > time.time() - 60
+    assert execute_job(store, job) == "done"  # a late redelivery of a finished job does nothing
     store.close()
 
 

@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from pathlib import Path
 import httpx
 
 from neo.net import free_port
+from neo.procs import die_with_parent
 from neo_serving.engines.base import EngineStats, ModelInfo
 from neo_serving.engines.upstream import UpstreamEngine
 from neo_serving.errors import ModelStartError
@@ -85,7 +85,7 @@ class VllmProcess:
             out.flush()
             self.proc = await asyncio.create_subprocess_exec(
                 *self.command, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
+                env=self.env, start_new_session=True, preexec_fn=die_with_parent)
         self.started_at = time.monotonic()
 
     def kill_group(self, sig: int = signal.SIGKILL) -> None:
@@ -292,16 +292,6 @@ def _describe(code: int | None) -> str:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the process that started it dies (Linux), so no replica is orphaned."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def build_vllm_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings) -> VllmEngine:
