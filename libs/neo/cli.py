@@ -219,19 +219,46 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="at most this many items per task")] = None,
     max_tokens: Annotated[int, typer.Option(help="generation budget for gsm8k/humaneval")] = 256,
     out: Annotated[Path | None, typer.Option(help="write the full JSON report (with samples) here")] = None,
+    allow_code_execution: Annotated[bool, typer.Option(
+        "--allow-code-execution", help="run the code the models generate (humaneval), in a bubblewrap sandbox; "
+                                       "without it code tasks are skipped")] = False,
 ) -> None:
     """Evaluate models on C-Eval / MMLU (log-likelihood of options), GSM8K and HumanEval (sandboxed).
 
     Without --task it runs the small bundled item sets (written by Neo, for smoke tests); pass the real
-    benchmarks' files as KIND=FILE. For lm-eval-harness, point its `local-completions` model at
-    `neo serve` (see docs/evaluation.md).
+    benchmarks' files as KIND=FILE. HumanEval executes model-generated code, so it only runs with
+    --allow-code-execution. For lm-eval-harness, point its `local-completions` model at `neo serve`
+    (see docs/evaluation.md).
     """
     import json
 
     from neo.evals.backends import APIBackend
-    from neo.evals.runner import report, run_task
+    from neo.evals.runner import CODE_TASKS, report, run_task
+    from neo.evals.sandbox import SandboxUnavailable, check_available
     from neo.evals.tasks import BUNDLED, TASK_KINDS
 
+    tasks = []
+    for spec in task or list(TASK_KINDS):
+        kind, _, path = spec.partition("=")
+        if kind not in TASK_KINDS:
+            console.print(f"[red]error:[/red] unknown task {kind!r}: choose from {', '.join(TASK_KINDS)}")
+            raise typer.Exit(2)
+        tasks.append((kind, Path(path) if path else BUNDLED[kind]))
+    code = [kind for kind, _ in tasks if kind in CODE_TASKS]
+    if code and not allow_code_execution:
+        console.print(f"[yellow]skipped {', '.join(dict.fromkeys(code))}:[/yellow] it runs the code the model "
+                      "generates; pass --allow-code-execution to run it (in a bubblewrap sandbox, see "
+                      "docs/evaluation.md)")
+        tasks = [(kind, path) for kind, path in tasks if kind not in CODE_TASKS]
+        if not tasks:
+            console.print("[red]error:[/red] no task left to run")
+            raise typer.Exit(2)
+    elif code:
+        try:
+            check_available()
+        except SandboxUnavailable as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
     backends = [_eval_model(spec) for spec in model or []]
     for spec in api or []:
         name, sep, url = spec.partition("@")
@@ -242,18 +269,12 @@ def evaluate(
     if not backends:
         console.print("[red]error:[/red] give at least one --model DIR or --api MODEL@URL")
         raise typer.Exit(2)
-    tasks = []
-    for spec in task or list(TASK_KINDS):
-        kind, _, path = spec.partition("=")
-        if kind not in TASK_KINDS:
-            console.print(f"[red]error:[/red] unknown task {kind!r}: choose from {', '.join(TASK_KINDS)}")
-            raise typer.Exit(2)
-        tasks.append((kind, Path(path) if path else BUNDLED[kind]))
     results = {}
     try:
         for backend in backends:
-            results[backend.name] = [run_task(backend, kind, path, limit, max_tokens) for kind, path in tasks]
-    except (ValueError, FileNotFoundError) as exc:
+            results[backend.name] = [run_task(backend, kind, path, limit, max_tokens,
+                                              allow_code_execution=allow_code_execution) for kind, path in tasks]
+    except (ValueError, FileNotFoundError, SandboxUnavailable) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     table = Table("task", "file", "metric", "n", *results)

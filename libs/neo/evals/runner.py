@@ -21,6 +21,18 @@ from neo.evals.tasks import (
 
 log = logging.getLogger(__name__)
 
+#: Tasks that execute the code the model generates: off unless the caller opts in.
+CODE_TASKS = ("humaneval",)
+
+
+class CodeExecutionNotAllowed(RuntimeError):
+    """A code task was asked for without ``allow_code_execution=True``."""
+
+    def __init__(self, kind: str):
+        super().__init__(f"{kind} runs the code the model generates, which is off unless you opt in: pass "
+                         "--allow-code-execution to `neo eval` (allow_code_execution=True to run_task); it then "
+                         "runs in a bubblewrap sandbox (docs/evaluation.md)")
+
 
 @dataclass
 class TaskResult:
@@ -57,7 +69,12 @@ def _humaneval(backend: Backend, item: Item, max_tokens: int, limits: SandboxLim
 def run_task(
     backend: Backend, kind: str, path: Path, limit: int | None = None, max_tokens: int = 256,
     limits: SandboxLimits | None = None, progress: Callable[[int, int], None] | None = None,
+    allow_code_execution: bool = False,
 ) -> TaskResult:
+    """Score ``kind`` on ``path``. Code tasks (HumanEval) raise :class:`CodeExecutionNotAllowed` unless
+    ``allow_code_execution``; their programs run in :mod:`neo.evals.sandbox`."""
+    if kind in CODE_TASKS and not allow_code_execution:
+        raise CodeExecutionNotAllowed(kind)
     items = load_items(kind, path)[:limit]
     t0, samples = time.perf_counter(), []
     for i, item in enumerate(items):

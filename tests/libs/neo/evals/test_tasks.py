@@ -5,7 +5,7 @@ import torch
 
 from neo.config import ModelConfig
 from neo.evals.backends import ModelBackend
-from neo.evals.runner import run_task
+from neo.evals.runner import CodeExecutionNotAllowed, run_task
 from neo.evals.sandbox import run_python
 from neo.evals.tasks import BUNDLED, extract_gsm8k_answer, load_items, normalize_number
 from neo.hf import export_hf
@@ -90,5 +90,14 @@ def test_runner_scores_every_item(tiny_dir):
         assert sample["pred"] == max(sample["scores"], key=sample["scores"].get)
         assert sample["correct"] == (sample["pred"] == sample["gold"])
     assert result.score == sum(s["correct"] for s in result.samples) / 4
-    he = run_task(backend, "humaneval", BUNDLED["humaneval"], limit=2, max_tokens=16)
+    he = run_task(backend, "humaneval", BUNDLED["humaneval"], limit=2, max_tokens=16, allow_code_execution=True)
     assert he.metric == "pass@1" and all(s["status"] in ("passed", "failed", "timeout") for s in he.samples)
+
+
+def test_humaneval_needs_an_explicit_opt_in_to_run_generated_code(tiny_dir, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("generated code was run without the opt-in")
+
+    monkeypatch.setattr("neo.evals.runner.run_python", never)
+    with pytest.raises(CodeExecutionNotAllowed, match="--allow-code-execution"):
+        run_task(ModelBackend(tiny_dir), "humaneval", BUNDLED["humaneval"], limit=1, max_tokens=4)
