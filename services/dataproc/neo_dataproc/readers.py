@@ -18,6 +18,7 @@ import gzip
 import io
 import json
 import logging
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -218,12 +219,23 @@ def _decode(data: bytes) -> str:
         return data.decode("latin-1")
 
 
+_UNSAFE_SOURCE = re.compile(r"[^A-Za-z0-9_.-]+")
+MAX_SOURCE_LEN = 64
+
+
+def safe_source(name: str) -> str:
+    """A source name fit to be a file name: it names token files (``tokenize/<shard>/<source>.bin``) and
+    mixture weights, so ``"../../x"`` must not leave the job directory. Other characters become ``_``."""
+    cleaned = _UNSAFE_SOURCE.sub("_", name).strip("._")[:MAX_SOURCE_LEN]
+    return cleaned or "default"
+
+
 def _source_of(spec_source: str | None, record: dict[str, Any] | None, path: Path) -> str:
     if spec_source:
-        return spec_source
+        return safe_source(spec_source)
     if record and isinstance(record.get("source"), str) and record["source"]:
-        return record["source"]
-    return path.name.split(".")[0] or "default"
+        return safe_source(record["source"])
+    return safe_source(path.name.split(".")[0])
 
 
 class ShardReader:
@@ -265,8 +277,12 @@ class ShardReader:
                         self.stats.drop(error or "read_error")
                         file_errors += 1
                         if file_errors >= self.max_errors_per_file and lineno + 1 < seg.stop:
-                            self._error(seg.path, lineno + 1, f"{file_errors} bad lines: rest of this part skipped")
-                            index += seg.stop - lineno - 1
+                            skipped = seg.stop - lineno - 1
+                            self._error(seg.path, lineno + 1,
+                                        f"{file_errors} bad lines: the {skipped} lines after it skipped")
+                            self.stats.add("seen", skipped)  # counted, so the report adds up
+                            self.stats.drop("read_skipped_after_errors", skipped)
+                            index += skipped
                             break
                     if lineno + 1 >= seg.stop:  # stop before reading on: a broken tail is the plan's error
                         break
@@ -281,8 +297,8 @@ class ShardReader:
             return None, "read_empty_line"
         try:
             record = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            self._error(seg.path, lineno + 1, f"invalid JSON ({exc.msg if hasattr(exc, 'msg') else exc})")
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, or nested too deep
+            self._error(seg.path, lineno + 1, f"invalid JSON ({getattr(exc, 'msg', None) or type(exc).__name__})")
             return None, "read_invalid_json"
         if not isinstance(record, dict):
             self._error(seg.path, lineno + 1, "not a JSON object")

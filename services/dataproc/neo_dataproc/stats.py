@@ -21,9 +21,9 @@ class StepStats:
     def add(self, key: str, n: int = 1) -> None:
         self.counts[key] += n
 
-    def drop(self, reason: str) -> None:
-        self.counts["dropped"] += 1
-        self.counts[f"dropped_{reason}"] += 1
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.counts["dropped"] += n
+        self.counts[f"dropped_{reason}"] += n
 
     def to_dict(self) -> dict[str, float]:
         out: dict[str, float] = {"seen": 0, "kept": 0, "dropped": 0}

@@ -177,3 +177,32 @@ def test_config_errors_name_the_field(tmp_path):
     cfg = load_config(good)
     assert cfg.resolve("in") == tmp_path.resolve() / "in" and cfg.dedup is None
 
+
+
+def test_hostile_records_neither_abort_the_job_nor_escape_its_directory(tmp_path, settings, tiny_tokenizer):
+    """A ``source`` is a file-name part of the token files; a 100k-deep JSON line must be one bad line; lines
+    skipped after too many errors are counted, so the report adds up."""
+    escape = tmp_path / "escaped"
+    ups = len((settings.job_dir("t") / "tokenize" / "00000").relative_to(tmp_path).parts)  # up to tmp_path
+    write_jsonl(tmp_path / "in" / "a.jsonl", [
+        {"id": "evil", "text": EN_DOCS[0], "source": "../" * ups + "escaped/x"},
+        {"id": "dots", "text": ZH_DOCS[0], "source": ".."},
+    ])
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "in" / "deep.jsonl").write_text(deep + "\n" + json.dumps({"id": "after", "text": EN_DOCS[1]}) + "\n")
+    bad = ["{not json"] * 25 + [json.dumps({"id": f"late{i}", "text": f"late {i}"}) for i in range(5)]
+    (tmp_path / "in" / "bad.jsonl").write_text("\n".join(bad) + "\n")
+    config = make_config(tmp_path, docs_per_shard=100,
+                         tokenize={"tokenizer": str(tiny_tokenizer), "tokens_per_shard": 300})
+    report = run_eager(config, settings)
+    job_dir = settings.job_dir("t").resolve()
+    written = [p.resolve() for p in settings.home.resolve().rglob("*") if p.is_file()]
+    assert not escape.exists() and all(p.is_relative_to(settings.home.resolve()) for p in written)
+    assert {d["source"] for d in final_docs(settings)} >= {"escaped_x", "default"}  # "../…/escaped/x", ".."
+    assert all(f.is_relative_to(job_dir) for f in (job_dir / "tokenize").rglob("*.bin"))
+    kept = {d["meta"].get("id") for d in final_docs(settings)}
+    assert {"evil", "dots", "after"} <= kept  # the deep line cost itself, not its file or the job
+    read = report["stages"]["read"]
+    assert read["dropped_read_invalid_json"] == 21  # the deep line + 20 bad lines before the cut-off
+    assert read["dropped_read_skipped_after_errors"] == 10  # 5 more bad lines and the 5 good ones after them
+    assert read["seen"] == read["kept"] + read["dropped"]
