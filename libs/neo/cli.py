@@ -6,7 +6,9 @@ point group, so this file never imports a service.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -320,10 +322,21 @@ def _add_service_commands() -> None:
         app.add_typer(sub, name=ep.name)
 
 
+#: errors that mean "the path you gave is wrong", not a bug: one line, no traceback (NEO_DEBUG=1 shows it)
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _add_service_commands()
-    app()
+    try:
+        app()
+    except PATH_ERRORS as exc:
+        if os.environ.get("NEO_DEBUG"):
+            raise
+        message = f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -73,10 +73,14 @@ def serve(
     """Start the server (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
         return
+    import asyncio
+
     import uvicorn
 
     from neo.settings import read_secrets
     from neo_serving.app import build_app
+    from neo_serving.errors import ServingError
+    from neo_serving.models import ModelTable
 
     given: dict[str, Any] = {
         "models": model, "serve_host": host, "serve_port": port, "engine": engine, "upstreams": upstream,
@@ -99,6 +103,11 @@ def serve(
     if not settings.models:
         typer.echo("error: nothing to serve: give --model DIR (or NAME=DIR, a registered NAME or NAME:vN)", err=True)
         raise typer.Exit(2)
+    try:
+        asyncio.run(ModelTable(settings).check_specs())
+    except (ValueError, ServingError) as exc:
+        typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
+        raise typer.Exit(2) from exc
     uvicorn.run(build_app(settings), host=settings.serve_host, port=settings.serve_port, log_level=log_level)
 
 

@@ -94,6 +94,14 @@ class ModelTable:
         if self.settings.watch_registry:
             self._watcher = asyncio.create_task(self._watch(), name="registry-watcher")
 
+    async def check_specs(self) -> None:
+        """Resolve every ``--model`` value and check it is a checkpoint directory, before anything loads:
+        ``neo serve`` turns a ``ValueError`` here into one line instead of a failed server start."""
+        for spec in self.settings.models:
+            name, path, _ = await self._resolve(spec)
+            if not (Path(path) / "config.json").is_file():
+                raise ValueError(f"--model {spec!r}: {path} is not a checkpoint directory (no config.json)")
+
     async def shutdown(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()

@@ -102,3 +102,14 @@ def test_eval_compares_registered_versions_by_name(checkpoint, tmp_path, redis_p
     assert set(models) == {"chat:v1 (sft)", "chat:v2 (dpo)"}
     bad = neo("eval", "--model", "chat:v7", "--task", "mmlu", env=env)
     assert bad.returncode == 2 and "chat:v7" in bad.stdout and "chat:v1, chat:v2" in bad.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["chat", "/nonexistent"],
+    ["tokenizer", "encode", "hello", "--tokenizer", "/nonexistent"],
+])
+def test_a_bad_path_is_one_line_not_a_traceback(args):
+    run = neo(*args)
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if not line.startswith("INFO")]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "/nonexistent" in errors[0], run.stderr

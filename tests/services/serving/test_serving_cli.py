@@ -77,3 +77,11 @@ def test_neo_serve_runs_as_a_process_with_keys_from_files(checkpoint, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_model_that_is_not_a_checkpoint_is_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["--model", f"x={tmp_path}"], env={"NEO_REDIS_URL": REDIS_URL})
+    assert result.exit_code == 2 and "is not a checkpoint directory (no config.json)" in result.output
+    result = CliRunner().invoke(app, ["--model", str(tmp_path / "missing")], env={
+        "NEO_REDIS_URL": REDIS_URL, "NEO_REDIS_PREFIX": "neo-test-none:"})
+    assert result.exit_code == 2 and "neither a directory nor a model in the registry" in result.output
