@@ -76,7 +76,11 @@ def test_wiring():
             if cond["condition"] == "service_healthy":
                 assert "healthcheck" in SERVICES[dep], f"{name} waits for {dep} to be healthy, but it has no healthcheck"
         for volume in svc.get("volumes", []):
-            assert volume.split(":")[0] in COMPOSE["volumes"], volume
+            source = volume.split(":")[0]
+            if source.startswith("./"):  # a bind mount of a file or folder in this repository
+                assert (ROOT / source).exists(), volume
+            else:
+                assert source in COMPOSE["volumes"], volume
     redis = SERVICES["redis"]["command"]
     assert redis[redis.index("--appendonly") + 1] == "yes"  # preferences are durable
     assert {"cpu", "gpu"} <= {p for s in SERVICES.values() for p in s.get("profiles", [])}
@@ -102,3 +106,17 @@ def test_wiring():
     # the UI reaches whichever serving runs under the name `serving`
     assert SERVICES["ui"]["environment"]["NEO_API_URL"].startswith("http://serving:")
     assert "serving" in SERVICES["serving-cpu"]["networks"]["default"]["aliases"]
+
+
+def test_monitoring_profile_scrapes_serving_and_its_replicas():
+    prometheus = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    targets = {(job.get("metrics_path", "/metrics"), t) for job in prometheus["scrape_configs"]
+               for group in job["static_configs"] for t in group["targets"]}
+    assert targets == {("/metrics", "serving:8000"), ("/metrics/replicas", "serving:8000")}
+    for name in ("prometheus", "grafana"):
+        assert SERVICES[name]["profiles"] == ["monitoring"]
+    dashboards = ROOT / "monitoring" / "grafana" / "dashboards"
+    provider = yaml.safe_load((ROOT / "monitoring/grafana/provisioning/dashboards/neo.yml").read_text())
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["grafana"]["volumes"]}
+    assert (ROOT / mounted[provider["providers"][0]["options"]["path"]]).resolve() == dashboards.resolve()
+    assert list(dashboards.glob("*.json"))

@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse
 from neo_serving.chat import ChatService
 from neo_serving.completions import CompletionService
 from neo_serving.errors import EngineUnavailableError, openai_error
-from neo_serving.metrics import ServingMetrics
+from neo_serving.metrics import ServingMetrics, relabel_replica_metrics
 from neo_serving.models import ModelTable
 from neo_serving.protocol import (
     ChatCompletionRequest,
@@ -112,6 +112,18 @@ async def health(request: Request) -> Response:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(services(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/metrics/replicas")
+async def replica_metrics(request: Request) -> Response:
+    """The upstream replicas' own metrics (vLLM's ``vllm:*``), labeled ``replica`` and ``served_model``: one
+    scrape target for a Prometheus that cannot reach replicas on their private ports."""
+    texts = []
+    for name, model in services(request).models.items():
+        fetch = getattr(model.engine, "replica_metrics", None)
+        if fetch is not None:
+            texts += [(name, url, text) for url, text in await fetch() if text is not None]
+    return Response(relabel_replica_metrics(texts), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERRORS)

@@ -37,7 +37,7 @@ from neo_serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health", "/metrics"})  # never behind the API key (probes, Prometheus)
+OPEN_PATHS = frozenset({"/health", "/metrics", "/metrics/replicas"})  # never behind the API key (probes, Prometheus)
 
 
 ADMIN_PREFIX = "/v1/admin/"

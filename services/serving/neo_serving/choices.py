@@ -24,6 +24,8 @@ class TokenTimer(Protocol):
 
     def tokens(self, count: int, now: float) -> None: ...
 
+    def queued(self, seconds: float) -> None: ...
+
 
 @dataclass
 class ChoiceDelta:
@@ -95,6 +97,8 @@ class ChoiceRun:
         longest = max(map(len, self.stop_strings), default=0)
         async with aclosing(self.engine.generate(self.request)) as stream:
             async for out in stream:
+                if self.timer is not None and out.queue_time_s is not None:
+                    self.timer.queued(out.queue_time_s)
                 if self.timer is not None and out.token_ids:
                     self.timer.tokens(len(out.token_ids), time.perf_counter())
                 self.completion_tokens += len(out.token_ids)

@@ -63,3 +63,19 @@ def export_random_model(out: Path, tokenizer: NeoTokenizer, seed: int) -> Path:
     torch.manual_seed(seed)
     model = NeoModel(ModelConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, max_seq_len=MAX_SEQ_LEN))
     return export_hf(model, out, tokenizer=tokenizer)
+
+
+DASHBOARD = Path(__file__).resolve().parents[3] / "monitoring" / "grafana" / "dashboards" / "neo-serving.json"
+
+
+def dashboard_series() -> set[str]:
+    """Series names the Grafana serving dashboard queries, without the engine prefix (``${prefix}:``)."""
+    import re
+
+    return set(re.findall(r"\$\{prefix\}:([a-z0-9_]+)", DASHBOARD.read_text()))
+
+
+def missing_dashboard_series(exposition: str, prefix: str) -> list[str]:
+    """Dashboard series that a Prometheus exposition does not have under ``prefix``."""
+    names = {line.split("{")[0].split(" ")[0] for line in exposition.splitlines() if line and not line.startswith("#")}
+    return sorted(s for s in dashboard_series() if f"{prefix}:{s}" not in names)

@@ -7,6 +7,8 @@ import asyncio
 import httpx
 import openai
 
+from .helpers import missing_dashboard_series
+
 CHAT = [{"role": "system", "content": "You are Neo."}, {"role": "user", "content": "你好, who are you?"}]
 
 
@@ -174,10 +176,17 @@ def test_health_and_metrics(server, client):
             "status": "ok", "watcher": None,  # not following the registry
             "models": {"tiny": {"version": "local", "healthy": True}, "plain": {"version": "local", "healthy": True}}}
         text = http.get("/metrics").text
-    for name in ("neo_http_requests_total", "neo_time_to_first_token_seconds_bucket",
-                 "neo_inter_token_latency_seconds_bucket", "neo_e2e_request_latency_seconds_count",
-                 "neo_prompt_tokens_total", "neo_generation_tokens_total", "neo_num_requests_waiting",
-                 "neo_num_requests_running", "neo_request_success_total"):
+    for name in ("neo_http_requests_total", "neo:time_to_first_token_seconds_bucket",
+                 "neo:inter_token_latency_seconds_bucket", "neo:e2e_request_latency_seconds_count",
+                 "neo:prompt_tokens_total", "neo:generation_tokens_total", "neo:num_requests_waiting",
+                 "neo:num_requests_running", "neo:request_success_total", 'neo:kv_cache_usage_perc{model_name="tiny"}',
+                 "# TYPE neo_engine_decode_steps_total counter", 'neo_engine_decode_steps_total{model="tiny"}'):
         assert name in text, name
-    generated = [line for line in text.splitlines() if line.startswith('neo_generation_tokens_total{model="tiny"}')]
+    registry = server.app.state.services.metrics.registry
+    assert registry.get_sample_value("neo:request_queue_time_seconds_count", {"model_name": "tiny"}) >= 1
+    assert registry.get_sample_value("neo:request_generation_tokens_sum", {"model_name": "tiny"}) >= 3
+    assert registry.get_sample_value("neo:request_success_total",
+                                     {"model_name": "tiny", "finished_reason": "length"}) >= 1
+    assert missing_dashboard_series(text, "neo") == []  # monitoring/grafana's dashboard reads Neo's engine
+    generated = [line for line in text.splitlines() if line.startswith('neo:generation_tokens_total{model_name="tiny"}')]
     assert float(generated[0].split()[-1]) >= 3

@@ -107,7 +107,8 @@ def test_model_without_chat_template_is_400_for_chat_only(http):
 
 def aborted(server) -> float:
     registry = server.app.state.services.metrics.registry
-    return registry.get_sample_value("neo_request_success_total", {"model": "tiny", "finish_reason": "abort"}) or 0
+    return registry.get_sample_value("neo:request_success_total",
+                                     {"model_name": "tiny", "finished_reason": "abort"}) or 0
 
 
 def test_client_disconnect_mid_stream_frees_the_request(server):

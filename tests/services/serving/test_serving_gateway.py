@@ -94,15 +94,20 @@ def test_gateway_chat_streams_through(gateway, upstreams):
     assert len(echo.choices[0].logprobs.tokens) == echo.usage.prompt_tokens + 2
 
 
-def test_gateway_keeps_its_own_keys_and_metrics(gateway):
+def test_gateway_keeps_its_own_keys_and_metrics(gateway, upstreams):
     with httpx.Client(base_url=gateway.url) as http:
         assert http.get("/v1/models", headers={"Authorization": f"Bearer {UP_KEY}"}).status_code == 401
         assert http.get("/v1/models", headers={"Authorization": f"Bearer {GW_KEY}"}).json()["data"][0]["id"] == "tiny"
         metrics = http.get("/metrics").text
+        replicas = http.get("/metrics/replicas")  # the replicas' own series, one scrape target, apart by label
+    assert replicas.status_code == 200 and replicas.headers["content-type"].startswith("text/plain")
+    for upstream in upstreams:
+        assert (f'neo:num_requests_running{{model_name="tiny",replica="{upstream.url}",served_model="tiny"}} 0.0'
+                in replicas.text)
     assert 'neo_engine_healthy_replicas{model="tiny"} 2.0' in metrics
-    assert 'neo_time_to_first_token_seconds_count{model="tiny"}' in metrics
+    assert 'neo:time_to_first_token_seconds_count{model_name="tiny"}' in metrics
     generated = gateway.app.state.services.metrics.registry.get_sample_value(
-        "neo_generation_tokens_total", {"model": "tiny"})
+        "neo:generation_tokens_total", {"model_name": "tiny"})
     assert generated and generated >= 10  # counted from the upstreams' usage in relay mode too
 
 

@@ -24,7 +24,7 @@ import redis
 from neo.registry import ModelRegistry
 from neo_serving.settings import ServingSettings
 
-from .helpers import REDIS_URL, LiveServer, export_random_model
+from .helpers import REDIS_URL, LiveServer, export_random_model, missing_dashboard_series
 
 pytestmark = pytest.mark.slow
 CHAT = [{"role": "user", "content": "请写一首关于春天的短诗"}]
@@ -150,6 +150,10 @@ def test_vllm_replicas_answer_like_the_torch_engine(vllm_server, server):
     with httpx.Client(base_url=vllm_server.url) as http:
         health = http.get("/health").json()
         metrics = http.get("/metrics").text
+        replica_metrics = http.get("/metrics/replicas").text
+    # the Grafana dashboard reads vLLM's own series with the names and labels it reads Neo's by
+    assert missing_dashboard_series(replica_metrics, "vllm") == []
+    assert 'served_model="tiny"' in replica_metrics and 'model_name="tiny"' in replica_metrics
     replicas = health["models"]["tiny"]["replicas"]
     assert [r["state"] for r in replicas] == ["up", "up"] and all(alive(r["pid"]) for r in replicas)
     assert health["models"]["tiny"]["version"] == "v1"

@@ -44,6 +44,7 @@ class EngineOutput:
     logprobs: list[TokenLogprob] | None = None  # one per token id when requested
     prompt_logprobs: list[TokenLogprob | None] | None = None  # first output only; entry 0 is None
     finish_reason: str | None = None  # "stop" (a stop id was sampled, it is the last token) or "length"
+    queue_time_s: float | None = None  # first output only: seconds queued before the engine took it
 
 
 @dataclass
@@ -64,6 +65,8 @@ class EngineStats:
     running: int = 0  # holding a KV-cache row (or an upstream stream)
     healthy: bool = True
     extra: dict[str, float] = field(default_factory=dict)  # more gauges, exported as neo_engine_{key}
+    counters: dict[str, float] = field(default_factory=dict)  # running totals, exported as neo_engine_{key}_total
+    kv_cache_usage: float | None = None  # fraction of KV-cache rows in use (vLLM's kv_cache_usage_perc)
     replicas: list[dict] | None = None  # upstream engines: each replica's url, state, counts (for /health)
 
 

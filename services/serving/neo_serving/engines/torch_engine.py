@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ class _Seq:
     pos: int = 0  # position (= cache slot) of ``last``, the next token to feed
     last: int = 0
     generated: int = 0
+    arrived: float = 0.0  # perf_counter when it was queued
+    queue_time: float | None = None  # set when admitted, reported with its first output
 
 
 @dataclass
@@ -139,7 +142,8 @@ class TorchEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(waiting=len(self._waiting), running=len(self._running), healthy=self.healthy(),
-                           extra={"decode_steps": float(self.steps), "prefill_forwards": float(self.prefills)})
+                           counters={"decode_steps": float(self.steps), "prefill_forwards": float(self.prefills)},
+                           kv_cache_usage=len(self._running) / self.max_batch_size)
 
     # --- requests (event loop side) --------------------------------------------------------------------
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
@@ -190,7 +194,7 @@ class TorchEngine:
         seen[:len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         return _Seq(req=request, queue=asyncio.Queue(), budget=budget, seen=seen, n_seen=len(prompt),
                     generator=request.params.make_generator(self.device),
-                    stop_ids=frozenset(request.params.stop_ids))
+                    stop_ids=frozenset(request.params.stop_ids), arrived=time.perf_counter())
 
     # --- the engine thread -----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -260,7 +264,9 @@ class TorchEngine:
             n = len(self._waiting[0].req.prompt_ids)
             if taken and (len(taken) + 1) * max(longest, n) > self.max_prefill_tokens:  # padded size
                 break
-            taken.append(self._waiting.popleft())
+            seq = self._waiting.popleft()
+            seq.queue_time = time.perf_counter() - seq.arrived
+            taken.append(seq)
             longest = max(longest, n)
         return taken
 
@@ -369,6 +375,8 @@ class TorchEngine:
         self._running = kept
 
     def _emit(self, seq: _Seq, out: EngineOutput) -> None:
+        if seq.queue_time is not None:
+            out.queue_time_s, seq.queue_time = seq.queue_time, None
         self._batch.items.append((seq.queue, out))
 
     def _flush(self) -> None:
@@ -393,7 +401,8 @@ def _merge(items: list[EngineOutput | BaseException]) -> EngineOutput:
     if outs[0].logprobs is not None:
         logprobs = [lp for o in outs for lp in (o.logprobs or [])]
     return EngineOutput(token_ids=[t for o in outs for t in o.token_ids], logprobs=logprobs,
-                        prompt_logprobs=outs[0].prompt_logprobs, finish_reason=outs[-1].finish_reason)
+                        prompt_logprobs=outs[0].prompt_logprobs, finish_reason=outs[-1].finish_reason,
+                        queue_time_s=outs[0].queue_time_s)
 
 
 def _logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[TokenLogprob]:

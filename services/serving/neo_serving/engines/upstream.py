@@ -153,6 +153,20 @@ class UpstreamEngine:
         return [{"url": r.url, "state": r.state(now), "outstanding": r.outstanding, "served": r.served}
                 for r in self.replicas]
 
+    async def replica_metrics(self) -> list[tuple[str, str | None]]:
+        """Each replica's ``/metrics`` text (vLLM's own ``vllm:*`` series), or None where it did not answer."""
+        assert self._client is not None
+
+        async def one(replica: Replica) -> tuple[str, str | None]:
+            try:
+                response = await self._client.get(f"{replica.url}/metrics", timeout=HEALTH_TIMEOUT_S)
+                response.raise_for_status()
+                return replica.url, response.text
+            except httpx.HTTPError:
+                return replica.url, None
+
+        return list(await asyncio.gather(*(one(r) for r in self.replicas)))
+
     async def check_health(self) -> None:
         await asyncio.gather(*(self._check(r) for r in self.replicas))
 
