@@ -439,7 +439,13 @@ class NeoTokenizer:
 
     def encode_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
         """Ids of the rendered chat; every special token string in it is one token (as HF added tokens)."""
-        text, ids, start = self.render_chat(messages, add_generation_prompt), [], 0
+        return self.encode_specials(self.render_chat(messages, add_generation_prompt))
+
+    def encode_specials(self, text: str, add_bos: bool = False) -> list[int]:
+        """Ids of ``text`` as ``transformers`` (and so vLLM) tokenize a prompt: every special token string in
+        it (``<s>``, ``</s>``, ``<unk>``, ``<pad>`` and the ChatML markers) is that one token. :meth:`encode`
+        keeps ``<s>`` etc. as plain text, which training data needs."""
+        ids, start = [self.bos_id] * add_bos, 0
         for m in _SPECIAL_RE.finditer(text):
             ids += self.encode(text[start:m.start()]) + [self._special_tokens[m[0]]]
             start = m.end()

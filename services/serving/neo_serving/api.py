@@ -168,12 +168,18 @@ def _tokenize(body: TokenizeRequest, tok: ServedTokenizer, max_model_len: int) -
     if body.messages is not None:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         ids = tok.encode_chat(messages, body.add_generation_prompt)
-    elif body.add_special_tokens:
-        ids = tok.encode_prompt(body.prompt or "")
     else:
-        ids = tok.tokenizer.encode(body.prompt or "")
+        ids = tok.encode_prompt(body.prompt or "", add_special_tokens=body.add_special_tokens)
     strs = [tok.token_text(i) for i in ids] if body.return_token_strs else None
     return TokenizeResponse(count=len(ids), max_model_len=max_model_len, tokens=ids, token_strs=strs)
+
+
+@router.get("/tokenizer_info", responses=ERRORS)
+async def tokenizer_info(request: Request, model: str | None = None) -> dict[str, Any]:
+    """The default (or ``?model=``) model's tokenizer config and chat template, as vLLM's endpoint."""
+    table = services(request).models
+    served = table.get(model or table.default_name())
+    return served.engine.tokenizer.info(served.info.max_model_len)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS)

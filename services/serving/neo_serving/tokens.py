@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 class ServedTokenizer:
     """A ``NeoTokenizer`` plus what the checkpoint directory says about chat and stopping."""
 
-    def __init__(self, tokenizer: NeoTokenizer, chat_template: str | None, stop_ids: Sequence[int]):
+    def __init__(self, tokenizer: NeoTokenizer, chat_template: str | None, stop_ids: Sequence[int],
+                 config: dict[str, Any] | None = None):
         self.tokenizer = tokenizer
+        self.config = config or {}  # the checkpoint's tokenizer_config.json
         self.chat_template = chat_template
         self.stop_ids = tuple(dict.fromkeys(int(i) for i in stop_ids))
         self.vocab_size = tokenizer.vocab_size
@@ -48,12 +50,23 @@ class ServedTokenizer:
             log.warning("%s has no chat_template in tokenizer_config.json: chat requests will get a 400", path)
         eos = _read_json(path / "generation_config.json").get("eos_token_id")
         stop_ids = [eos] if isinstance(eos, int) else list(eos or [tok.eos_id, tok.im_end_id])
-        return cls(tok, template or None, stop_ids)
+        return cls(tok, template or None, stop_ids, config)
+
+    def info(self, max_model_len: int) -> dict[str, Any]:
+        """``GET /tokenizer_info`` as vLLM answers it: the tokenizer's config (tokenizer_config.json without
+        file paths and the added-token table) with its chat template; lm-eval's ``tokenizer_backend=remote``."""
+        info = {k: v for k, v in self.config.items() if k not in ("added_tokens_decoder", "vocab_file", "merges_file")}
+        info.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+        info["model_max_length"] = max_model_len
+        if self.chat_template:
+            info["chat_template"] = self.chat_template
+        return info
 
     # --- prompts --------------------------------------------------------------------------------------
-    def encode_prompt(self, text: str) -> list[int]:
-        """A completion prompt, with BOS when the tokenizer's config says so (as HF ``tokenizer(text)``)."""
-        return self.tokenizer.encode(text, add_bos=self.add_bos)
+    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """A completion prompt as HF ``tokenizer(text)`` and vLLM encode it: special token strings in it are
+        those tokens, and BOS comes first when the tokenizer's config says so (and ``add_special_tokens``)."""
+        return self.tokenizer.encode_specials(text, add_bos=self.add_bos and add_special_tokens)
 
     def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         self._require_template()

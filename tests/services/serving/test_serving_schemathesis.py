@@ -36,8 +36,8 @@ def fuzzed_server(checkpoint, plain_checkpoint):
 
 def test_schema_covers_every_route():
     assert {op.label for op in OPERATIONS} == {
-        "GET /health", "GET /metrics", "GET /v1/models", "POST /v1/chat/completions", "POST /v1/completions",
-        "POST /tokenize", "POST /detokenize", "POST /v1/admin/reload"}
+        "GET /health", "GET /metrics", "GET /metrics/replicas", "GET /v1/models", "POST /v1/chat/completions",
+        "POST /v1/completions", "POST /tokenize", "GET /tokenizer_info", "POST /detokenize", "POST /v1/admin/reload"}
 
 
 @pytest.mark.slow
