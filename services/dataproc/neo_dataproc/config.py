@@ -102,6 +102,7 @@ class JobConfig(_Section):
     url_blocklist: UrlBlocklistSection | None = Field(default_factory=UrlBlocklistSection)
     en_quality: EnQualitySection | None = Field(default_factory=EnQualitySection)
     zh_quality: ZhQualitySection | None = Field(default_factory=ZhQualitySection)
+    code_quality: dict[str, Any] | None = Field(default_factory=dict, description="CodeQualityFilter keywords")
     pii: PiiSection | None = Field(default_factory=PiiSection)
     dedup: DedupSection | None = Field(default_factory=DedupSection)
     tokenize: TokenizeSection = Field(default_factory=TokenizeSection)

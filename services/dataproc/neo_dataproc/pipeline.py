@@ -3,7 +3,7 @@
 Phases, each a list of units (an executor runs a phase's units in any order, anywhere):
 
 1. ``clean`` (one unit per shard): read → extract → langid → URL blocklist → OpenCC → Gopher
-   repetition/quality → C4 → Chinese rules → PII; writes the survivors, their exact hashes and
+   repetition/quality → C4 → Chinese rules → code rules → PII; writes the survivors, their exact hashes and
    MinHash signatures.
 2. ``dedup_bands`` (one unit per group of LSH bands): candidate edges from all signatures.
 3. ``dedup_cluster`` (one unit): exact + fuzzy edges → clusters → the removed documents.
@@ -34,6 +34,7 @@ from neo_dataproc.config import JobConfig
 from neo_dataproc.document import Document
 from neo_dataproc.readers import Plan, ShardReader
 from neo_dataproc.steps.base import Step
+from neo_dataproc.steps.code import CodeQualityFilter
 from neo_dataproc.steps.dedup import MinHasher, band_edges, connected_components, exact_edges, exact_hash
 from neo_dataproc.steps.en_quality import C4Filter, GopherQualityFilter, GopherRepetitionFilter
 from neo_dataproc.steps.extract import ExtractStep
@@ -69,6 +70,8 @@ def build_steps(config: JobConfig) -> list[Step]:
                 plan.append((f"en_quality.{key}", lambda cls=cls, kwargs=kwargs: cls(**kwargs)))
     if zh is not None and zh.matrix is not None:
         plan.append(("zh_quality.matrix", lambda: ZhQualityFilter(**zh.matrix)))  # type: ignore[arg-type]
+    if config.code_quality is not None:
+        plan.append(("code_quality", lambda: CodeQualityFilter(**config.code_quality)))  # type: ignore[arg-type]
     if config.pii is not None:
         plan.append(("pii", lambda: PiiStep(**config.pii.model_dump())))  # type: ignore[union-attr]
     steps = []

@@ -118,7 +118,21 @@ def test_c4_line_rules_remove_lines_and_count_them():
     ],
 )
 def test_c4_document_rules(text, expected):
-    assert reason(C4Filter(), text) == expected
+    c4_paper = C4Filter(min_num_sentences=5, max_curly_bracket_ratio=0)  # C4's own numbers
+    assert reason(c4_paper, text) == expected
+
+
+def test_c4_defaults_keep_short_documentation_and_quoted_config():
+    """Defaults tuned on the held-out corpus: 3 sentences, Matrix's brace ratio, closers after the stop."""
+    assert reason(C4Filter(), "\n".join(LINES[:3]) + "\nNo more\nlines") is None
+    assert reason(C4Filter(), GOOD + "\nThe config is {\"debug\": true} in this file.") is None
+    braces = "Set {a} {b} {c} {d}. " * 3
+    assert reason(C4Filter(), GOOD + "\n" + braces) == "c4_curly_bracket"
+    d = en("Install gnupg to sign packages. (See gpg(1).)\nIt is small. It is fast.\nIt works well.")
+    assert C4Filter()(d) is not None and "(See gpg(1).)" in d.text
+    fenced = "Run this command. It prints the list.\n```\nfor x in y {\n  print(x)\n}\n```\nThen read it. Done."
+    d = en(fenced)
+    assert C4Filter()(d) is not None and "for x in y {" in d.text
 
 
 def test_c4_too_few_words_line():

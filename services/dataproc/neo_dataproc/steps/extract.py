@@ -38,6 +38,45 @@ _SHIELD = str.maketrans({ch: chr(0xF0000 + i) for i, ch in enumerate(_PROTECTED)
 _UNSHIELD = str.maketrans({chr(0xF0000 + i): ch for i, ch in enumerate(_PROTECTED)})
 
 
+_PARA_SPLIT_RE = re.compile(r"(\n[ \t]*\n)")
+_CJK_CHAR_RE = re.compile("[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
+_NOT_WRAPPED_START = (" ", "\t", "-", "*", "•", "#", ">", "|", "+", "$")
+_NOT_WRAPPED_END = (";", "{", "}", "(", "\\", ":")
+
+
+def unwrap(text: str, min_width: int = 30, max_width: int = 100) -> str:
+    """Join hard-wrapped paragraphs (plain-text files filled to a fixed width, as ``fmt``/``textwrap``
+    or a 38-character Chinese fill make them) into one line each, so line rules (C4's terminal
+    punctuation) judge sentences, not wrap points. A paragraph is wrapped when all its lines but the
+    last are 60–100 % of its widest line and none looks like a list, a table, a quote or code."""
+    if "\n" not in text:
+        return text
+    parts = _PARA_SPLIT_RE.split(text)
+    changed = False
+    for i in range(0, len(parts), 2):
+        lines = parts[i].split("\n")
+        tail = ""
+        if lines[-1] == "":  # the text's final newline
+            lines, tail = lines[:-1], "\n"
+        if len(lines) < 2:
+            continue
+        widths = [len(ln) for ln in lines[:-1]]
+        width = max(widths)
+        if not min_width <= width <= max_width or min(widths) < 0.6 * width:
+            continue
+        if any(ln.startswith(_NOT_WRAPPED_START) for ln in lines[1:]) or any(
+                ln.rstrip().endswith(_NOT_WRAPPED_END) for ln in lines[:-1]):
+            continue
+        out = lines[0].rstrip()
+        for ln in lines[1:]:
+            ln = ln.strip()
+            cjk = out and ln and _CJK_CHAR_RE.match(out[-1]) and _CJK_CHAR_RE.match(ln[0])
+            out += ("" if cjk else " ") + ln
+        parts[i] = out + tail
+        changed = True
+    return "".join(parts) if changed else text
+
+
 class ExtractTimeout(BaseException):
     """Raised by the alarm; a BaseException so an extractor's ``except Exception`` cannot swallow it."""
 
@@ -70,6 +109,24 @@ def trafilatura_extract(html: str) -> str | None:
     )
 
 
+_TABLE_ROW_RE = re.compile(r"^\|(.*)\|$", re.MULTILINE)
+
+
+def untable_layout(text: str, min_cell: int = 100) -> str:
+    """Rows of a layout table (trafilatura renders tables as ``| cell | cell |``) holding a long cell
+    become one line per cell: a page laid out in a table is prose, not a data table."""
+    if "|" not in text:
+        return text
+
+    def repl(m: re.Match[str]) -> str:
+        cells = [c.strip() for c in m.group(1).split(" | ")]
+        if max(map(len, cells)) < min_cell:
+            return m.group(0)
+        return "\n".join(c for c in cells if c)
+
+    return _TABLE_ROW_RE.sub(repl, text)
+
+
 def nfkc_safe(text: str) -> str:
     """NFKC except full-width CJK punctuation and the ideographic space (kept as written)."""
     if text.isascii() or unicodedata.is_normalized("NFKC", text):
@@ -95,8 +152,10 @@ class ExtractStep(Step):
         nfkc: bool = True,
         min_chars: int = 1,
         html_extractor: Callable[[str], str | None] | None = None,
+        unwrap_lines: bool = True,  # join hard-wrapped paragraphs of plain-text files (see ``unwrap``)
     ) -> None:
         super().__init__()
+        self.unwrap_lines = unwrap_lines
         self.timeout_s, self.max_bytes, self.min_chars = timeout_s, max_bytes, min_chars
         self.fix_mojibake, self.nfkc = fix_mojibake, nfkc
         self.html_extractor = html_extractor or trafilatura_extract
@@ -119,9 +178,14 @@ class ExtractStep(Step):
                 log.warning("extract: document %d (%s) crashed the extractor: %s: %s", doc.uid,
                             doc.meta.get("path"), type(exc).__name__, exc)
                 return "extract_error"
-            text = extracted or ""
+            text = untable_layout(extracted or "")
             self.stats.add("html_extracted")
         text = self.clean_text(text, code=doc.kind == "code")
+        if doc.kind == "text" and self.unwrap_lines:
+            unwrapped = unwrap(text)
+            if unwrapped != text:
+                text = unwrapped
+                self.stats.add("unwrapped_lines")
         if len(text.strip()) < self.min_chars:
             return "extract_empty"
         doc.text = text

@@ -22,11 +22,17 @@ IPV4_RE = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:
 PHONE_RE = re.compile(
     r"(?<![\w+])(?:"
     r"(?:\+?86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}"  # mainland mobile: 1[3-9]x xxxx xxxx
+    r"|\+\d{1,3}[-. ]?(?:\(\d{1,4}\)[-. ]?)?\d{1,4}(?:[-. ]\d{1,6}){1,5}"  # international: +44 20 7946 0958, +86 (21) 5403 8888
+    r"|\(0\d{1,3}\)[-. ]?\d{3,4}[-. ]?\d{4}"  # area code in brackets: (010) 6552 9988, (02) 2345-6789
     r"|0\d{2,3}-\d{7,8}"  # mainland landline with area code: 010-12345678
+    r"|09\d{2}-\d{3}-\d{3}"  # Taiwan mobile: 0912-345-678
+    r"|[48]00-\d{3}-\d{4}"  # mainland 400/800 service numbers
     r"|(?:\+1[-. ]?)?\(?[2-9]\d{2}\)?[-. ][2-9]\d{2}[-. ]\d{4}"  # NANP: (555) 234-5678
-    r"|\+\d{1,3}(?:[-. ]\d{1,4}){2,4}"  # international with a plus: +44 20 7946 0958
-    r")(?!\w)"
+    r")(?![\w])"
 )
+# IPv6 candidates (full, "::"-compressed, with an embedded IPv4 tail); ipaddress decides, and only
+# global addresses are masked (no ::1, fe80::, documentation 2001:db8::).
+IPV6_RE = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?(?![\w:])")
 ID_CARD_RE = re.compile(r"(?<!\d)[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?!\d)")
 _DIGIT_RE = re.compile(r"\d")
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -37,6 +43,11 @@ def id_card_valid(number: str) -> bool:
     """GB 11643-1999 (ISO 7064 MOD 11-2) check digit of an 18-character resident ID."""
     total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS, strict=True))
     return _ID_CHECK[total % 11] == number[17].upper()
+
+
+def _phone_digits_ok(text: str) -> bool:
+    """8 to 15 digits (E.164's maximum): not a date, a version or a short code."""
+    return 8 <= sum(c.isdigit() for c in text) <= 15
 
 
 def _is_public_ip(text: str) -> bool:
@@ -71,8 +82,10 @@ class PiiStep(Step):
             text = self._sub(ID_CARD_RE, text, "id_card", id_card_valid)
         if "ip" in self.kinds:
             text = self._sub(IPV4_RE, text, "ip", _is_public_ip)
+            if ":" in text:
+                text = self._sub(IPV6_RE, text, "ip", _is_public_ip)
         if "phone" in self.kinds:
-            text = self._sub(PHONE_RE, text, "phone", None)
+            text = self._sub(PHONE_RE, text, "phone", _phone_digits_ok)
         return text
 
     def _sub(self, pattern: re.Pattern[str], text: str, kind: str, check: object) -> str:

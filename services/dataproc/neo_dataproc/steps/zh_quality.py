@@ -24,6 +24,7 @@ import numpy as np
 
 from neo_dataproc.document import Document
 from neo_dataproc.steps.base import Filter, FilterResult, Step
+from neo_dataproc.steps.code import prose_view
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class ZhQualityFilter(Filter):
         return sum(map(len, words)) / len(words) if words else 0.0
 
     def filter(self, doc: Document) -> FilterResult:
-        text = doc.text
+        text = prose_view(doc.text)  # fenced code blocks are not prose
         n = len(text)
         if n < self.min_chars:
             return False, "zh_too_short"
