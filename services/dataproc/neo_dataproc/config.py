@@ -59,7 +59,7 @@ class EnQualitySection(_Section):
 
 class ZhQualitySection(_Section):
     matrix: dict[str, Any] | None = Field(default_factory=dict, description="ZhQualityFilter keywords")
-    opencc: str | None = Field(default="t2s", description="OpenCC conversion config; null: keep Traditional")
+    opencc: str | None = Field(default="tw2sp", description="OpenCC conversion config (tw2sp: Traditional → Simplified with Taiwan phrases, 軟體 → 软件; t2s: characters only); null: keep Traditional")
 
 
 class UrlBlocklistSection(_Section):

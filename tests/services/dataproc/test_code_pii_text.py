@@ -133,3 +133,41 @@ def test_mixed_english_chinese_page_is_kept_as_chinese():
     zh = "预依赖是一种特殊的依赖关系。对于大多数软件包，dpkg 会在解包时不考虑其依赖的文件是否存在于系统中。"
     d = doc("\n\n".join([en * 2, zh, en, zh]))
     assert LangIdFilter()(d) is d and d.lang == "zh" and d.meta.get("mixed") is True
+
+
+def test_one_sentence_a_line_is_not_unwrapped():
+    text = "The river town woke early on market day today.\nBy six o'clock the square was full of carts and voices.\n"
+    assert unwrap(text) == text
+
+
+def test_lossy_mojibake_is_dropped():
+    step = ExtractStep()
+    lossy = "These are “well-known” port numbers.".encode().decode("cp1252", errors="replace")  # 0x9d is lost
+    assert "\ufffd" in lossy and step(doc(lossy)) is None
+    assert step.stats.to_dict()["dropped_extract_lossy_encoding"] == 1
+    repaired = step(doc("Some of these port numbers â€” standardized by the IANA â€” are â€œwell-knownâ€."))
+    assert repaired is not None and "— standardized" in repaired.text
+
+
+def test_taiwan_phrasing_shingles_like_the_simplified_original():
+    import opencc
+
+    from neo_dataproc.steps.dedup import MinHasher, shingle_text
+
+    simplified = "这个软件包需要更多内存。网络服务器的配置信息由管理员维护，用户可以在本地查看。"
+    taiwan = opencc.OpenCC("s2twp").convert(simplified)
+    assert "軟體" in taiwan and "記憶體" in taiwan
+    assert shingle_text(taiwan, "zh") == shingle_text(simplified, "zh")
+    h = MinHasher()
+    assert (h.signature(taiwan, "zh") == h.signature(simplified, "zh")).all()
+
+
+def test_mixed_page_units_are_words_for_unique_char_rule():
+    from neo_dataproc.steps.zh_quality import ZhQualityFilter
+
+    en = ("The many viruses circulating as attachments to emails make it important to set up an antivirus "
+          "solution at the entry point of the company network. Postfix can hand every message to a content "
+          "filter before delivery, and clamav-milter scans the attachments with the ClamAV engine.")
+    zh = "病毒通过电子邮件附件传播，因此在公司网络的入口处部署防病毒方案非常重要。管理员应当定期更新病毒库。"
+    d = doc("\n\n".join([en, zh]), lang="zh")
+    assert ZhQualityFilter()(d) is d

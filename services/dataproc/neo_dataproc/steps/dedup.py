@@ -17,6 +17,9 @@ signature check at ``min_similarity`` = 0.7 removes the curve's low tail (datatr
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 import xxhash
@@ -27,6 +30,25 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _CHUNK = 4096  # shingles per block when min-hashing (bounds memory on huge documents)
+
+
+@lru_cache(maxsize=1)
+def _tw2sp() -> Callable[[str], str]:
+    import opencc
+
+    return opencc.OpenCC("tw2sp").convert
+
+
+def shingle_text(text: str, lang: str) -> str:
+    """What near-duplicate detection compares: NFKC (full-width letters, digits and punctuation to
+    ASCII), Chinese Traditional → Simplified with Taiwan phrases (OpenCC ``tw2sp``: 軟體 → 软件,
+    記憶體 → 内存), then ``normalize``. A Traditional copy with Taiwan vocabulary (``s2twp``) collides
+    with its Simplified original; the output text is not changed."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+        if lang == "zh":
+            text = _tw2sp()(text)
+    return normalize(text)
 
 
 def normalize(text: str) -> str:
@@ -79,7 +101,7 @@ class MinHasher:
 
     def shingles(self, text: str, lang: str) -> np.ndarray:
         """Distinct 64-bit shingle ids: character n-grams for Chinese, word n-grams otherwise."""
-        norm = normalize(text)
+        norm = shingle_text(text, lang)
         if lang == "zh":
             chars = norm.replace(" ", "")
             units = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)

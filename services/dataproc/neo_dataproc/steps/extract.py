@@ -42,13 +42,15 @@ _PARA_SPLIT_RE = re.compile(r"(\n[ \t]*\n)")
 _CJK_CHAR_RE = re.compile("[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
 _NOT_WRAPPED_START = (" ", "\t", "-", "*", "•", "#", ">", "|", "+", "$")
 _NOT_WRAPPED_END = (";", "{", "}", "(", "\\", ":")
+_SENTENCE_END = (".", "!", "?", "。", "！", "？", '"', "”")
 
 
 def unwrap(text: str, min_width: int = 30, max_width: int = 100) -> str:
     """Join hard-wrapped paragraphs (plain-text files filled to a fixed width, as ``fmt``/``textwrap``
     or a 38-character Chinese fill make them) into one line each, so line rules (C4's terminal
     punctuation) judge sentences, not wrap points. A paragraph is wrapped when all its lines but the
-    last are 60–100 % of its widest line and none looks like a list, a table, a quote or code."""
+    last are 60–100 % of its widest line, most do not end a sentence, and none looks like a list,
+    a table, a quote or code."""
     if "\n" not in text:
         return text
     parts = _PARA_SPLIT_RE.split(text)
@@ -67,6 +69,8 @@ def unwrap(text: str, min_width: int = 30, max_width: int = 100) -> str:
         if any(ln.startswith(_NOT_WRAPPED_START) for ln in lines[1:]) or any(
                 ln.rstrip().endswith(_NOT_WRAPPED_END) for ln in lines[:-1]):
             continue
+        if sum(1 for ln in lines[:-1] if ln.rstrip().endswith(_SENTENCE_END)) * 2 > len(lines) - 1:
+            continue  # one sentence a line, written so: not a fill
         out = lines[0].rstrip()
         for ln in lines[1:]:
             ln = ln.strip()
@@ -136,7 +140,7 @@ def nfkc_safe(text: str) -> str:
 
 class ExtractStep(Step):
     """Turn raw input into clean text; drops: ``extract_timeout``, ``extract_error``,
-    ``extract_too_large``, ``extract_empty``.
+    ``extract_too_large``, ``extract_empty``, ``extract_lossy_encoding``.
 
     Counters: ``html_extracted``, ``fixed_mojibake``, ``nfkc_changed``, ``removed_control_chars``.
     """
@@ -153,8 +157,10 @@ class ExtractStep(Step):
         min_chars: int = 1,
         html_extractor: Callable[[str], str | None] | None = None,
         unwrap_lines: bool = True,  # join hard-wrapped paragraphs of plain-text files (see ``unwrap``)
+        max_replacement_chars: int | None = 0,  # U+FFFD left after repair: bytes were lost in decoding (None: keep)
     ) -> None:
         super().__init__()
+        self.max_replacement_chars = max_replacement_chars
         self.unwrap_lines = unwrap_lines
         self.timeout_s, self.max_bytes, self.min_chars = timeout_s, max_bytes, min_chars
         self.fix_mojibake, self.nfkc = fix_mojibake, nfkc
@@ -188,6 +194,8 @@ class ExtractStep(Step):
                 self.stats.add("unwrapped_lines")
         if len(text.strip()) < self.min_chars:
             return "extract_empty"
+        if self.max_replacement_chars is not None and text.count("\ufffd") > self.max_replacement_chars:
+            return "extract_lossy_encoding"  # mojibake that cannot be repaired: the original bytes are gone
         doc.text = text
         return doc
 

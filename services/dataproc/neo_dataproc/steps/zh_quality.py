@@ -33,6 +33,8 @@ _BRACKET_RE = re.compile(r"【(.*?)】")
 _NON_WORD_RE = re.compile(r"[^\w\s]")
 _WS_RE = re.compile(r"\s+")
 _HASH_RUN_RE = re.compile(r"#+")
+_LATIN_RE = re.compile(r"[A-Za-z]{2}")
+_LATIN_WORD_RE = re.compile(r"[A-Za-z0-9_]+|\S| ")
 _ELLIPSIS_RE = re.compile(r"…+|\.{2,}")
 _PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~…，。！？；：、“”‘’（）《》【】—·「」『』〈〉")
 READMORE = ("readmore", "展开", "更多", "。。。")  # Matrix rule 8
@@ -57,8 +59,8 @@ def _segmenter() -> Callable[[str, bool], list[str]]:
         return lambda text, hmm: jieba.lcut(text, HMM=hmm)
 
 
-def char_entropy(text: str) -> float:
-    """Shannon entropy (nats, as Matrix's ``math.log``) of the character unigram distribution."""
+def char_entropy(text: str | list[str]) -> float:
+    """Shannon entropy (nats, as Matrix's ``math.log``) of the character (or unit) unigram distribution."""
     counts = Counter(text)
     total = len(text)
     return -sum(c / total * math.log(c / total) for c in counts.values())
@@ -168,9 +170,12 @@ class ZhQualityFilter(Filter):
         if sum(1 for c in text if c in _PUNCTUATION) / n <= self.min_punctuation_ratio:
             return False, "zh_no_punctuation"
         compact = _WS_RE.sub(" ", text)  # layout whitespace is not repetition (groff/HTML indentation)
-        if len(set(compact)) / len(compact) <= self.min_unique_char_ratio:
+        # Matrix counts characters; in a mixed EN/ZH page an English word counts as one unit (26 letters
+        # would otherwise make any English paragraph "repetitive")
+        units: str | list[str] = _LATIN_WORD_RE.findall(compact) if _LATIN_RE.search(compact) else compact
+        if len(units) and len(set(units)) / len(units) <= self.min_unique_char_ratio:
             return False, "zh_unique_chars"
-        if char_entropy(compact) < self.min_char_entropy:
+        if char_entropy(units) < self.min_char_entropy:
             return False, "zh_char_entropy"
         cps = _codepoints(compact)
         for k, frac in self.top_n_grams:
