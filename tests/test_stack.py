@@ -3,6 +3,7 @@ API and UI on an embedded Redis, answer a chat request, and stop every process o
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,10 +12,12 @@ import time
 import httpx
 import psutil
 import pytest
+import redis
 import torch
 
 from neo.hf import load_hf
 from neo.net import free_port
+from neo.stack import SEED_PROMPTS
 from neo.tokenizer import NeoTokenizer
 
 
@@ -88,6 +91,10 @@ def test_up_serves_api_and_ui_on_embedded_redis_and_stops_cleanly(built_home):
             "model": "neo", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "seed": 1})
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] > 0
         assert httpx.get(f"http://127.0.0.1:{ui}/chat/", follow_redirects=True).status_code == 200
+        # the labeling queue is seeded with the bundled bilingual prompts on first run
+        embedded = re.search(r"embedded server on (redis://\S+)", out)[1]
+        seeds = sum(1 for line in SEED_PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip())
+        assert redis.Redis.from_url(embedded).zcard(f"{env['NEO_REDIS_PREFIX']}prefs:queue") == seeds == 264
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 4  # data worker, trainer worker, serving, ui (+ their own children)
         proc.send_signal(signal.SIGINT)

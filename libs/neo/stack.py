@@ -37,6 +37,8 @@ EMBEDDED_REDIS_DURABILITY = {"appendonly": "yes", "appendfsync": "everysec"}
 
 #: The bundled sample corpus (see data/README.md); a repo checkout carries it.
 SAMPLE_CORPUS = Path(__file__).resolve().parents[2] / "data" / "sample"
+#: Bilingual prompts put in the labeling queue on every `neo up` (idempotent: prompts are keyed by content).
+SEED_PROMPTS = Path(__file__).resolve().parents[2] / "data" / "prompts" / "seed.jsonl"
 #: Demo tokenizer size: large enough for both scripts on the sample corpus, small enough to train fast.
 DEMO_VOCAB_SIZE = 8000
 #: Name the demo model is registered and served under.
@@ -259,6 +261,8 @@ def up(settings: NeoSettings, steps: int, rebuild: bool, build_only: bool, api_p
             return
         stack.start("serving", "serve", "--model", DEMO_MODEL_NAME, "--watch-registry", "--port", str(api_port))
         stack.wait_healthy("serving", f"http://127.0.0.1:{api_port}/health")
+        if SEED_PROMPTS.is_file():  # so "Next pair" has something to show on a fresh install
+            stack.run("prefs", "import", str(SEED_PROMPTS))
         stack.start("ui", "ui", "--api-url", f"http://127.0.0.1:{api_port}/v1", "--port", str(ui_port))
         stack.wait_healthy("ui", f"http://127.0.0.1:{ui_port}/health")
         say(f"Neo is up:\n  chat      http://127.0.0.1:{ui_port}/chat/\n"
