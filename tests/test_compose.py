@@ -120,3 +120,4 @@ def test_monitoring_profile_scrapes_serving_and_its_replicas():
     mounted = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["grafana"]["volumes"]}
     assert (ROOT / mounted[provider["providers"][0]["options"]["path"]]).resolve() == dashboards.resolve()
     assert list(dashboards.glob("*.json"))
+

@@ -8,8 +8,8 @@ from neo.settings import NeoSettings
 
 
 class TrainerSettings(NeoSettings):
-    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
-    trainer_queue: str = "trainer"  # the Celery queue `neo train worker` serves (NEO_TRAINER_QUEUE)
+    threads: int = Field(default=0, ge=0, description="torch intra-op threads on CPU; 0 = torch's default")
+    trainer_queue: str = Field(default="trainer", description="the Celery queue `neo train worker` serves")
     trainer_visibility_timeout_s: int = Field(
         default=120, ge=1,
         description="seconds before the broker hands a job whose worker died (unacknowledged) to another worker; "
