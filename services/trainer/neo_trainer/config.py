@@ -245,6 +245,9 @@ class SFTConfig(Section):
     base_model: Path = Field(description="HF directory to start from (its tokenizer is used)")
     seq_len: int = Field(512, gt=0, description="tokens per packed row")
     packing: bool = Field(True, description="pack several conversations per row (attention kept apart)")
+    completion_end: Literal["template", "im_end"] = Field(
+        "template", description="an assistant turn's targets: 'template' = reply<|im_end|>\\n as the chat "
+                                "template renders it (TRL), 'im_end' = reply<|im_end|> (sft_data docstring)")
     phases: list[SFTPhase] = Field(min_length=1)
     train: AlignTrainSection = Field(default_factory=AlignTrainSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
@@ -284,6 +287,9 @@ class DPOConfig(Section):
     register_export: bool = Field(True, description="job runs (python -m neo_trainer.stages.dpo): register the "
                                                     "export as the next version of base_model's registry name")
     seq_len: int = Field(512, gt=0, description="prompt+completion tokens kept (the prompt's start is cut)")
+    completion_end: Literal["template", "im_end"] = Field(
+        "template", description="the scored completion: 'template' = all the chat template renders after the "
+                                "prompt, reply<|im_end|>\\n (TRL), 'im_end' = reply<|im_end|> (sft_data docstring)")
     data: DPODataSection
     train: DPOTrainSection = Field(default_factory=DPOTrainSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)

@@ -1,9 +1,24 @@
 """Chat data for SFT and DPO: template-rendered ids with assistant-only targets, packing, a bilingual demo set.
 
-Encoding (``encode_conversation``): every assistant turn is trained on exactly as it is generated at
+Encoding (``encode_conversation``, SFT): every assistant turn is trained on as it is generated at
 inference: the prompt is ``encode_chat(turns before it, add_generation_prompt=True)`` (ending in
-``<|im_start|>assistant\\n``), then the reply's tokens and ``<|im_end|>`` are the targets. System and
-user turns, role headers and the ``\\n`` after ``<|im_end|>`` are context only (``IGNORE_INDEX``).
+``<|im_start|>assistant\\n``), then the turn's tokens are the targets. System and user turns and role
+headers are context only (``IGNORE_INDEX``).
+
+Preference pairs (``encode_preference``, DPO) are tokenized as TRL's ``DPOTrainer`` does: the whole prompt,
+earlier assistant replies included, is context; the completion is what the chat template renders after
+``encode_chat(prompt, add_generation_prompt=True)``.
+
+Where an assistant turn ends (``completion_end``, both stages):
+
+* ``"template"`` (default, TRL's convention): everything the chat template renders for the turn,
+  ``reply<|im_end|>\\n`` in ChatML. TRL's ``DPOTrainer`` scores this (the rendering of prompt + completion
+  after the prompt), and its ChatML training templates for ``SFTTrainer(assistant_only_loss=True)`` put the
+  same span inside ``{% generation %}``. Runs match TRL's token for token (tests/services/trainer/
+  test_trl_parity.py), and SFT trains the ``\\n`` that DPO then scores, so it is no untrained noise there.
+* ``"im_end"`` (Neo before issue #17): ``reply<|im_end|>``, exactly the tokens the model generates
+  (serving stops at ``<|im_end|>``; the ``\\n`` after it is only ever context). Kept to reproduce older runs,
+  and for templates whose text after the stop token should not be learned.
 
 Packing (``pack``): examples are placed greedily into rows of ``seq_len``; each keeps its own document
 id (attention stays inside it) and positions restarting at 0, so packing changes no example's loss.
@@ -21,12 +36,15 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from neo.tokenizer import NeoTokenizer
 from neo_trainer.losses import IGNORE_INDEX
+
+#: Where an assistant turn's targets end (module docstring): TRL's ``"template"`` or Neo's former ``"im_end"``.
+CompletionEnd = Literal["template", "im_end"]
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -51,8 +69,10 @@ def _prompt_ids(tokenizer: NeoTokenizer, context: list[dict[str, Any]], pending:
     return current + tail[1 if tokenizer.add_bos_token and tail[:1] == [tokenizer.bos_id] else 0:]
 
 
-def encode_conversation(tokenizer: NeoTokenizer, messages: Sequence[dict[str, Any]]) -> tuple[list[int], list[bool]]:
-    """Token ids of a whole conversation and, per token, whether it is trained on (assistant reply + im_end)."""
+def encode_conversation(tokenizer: NeoTokenizer, messages: Sequence[dict[str, Any]],
+                        completion_end: CompletionEnd = "template") -> tuple[list[int], list[bool]]:
+    """Token ids of a whole conversation and, per token, whether it is trained on: each assistant turn's
+    reply and ``<|im_end|>``, and with ``completion_end="template"`` the ``\\n`` the template renders after it."""
     if not messages or not any(m.get("role") == "assistant" for m in messages):
         raise ValueError("a training conversation needs at least one assistant turn")
     ids: list[int] = []
@@ -70,7 +90,7 @@ def encode_conversation(tokenizer: NeoTokenizer, messages: Sequence[dict[str, An
         ids = prompt + reply
         train += [True] * len(reply)
         ids += newline
-        train += [False] * len(newline)
+        train += [completion_end == "template"] * len(newline)
         done += pending + [m]
         pending = []
     return ids, train
@@ -137,14 +157,15 @@ def pack(examples: Iterable[Example], seq_len: int, pad_id: int, packing: bool =
     return PackedBatch(input_ids, targets, positions, doc_ids)
 
 
-def load_sft_examples(paths: Sequence[Path], tokenizer: NeoTokenizer, seq_len: int) -> list[Example]:
+def load_sft_examples(paths: Sequence[Path], tokenizer: NeoTokenizer, seq_len: int,
+                      completion_end: CompletionEnd = "template") -> list[Example]:
     out = []
     for path in paths:
         for n, row in enumerate(read_jsonl(Path(path)), 1):
             messages = row.get("messages")
             if not isinstance(messages, list):
                 raise ValueError(f"{path}:{n}: expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}}")
-            ex = to_example(*encode_conversation(tokenizer, messages), seq_len)
+            ex = to_example(*encode_conversation(tokenizer, messages, completion_end), seq_len)
             if any(t != IGNORE_INDEX for t in ex.targets):
                 out.append(ex)
     if not out:
@@ -163,14 +184,39 @@ def _as_messages(value: Any, role: str) -> list[dict[str, Any]]:
     raise ValueError(f"expected a string or a list of messages, got {type(value).__name__}")
 
 
-def encode_preference(tokenizer: NeoTokenizer, row: dict[str, Any], seq_len: int) -> tuple[Example, Example]:
-    """(chosen, rejected) examples of a TRL row; targets only on the completion (reply + im_end)."""
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_preference(tokenizer: NeoTokenizer, row: dict[str, Any], seq_len: int,
+                      completion_end: CompletionEnd = "template") -> tuple[Example, Example]:
+    """(chosen, rejected) examples of a TRL preference row, tokenized as TRL's ``DPOTrainer`` does.
+
+    The prompt, all of its turns (an earlier assistant reply included), is context: its ids are
+    ``encode_chat(prompt, add_generation_prompt=True)``. The completion, the only targets, is what follows
+    them in ``encode_chat(prompt + chosen)`` (resp. rejected): ``reply<|im_end|>\\n`` in ChatML, or up to its
+    last ``<|im_end|>`` with ``completion_end="im_end"``. Where the two tokenize differently at the boundary,
+    the completion starts where they diverge, the shorter of chosen's and rejected's (TRL's
+    ``common_prefix_length``). A text prompt is one user message, a text completion one assistant message.
+    """
     prompt = _as_messages(row["prompt"], "user")
+    prompt_ids = tokenizer.encode_chat(prompt, add_generation_prompt=True)
+    full = [tokenizer.encode_chat(prompt + _as_messages(row[key], "assistant"), add_generation_prompt=False)
+            for key in ("chosen", "rejected")]
+    start = min(_common_prefix(prompt_ids, ids) for ids in full)
     out = []
-    for key in ("chosen", "rejected"):
-        completion = _as_messages(row[key], "assistant")
-        ids, train = encode_conversation(tokenizer, prompt + completion)
-        # TRL keeps the completion and cuts the prompt's start when too long
+    for ids in full:
+        end = len(ids)
+        if completion_end == "im_end" and tokenizer.im_end_id in ids[start:]:
+            end -= ids[::-1].index(tokenizer.im_end_id)
+        ids, train = ids[:end], [False] * start + [True] * (end - start)
+        # too long: keep the whole completion and cut the prompt's start (TRL 1.16's default, keep_start,
+        # cuts the completion's end instead and drops rows whose prompt alone fills max_length)
         ids, train = ids[-(seq_len + 1):], train[-(seq_len + 1):]
         out.append(to_example(ids, train, seq_len))
     return out[0], out[1]

@@ -117,12 +117,15 @@ def test_dpo_loss_through_a_model_matches_reference(base_model):
 # --- data -----------------------------------------------------------------------------------------------
 
 
-def test_masks_cover_exactly_the_assistant_replies(tokenizer_dir):
+@pytest.mark.parametrize("completion_end", ["template", "im_end"])
+def test_masks_cover_exactly_the_assistant_replies(tokenizer_dir, completion_end):
+    """Each assistant turn's reply and <|im_end|>, and with completion_end="template" (TRL's ChatML training
+    templates) the newline the template renders after it."""
     tok = NeoTokenizer.load(tokenizer_dir)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is apt?"},
                 {"role": "assistant", "content": "A package manager."}, {"role": "user", "content": "中文？"},
                 {"role": "assistant", "content": "软件包管理器。"}]
-    ids, train = encode_conversation(tok, messages)
+    ids, train = encode_conversation(tok, messages, completion_end)
     # the ids are the chat template's rendering of the whole conversation
     assert tok.decode(ids, skip_special=False).replace(" ", "") == tok.render_chat(messages, False).replace(" ", "")
     trained = [i for i, m in zip(ids, train, strict=True) if m]
@@ -133,10 +136,16 @@ def test_masks_cover_exactly_the_assistant_replies(tokenizer_dir):
         elif cur:
             spans.append(cur)
             cur = []
+    if cur:
+        spans.append(cur)
+    newline = tok.encode("\n")
+    if completion_end == "template":
+        assert all(s[-len(newline):] == newline for s in spans)
+        spans = [s[:-len(newline)] for s in spans]
     assert [tok.decode(s) for s in spans] == ["A package manager.", "软件包管理器。"]
     assert all(s[-1] == tok.im_end_id for s in spans)
     assert trained.count(tok.im_end_id) == 2 and sum(train) == len(trained)
-    # everything else (system, user, role headers, newline after im_end) is masked
+    # everything else (system, user, role headers, with "im_end" the newline after im_end) is masked
     untrained = [i for i, m in zip(ids, train, strict=True) if not m]
     assert untrained.count(tok.im_start_id) == 5 and untrained.count(tok.im_end_id) == 3
 

@@ -1,7 +1,8 @@
 """DPO recipe: sigmoid DPO on TRL-format preference rows against a frozen reference model.
 
 TRL JSONL (``neo prefs export``: ``prompt``, ``chosen``, ``rejected``, each text or messages) → chat
-template ids, targets only on the completion (``sft_data.encode_preference``) → policy log-probs of
+template ids as TRL's ``DPOTrainer`` makes them, targets only on the completion, the prompt's turns are
+context (``sft_data.encode_preference``; tests/services/trainer/test_trl_parity.py) → policy log-probs of
 chosen and rejected in one forward (``losses.sequence_logps``) → ``losses.dpo_loss`` against the
 reference log-probs, computed once up front (the reference is frozen, default: the starting model,
 i.e. the SFT checkpoint) → AdamW on the DeepSpeed engine (``engine.AlignEngine``; with several processes
@@ -85,7 +86,7 @@ def run_dpo(cfg: DPOConfig, threads: int = 0) -> Path:
     model, tokenizer, base = load_policy(cfg.base_model)
     if cfg.seq_len > model.config.max_seq_len:
         raise ValueError(f"seq_len: {cfg.seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
-    pairs = [encode_preference(tokenizer, row, cfg.seq_len) for row in rows]
+    pairs = [encode_preference(tokenizer, row, cfg.seq_len, cfg.completion_end) for row in rows]
     t = cfg.train
     per_rank = t.micro_batch_size
     if len(pairs) < per_rank * env.world_size:

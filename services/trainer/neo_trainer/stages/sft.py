@@ -97,7 +97,7 @@ def run_sft(cfg: SFTConfig, threads: int = 0) -> Path:
     model, tokenizer, base = load_policy(cfg.base_model)
     if cfg.seq_len > model.config.max_seq_len:
         raise ValueError(f"seq_len: {cfg.seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
-    phases = [(p, load_sft_examples(p.data, tokenizer, cfg.seq_len)) for p in cfg.phases]
+    phases = [(p, load_sft_examples(p.data, tokenizer, cfg.seq_len, cfg.completion_end)) for p in cfg.phases]
     policy = build_engine(model, CausalLM(model), cfg.train, cfg.distributed, env)
     total = sum(p.steps for p in cfg.phases)
     if env.is_main:
