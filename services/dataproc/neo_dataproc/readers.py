@@ -119,37 +119,59 @@ def expand_inputs(config: JobConfig) -> tuple[list[tuple[Path, InputSpec]], list
     return files, errors
 
 
+#: the longest line (one JSONL record, one text file) read into memory: a longer one is cut to this, reported as
+#: too long and skipped, so a one-line gzip bomb costs this much memory, not its decompressed size
+MAX_LINE_BYTES = 64 << 20
+
+
+def too_long(line: bytes) -> bool:
+    """A line ``iter_lines`` cut at ``MAX_LINE_BYTES`` (it has no newline at its end)."""
+    return len(line) >= MAX_LINE_BYTES and not line.endswith(b"\n")
+
+
 def _gzip_lines(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
     """Lines of a gzip file (multi-member too), every complete line before a break included."""
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    pending = b""
+    pending, skipping = b"", False  # skipping: the rest of a line already cut at MAX_LINE_BYTES
     with open(path, "rb") as f:
         while block := f.read(chunk):
             while block:
-                data = d.decompress(block)
-                block = b""
+                data = d.decompress(block, MAX_LINE_BYTES)
+                block = d.unconsumed_tail
                 if d.eof and d.unused_data:  # next member of a concatenated gzip
                     block = d.unused_data
                     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                if data:
-                    lines = (pending + data).split(b"\n")
-                    pending = lines.pop()
-                    for line in lines:
+                if not data:
+                    continue
+                lines = (pending + data).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if not skipping:
                         yield line + b"\n"
+                    skipping = False
+                if len(pending) >= MAX_LINE_BYTES:
+                    if not skipping:
+                        yield pending[:MAX_LINE_BYTES]
+                    pending, skipping = b"", True
     if not d.eof:
         raise EOFError("compressed file ended before the end-of-stream marker was reached")
-    if pending:
+    if pending and not skipping:
         yield pending
 
 
 def iter_lines(path: Path) -> Iterator[bytes]:
     """Raw lines of a possibly compressed file; a broken stream raises one of ``READ_ERRORS``
-    after the complete lines before the break."""
+    after the complete lines before the break. A line longer than ``MAX_LINE_BYTES`` comes as its first
+    ``MAX_LINE_BYTES`` without a newline (see ``too_long``); the rest of it is skipped unread into memory."""
     if path.name.lower().endswith(".gz"):
         yield from _gzip_lines(path)
         return
     with open_binary(path) as f:
-        yield from f
+        while line := f.readline(MAX_LINE_BYTES):
+            yield line
+            if too_long(line):
+                while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                    pass
 
 
 def count_documents(path: Path, fmt: str) -> tuple[int, str | None]:
@@ -292,6 +314,9 @@ class ShardReader:
                 lines.close()  # type: ignore[attr-defined]
 
     def _parse(self, raw: bytes, seg: Segment, path: Path, uid: int, lineno: int) -> tuple[Document | None, str | None]:
+        if too_long(raw):
+            self._error(seg.path, lineno + 1, f"line longer than {MAX_LINE_BYTES} bytes, skipped")
+            return None, "read_line_too_long"
         if not raw.strip():
             self._error(seg.path, lineno + 1, "empty line")
             return None, "read_empty_line"
@@ -326,7 +351,11 @@ class ShardReader:
         self.stats.add("seen")
         try:
             with open_binary(path) as f:
-                data = f.read()
+                data = f.read(MAX_LINE_BYTES + 1)
+            if len(data) > MAX_LINE_BYTES:
+                self._error(seg.path, None, f"larger than {MAX_LINE_BYTES} bytes (decompressed), skipped")
+                self.stats.drop("read_too_large")
+                return
             text = _decode(data)
         except READ_ERRORS as exc:
             self._error(seg.path, None, f"unreadable ({type(exc).__name__}: {exc})")

@@ -61,3 +61,24 @@ def test_legacy_encodings():
     assert _decode("café crème, déjà vu".encode("cp1252")) == "café crème, déjà vu"
     assert _decode("中文网页的内容".encode("gb18030")) == "中文网页的内容"
     assert _decode(b"plain") == "plain"
+
+
+def test_a_one_line_bomb_costs_the_line_cap_not_its_size(tmp_path, monkeypatch):
+    """A gzip of one huge line (or a huge text file) is cut at MAX_LINE_BYTES and reported, and the records
+    after it are read; memory never holds the whole line."""
+    from neo_dataproc import readers
+
+    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 1 << 20)
+    good = [json.dumps({"text": f"after {i}"}) + "\n" for i in range(3)]
+    bomb = b'{"text": "' + b"a" * (40 << 20) + b'"}\n'  # 40 MB in about 40 KB of gzip
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bomb.jsonl.gz").write_bytes(gzip.compress(bomb + "".join(good).encode()))
+    (tmp_path / "in" / "plain.jsonl").write_bytes(bomb + "".join(good).encode())
+    (tmp_path / "in" / "big.txt.gz").write_bytes(gzip.compress(b"word " * (1 << 20)))
+    config = parse_config({"name": "p", "inputs": [{"path": "in"}], "docs_per_shard": 100}, base_dir=tmp_path)
+    [shard] = plan_shards(config).shards
+    reader = ShardReader(shard)
+    assert [d.text for d in reader] == [f"after {i}" for i in range(3)] * 2
+    counts = reader.stats.to_dict()
+    assert counts["dropped_read_line_too_long"] == 2 and counts["dropped_read_too_large"] == 1
+    assert max(len(line) for line in iter_lines(tmp_path / "in" / "bomb.jsonl.gz")) == 1 << 20
