@@ -203,3 +203,82 @@ def load_hf(
         model.lm_head.weight = model.embed.weight
     model.rope = model.rope.__class__(config.head_dim, config.rope_theta).to(device)  # rebuild the buffer
     return model.to(dtype).eval()
+
+
+# --- reward models: ``LlamaForSequenceClassification`` with one label ------------------------------------
+SCORE_NAME = "score.weight"  # HF's scalar head: Linear(hidden_size, num_labels=1, bias=False)
+
+
+def export_reward_hf(
+    model: NeoModel, score: torch.Tensor, out_dir: str | Path, tokenizer: HFTokenizer | None = None,
+    meta: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32,
+) -> Path:
+    """A reward model (Neo backbone + scalar head ``score`` (1, d_model)) as an HF directory that
+    ``AutoModelForSequenceClassification`` loads as ``LlamaForSequenceClassification`` (num_labels=1): the
+    reward is the score of the last non-pad token. No ``lm_head`` and no ``neo.json`` (it is not a chat model:
+    ``load_hf`` refuses it); ``meta`` is written as ``reward_model.json`` (stage, base, metrics)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if tuple(score.shape) != (1, model.config.d_model):
+        raise ValueError(f"score head must be (1, {model.config.d_model}), got {tuple(score.shape)}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        state = {k: v for k, v in _hf_state_dict(model, dtype).items() if k != "lm_head.weight"}
+        state[SCORE_NAME] = score.detach().to("cpu", dtype).contiguous()
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        config = hf_config(model.config, tokenizer, dtype) | {
+            "architectures": ["LlamaForSequenceClassification"], "num_labels": 1,
+            "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}, "problem_type": "regression",
+            "tie_word_embeddings": False, "use_cache": False}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_hf(tmp, model_max_length=model.config.max_seq_len)
+        (tmp / "reward_model.json").write_text(json.dumps(meta or {}, indent=2, ensure_ascii=False) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported reward model %s", out_dir)
+    return out_dir
+
+
+def is_reward_hf(path: str | Path) -> bool:
+    """Whether ``path`` holds a sequence-classification (reward) checkpoint."""
+    config = Path(path) / "config.json"
+    return config.is_file() and "LlamaForSequenceClassification" in json.loads(config.read_text()).get(
+        "architectures", [])
+
+
+def load_reward_hf(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+) -> tuple[NeoModel, torch.Tensor]:
+    """(backbone, score head (1, d_model)) of a reward directory written by ``export_reward_hf`` (or any
+    one-label ``LlamaForSequenceClassification`` Neo supports). The backbone's ``lm_head`` is unused (zeros)."""
+    path = Path(path)
+    if not is_reward_hf(path):
+        raise ValueError(f"{path} is not a LlamaForSequenceClassification checkpoint")
+    hf = json.loads((path / "config.json").read_text())
+    if hf.get("num_labels", len(hf.get("id2label") or {0: 0})) != 1:
+        raise ValueError(f"{path}: a reward model has num_labels=1")
+    config = config_from_hf(hf | {"tie_word_embeddings": False}, name=path.name)
+    dtype = dtype or _DTYPES.get(hf.get("dtype") or hf.get("torch_dtype") or "float32", torch.float32)
+    tensors = load_file(str(path / WEIGHTS_FILE))
+    with torch.device("meta"):
+        model = NeoModel(config)
+    expected = {hf_name(n): (n, p.shape) for n, p in model.state_dict().items() if n != "lm_head.weight"}
+    expected[SCORE_NAME] = (SCORE_NAME, torch.Size([1, config.d_model]))
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path / WEIGHTS_FILE}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    for key, (_, shape) in expected.items():
+        if tensors[key].shape != shape:
+            raise ValueError(f"{path / WEIGHTS_FILE}: {key} has shape {tuple(tensors[key].shape)}, expected {tuple(shape)}")
+    score = tensors.pop(SCORE_NAME)
+    state = {neo: tensors[key] for key, (neo, _) in expected.items() if key != SCORE_NAME}
+    model = model.to_empty(device=device)
+    state["lm_head.weight"] = torch.zeros(model.lm_head.weight.shape, dtype=score.dtype)
+    model.load_state_dict(state)
+    model.rope = model.rope.__class__(config.head_dim, config.rope_theta).to(device)  # rebuild the buffer
+    return model.to(device, dtype).eval(), score.to(device, dtype)

@@ -8,6 +8,7 @@
     neo train sft sft.yaml             # two-phase SFT (instruction → chat), assistant-only loss
     neo train sft-data OUT             # the bilingual demo SFT set from the parallel Debian manual
     neo train dpo dpo.yaml             # sigmoid DPO on TRL preference JSONL
+    neo train rm rm.yaml               # Bradley-Terry reward model on TRL preference JSONL
     neo train align round --model-name neo-chat --from-redis   # one iterative-DPO round
     neo scaling fit RUN_DIR...         # also `neo train scaling fit`
 """
@@ -174,11 +175,11 @@ NprocOption = Annotated[int, typer.Option(help="local processes (torchrun), each
 
 
 def _run_stage(kind: str, config: Path, overrides: list[str], nproc: int = 1) -> None:
-    from neo_trainer.config import ConfigError, DPOConfig, SFTConfig, load_stage_config
+    from neo_trainer.config import ConfigError, DPOConfig, RewardConfig, SFTConfig, load_stage_config
     from neo_trainer.settings import TrainerSettings
 
     try:
-        cfg = load_stage_config(SFTConfig if kind == "sft" else DPOConfig, config, overrides)
+        cfg = load_stage_config({"sft": SFTConfig, "dpo": DPOConfig, "rm": RewardConfig}[kind], config, overrides)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     if nproc > 1:
@@ -191,12 +192,19 @@ def _run_stage(kind: str, config: Path, overrides: list[str], nproc: int = 1) ->
     try:
         if kind == "sft":
             from neo_trainer.stages.sft import run_sft as run
+        elif kind == "rm":
+            from neo_trainer.stages.rm import run_rm as run
         else:
             from neo_trainer.stages.dpo import run_dpo as run
         path = run(cfg, threads=TrainerSettings().threads)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"exported {path}")
+    if kind == "rm":
+        found = json.loads((cfg.run_dir / "rm_eval.json").read_text())
+        if found.get("eval/pairs"):
+            typer.echo(f"held-out accuracy {found['eval/accuracy']:.3f} on {int(found['eval/pairs'])} pairs "
+                       f"(before training {found['eval_before/accuracy']:.3f}), loss {found['eval/loss']:.4f}")
 
 
 @app.command("sft")
@@ -211,6 +219,14 @@ def dpo(config: Annotated[Path, typer.Argument(help="DPO config (YAML/JSON): bas
         set_: SetOption = None, nproc: NprocOption = 1) -> None:
     """Sigmoid DPO on TRL preference JSONL against a frozen reference (default: base_model)."""
     _run_stage("dpo", config, list(set_ or []), nproc)
+
+
+@app.command("rm")
+def rm(config: Annotated[Path, typer.Argument(help="reward-model config (YAML/JSON): base_model, data.preferences")],
+       set_: SetOption = None, nproc: NprocOption = 1) -> None:
+    """Bradley-Terry reward model (backbone + scalar head) on TRL preference JSONL; held-out accuracy in
+    <run_dir>/rm_eval.json; exports a LlamaForSequenceClassification (num_labels=1) HF directory."""
+    _run_stage("rm", config, list(set_ or []), nproc)
 
 
 @app.command("sft-data")

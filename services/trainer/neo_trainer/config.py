@@ -311,3 +311,41 @@ def load_stage_config(cls: type[Section], source: Path | dict[str, Any], overrid
         return cls.model_validate(apply_overrides(raw, overrides or []))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+
+
+class RewardDataSection(Section):
+    preferences: list[Path] = Field(min_length=1, description="TRL preference JSONL (neo prefs export)")
+    eval_preferences: list[Path] = Field(default_factory=list,
+                                         description="held-out pairs (default: eval_fraction of preferences)")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of the pairs held out (seeded) when no "
+                                                               "eval_preferences are given")
+
+
+class RewardTrainSection(AlignTrainSection):
+    lr: float = Field(1e-4, gt=0)
+    steps: int | None = Field(None, gt=0, description="optimizer steps (default: epochs over the pairs)")
+    epochs: int = Field(1, gt=0)
+    center_rewards_coefficient: float | None = Field(
+        None, ge=0, description="TRL's: adds c·mean((r_c + r_r)²), keeping rewards centred on 0")
+
+
+class RewardConfig(Section):
+    """A Bradley-Terry reward model (backbone + scalar head) on TRL preference pairs (``neo train rm``)."""
+
+    name: str = "rm"
+    stage: Literal["rm"] = "rm"
+    run_dir: Path = Path(".neo/runs/rm")
+    base_model: Path = Field(description="HF directory to start from: a chat model (a new head) or a reward model")
+    seq_len: int = Field(512, gt=0, description="tokens per scored conversation (longer ones lose their start)")
+    data: RewardDataSection
+    train: RewardTrainSection = Field(default_factory=RewardTrainSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(tensorboard=False, log_every=1))
+
+    @property
+    def export_dir(self) -> Path:
+        return self.checkpoint.export_dir or self.run_dir / "hf"
+
+    def dump(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())

@@ -1,4 +1,4 @@
-"""Training losses: next-token cross-entropy (pretraining, SFT) and sigmoid DPO.
+"""Training losses: next-token cross-entropy (pretraining, SFT), sigmoid DPO, the Bradley-Terry reward loss.
 
 ``linear_cross_entropy`` is the one the trainer uses for pretraining and SFT: it fuses the LM head
 with the loss and walks the rows in chunks, so the (tokens × vocab) logits never exist at once and
@@ -135,3 +135,17 @@ def dpo_loss(
     rejected = beta * (policy_rejected_logps - ref_rejected_logps).detach()
     return {"loss": loss, "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
             "rewards/accuracies": (chosen > rejected).float().mean(), "rewards/margins": (chosen - rejected).mean()}
+
+
+def reward_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
+                center_coefficient: float | None = None) -> dict[str, torch.Tensor]:
+    """Bradley-Terry reward-model loss (TRL's ``RewardTrainer``): mean(-logsigmoid(r_c − r_r [− margin])), plus
+    ``center_coefficient · mean((r_c + r_r)²)`` when given. Returns ``loss`` and TRL's logged ``accuracy``,
+    ``margin`` and the mean ``rewards/chosen`` / ``rewards/rejected`` (detached)."""
+    diff = chosen - rejected
+    loss = -F.logsigmoid(diff - margin if margin is not None else diff).mean()
+    if center_coefficient is not None:
+        loss = loss + center_coefficient * torch.mean((chosen + rejected) ** 2)
+    diff = diff.detach()
+    return {"loss": loss, "accuracy": (diff > 0).float().mean(), "margin": diff.mean(),
+            "rewards/chosen": chosen.detach().mean(), "rewards/rejected": rejected.detach().mean()}
