@@ -38,9 +38,12 @@ import zstandard
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Profiles: config overrides on top of the defaults (MAP-Neo's Matrix profile is not built yet).
+# Profiles: the job config's ``profile`` (neo_dataproc.config.PROFILES): Neo's default rules, or
+# MAP-Neo's Matrix settings (English rule set, 13-character MinHash 9 × 13, paragraph dedup,
+# Chinese similar-line dedup, sensitive-word lines removed).
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
+    "matrix": {"profile": "matrix"},
 }
 
 

@@ -7,8 +7,11 @@ Phases, each a list of units (an executor runs a phase's units in any order, any
    MinHash signatures.
 2. ``dedup_bands`` (one unit per group of LSH bands): candidate edges from all signatures.
 3. ``dedup_cluster`` (one unit): exact + fuzzy edges → clusters → the removed documents.
-4. ``tokenize`` (one unit per shard): survivors → clean JSONL (+ token files per source).
-5. ``finalize`` (one unit): per-source fixed-size shards, ``manifest.json`` and ``report.json``.
+4. ``dedup_paragraphs`` (one unit per hash partition; only with ``paragraph_dedup``): the first
+   occurrence of every line among the documents kept so far, from the line hashes pass 1 wrote;
+   later occurrences are listed for removal (MAP-Neo Matrix's paragraph dedup).
+5. ``tokenize`` (one unit per shard): survivors, their repeated lines removed → clean JSONL (+ token files per source).
+6. ``finalize`` (one unit): per-source fixed-size shards, ``manifest.json`` and ``report.json``.
 
 Every unit writes its outputs to temporary names and renames them, and writes its stats file
 last: the stats file is the done marker. A unit whose marker exists returns at once, so a
@@ -39,12 +42,19 @@ from neo_dataproc.steps.dedup import MinHasher, band_edges, connected_components
 from neo_dataproc.steps.en_quality import C4Filter, GopherQualityFilter, GopherRepetitionFilter
 from neo_dataproc.steps.extract import ExtractStep
 from neo_dataproc.steps.langid import LangIdFilter
+from neo_dataproc.steps.matrix import (
+    MatrixEnglishFilter,
+    SensitiveWordsFilter,
+    ZhSimilarLineDedup,
+    drop_paragraphs,
+    paragraph_hashes,
+)
 from neo_dataproc.steps.pii import PiiStep, UrlBlocklistFilter
 from neo_dataproc.steps.zh_quality import OpenCCStep, ZhQualityFilter
 
 log = logging.getLogger(__name__)
 
-PHASES = ("clean", "dedup_bands", "dedup_cluster", "tokenize", "finalize")
+PHASES = ("clean", "dedup_bands", "dedup_cluster", "dedup_paragraphs", "tokenize", "finalize")
 LiveCallback = Callable[[str, int, dict[str, Any]], None]  # (phase, unit, partial stats)
 LIVE_EVERY_S = 1.0
 
@@ -56,20 +66,30 @@ def build_steps(config: JobConfig) -> list[Step]:
         plan.append(("extract", lambda: ExtractStep(**config.extract)))  # type: ignore[arg-type]
     if config.langid is not None:
         plan.append(("langid", lambda: LangIdFilter(**config.langid.model_dump())))  # type: ignore[union-attr]
-    if config.url_blocklist is not None and (config.url_blocklist.domains or config.url_blocklist.files):
-        files = [str(config.resolve(f)) for f in config.url_blocklist.files]
-        plan.append(("url_blocklist", lambda: UrlBlocklistFilter(config.url_blocklist.domains, files)))  # type: ignore[union-attr]
+    ub = config.url_blocklist
+    if ub is not None and (ub.domains or ub.files or ub.words):
+        files = [str(config.resolve(f)) for f in ub.files]
+        plan.append(("url_blocklist", lambda: UrlBlocklistFilter(ub.domains, files, ub.words)))  # type: ignore[union-attr]
     zh, en = config.zh_quality, config.en_quality
     if zh is not None and zh.opencc:
         plan.append(("zh_quality.opencc", lambda: OpenCCStep(zh.opencc)))  # type: ignore[arg-type]
+    sw = config.sensitive_words
+    if sw is not None:
+        def make_sensitive() -> Step:
+            kw = sw.model_dump()  # type: ignore[union-attr]
+            kw["files"] = {lang: [str(config.resolve(f)) for f in fs] for lang, fs in kw["files"].items()}
+            return SensitiveWordsFilter(**kw)
+        plan.append(("sensitive_words", make_sensitive))
     if en is not None:
         for key, cls in (("gopher_repetition", GopherRepetitionFilter), ("gopher_quality", GopherQualityFilter),
-                         ("c4", C4Filter)):
+                         ("c4", C4Filter), ("matrix", MatrixEnglishFilter)):
             kwargs = getattr(en, key)
             if kwargs is not None:
                 plan.append((f"en_quality.{key}", lambda cls=cls, kwargs=kwargs: cls(**kwargs)))
     if zh is not None and zh.matrix is not None:
         plan.append(("zh_quality.matrix", lambda: ZhQualityFilter(**zh.matrix)))  # type: ignore[arg-type]
+    if zh is not None and zh.similar_lines is not None:
+        plan.append(("zh_quality.similar_lines", lambda: ZhSimilarLineDedup(**zh.similar_lines)))  # type: ignore[arg-type]
     if config.code_quality is not None:
         plan.append(("code_quality", lambda: CodeQualityFilter(**config.code_quality)))  # type: ignore[arg-type]
     if config.pii is not None:
@@ -103,6 +123,12 @@ class JobDir:
 
     def signatures(self, shard: int) -> Path:
         return self.root / "clean" / f"{shard:05d}.sig.npz"
+
+    def lines(self, shard: int) -> Path:
+        return self.root / "clean" / f"{shard:05d}.lines.npz"
+
+    def paragraph_drops(self, unit: int) -> Path:
+        return self.root / "dedup_paragraphs" / f"{unit:05d}.drop.npz"
 
     def edges(self, group: int) -> Path:
         return self.root / "dedup_bands" / f"{group:05d}.edges.npy"
@@ -148,6 +174,8 @@ def units_of(phase: str, config: JobConfig, plan: Plan) -> list[int]:
         if config.dedup is None or not config.dedup.fuzzy:
             return []
         return list(range(-(-config.dedup.num_bands // config.dedup.bands_per_task)))
+    if phase == "dedup_paragraphs":
+        return list(range(config.paragraph_dedup.partitions)) if config.paragraph_dedup is not None else []
     return [0]
 
 
@@ -169,7 +197,7 @@ def run_unit(job_dir: Path, phase: str, unit: int, live: LiveCallback | None = N
     config, plan = load_job(job_dir)
     t0 = time.time()
     runners = {"clean": _clean, "dedup_bands": _dedup_bands, "dedup_cluster": _dedup_cluster,
-               "tokenize": _tokenize, "finalize": _finalize}
+               "dedup_paragraphs": _dedup_paragraphs, "tokenize": _tokenize, "finalize": _finalize}
     if phase not in runners:
         raise ValueError(f"unknown phase {phase!r}: expected one of {PHASES}")
     stats = runners[phase](jd, config, plan, unit, live)
@@ -183,7 +211,11 @@ def _clean(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveCall
     reader = ShardReader(plan.shards[shard], config.max_errors_per_file)
     steps = build_steps(config)
     dd = config.dedup
-    hasher = MinHasher(dd.num_bands, dd.rows_per_band, dd.en_ngram, dd.zh_ngram, dd.seed) if dd and dd.fuzzy else None
+    hasher = (MinHasher(dd.num_bands, dd.rows_per_band, dd.en_ngram, dd.zh_ngram, dd.seed, en_shingle=dd.en_shingle)
+              if dd and dd.fuzzy else None)
+    pd = config.paragraph_dedup
+    pd_langs = frozenset(pd.langs) if pd is not None else frozenset()
+    line_rows: list[tuple[int, int, int]] = []  # (uid, line index, hash) for paragraph dedup
     kept: list[Document] = []
     sigs: list[np.ndarray] = []
     hashes: list[int] = []
@@ -200,6 +232,8 @@ def _clean(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveCall
                 break
         else:
             kept.append(doc)
+            if pd is not None and doc.lang in pd_langs:
+                line_rows += [(doc.uid, i, h) for i, h in paragraph_hashes(doc.text, pd.min_line_chars)]
             if dd is not None:
                 hashes.append(exact_hash(doc.text))
                 if hasher is not None:
@@ -219,6 +253,11 @@ def _clean(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveCall
                  exact=np.array(hashes, dtype=np.uint64),
                  sigs=np.stack(sigs) if sigs else np.zeros((0, num_perm), dtype=np.uint32))
         atomic_write_bytes(jd.signatures(shard), buf.getvalue())
+    if pd is not None:
+        rows = np.array(line_rows, dtype=np.uint64).reshape(-1, 3)
+        buf = io.BytesIO()
+        np.savez(buf, uids=rows[:, 0].astype(np.int64), lines=rows[:, 1].astype(np.int64), hashes=rows[:, 2])
+        atomic_write_bytes(jd.lines(shard), buf.getvalue())
     return snapshot()
 
 
@@ -276,6 +315,78 @@ def _dedup_cluster(jd: JobDir, config: JobConfig, plan: Plan, unit: int, live: L
     return {"steps": {"dedup": counts}}
 
 
+def _dedup_paragraphs(jd: JobDir, config: JobConfig, plan: Plan, unit: int, live: LiveCallback | None) -> dict[str, Any]:
+    """Partition ``unit`` of the line hashes: every line after its hash's first occurrence (smallest
+    (uid, line)) among the documents the document dedup kept is listed for removal."""
+    pd = config.paragraph_dedup
+    assert pd is not None
+    parts = {"uids": [], "lines": [], "hashes": []}
+    for s in plan.shards:
+        with np.load(jd.lines(s.shard)) as z:
+            mine = (z["hashes"] % np.uint64(pd.partitions)) == np.uint64(unit)
+            for key in parts:
+                parts[key].append(z[key][mine])
+    uids, lines, hashes = (np.concatenate(parts[k]) if parts[k] else np.zeros(0, dtype=np.int64)
+                           for k in ("uids", "lines", "hashes"))
+    if config.dedup is not None and len(uids):
+        alive = ~np.isin(uids, _removed_uids(str(jd.removed()), jd.removed().stat().st_mtime))
+        uids, lines, hashes = uids[alive], lines[alive], hashes[alive]
+    order = np.lexsort((lines, uids, hashes))  # by hash, then input order
+    sorted_h = hashes[order]
+    later = order[np.r_[False, sorted_h[1:] == sorted_h[:-1]]] if len(order) else order
+    buf = io.BytesIO()
+    np.savez(buf, uids=uids[later], lines=lines[later])
+    atomic_write_bytes(jd.paragraph_drops(unit), buf.getvalue())
+    return {"lines": int(len(uids)), "duplicate_lines": int(len(later))}
+
+
+@lru_cache(maxsize=4)
+def _paragraph_drops(root: str, units: tuple[int, ...], mtimes: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    jd = JobDir(Path(root))
+    uids, lines = [], []
+    for u in units:
+        with np.load(jd.paragraph_drops(u)) as z:
+            uids.append(z["uids"])
+            lines.append(z["lines"])
+    if not uids:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(uids), np.concatenate(lines)
+
+
+def _strip_paragraphs(jd: JobDir, config: JobConfig, plan: Plan, shard: int,
+                      docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Remove the lines ``dedup_paragraphs`` listed from this shard's documents; drop documents left
+    under ``min_doc_chars`` (Matrix: 20)."""
+    pd = config.paragraph_dedup
+    assert pd is not None
+    t0 = time.perf_counter()
+    units = tuple(units_of("dedup_paragraphs", config, plan))
+    uids, lines = _paragraph_drops(str(jd.root), units, tuple(jd.paragraph_drops(u).stat().st_mtime for u in units))
+    mine = (uids >> 32) == shard
+    by_uid: dict[int, set[int]] = {}
+    for uid, line in zip(uids[mine].tolist(), lines[mine].tolist(), strict=True):
+        by_uid.setdefault(uid, set()).add(line)
+    out = []
+    counts: dict[str, Any] = {"seen": len(docs), "kept": 0, "dropped": 0}
+    removed_lines = changed = 0
+    for d in docs:
+        gone = by_uid.get(d["uid"])
+        if gone:
+            d["text"] = drop_paragraphs(d["text"], gone)
+            removed_lines += len(gone)
+            changed += 1
+            if len(d["text"].strip()) < pd.min_doc_chars:
+                counts["dropped"] += 1
+                counts["dropped_paragraph_dedup_short"] = counts.get("dropped_paragraph_dedup_short", 0) + 1
+                continue
+        out.append(d)
+    counts["kept"] = len(out)
+    counts["lines_removed"] = removed_lines
+    counts["documents_changed"] = changed
+    counts["time_s"] = round(time.perf_counter() - t0, 4)
+    return out, counts
+
+
 # --- pass 2: tokenize -------------------------------------------------------------------------------
 @lru_cache(maxsize=2)
 def _tokenizer(path: str) -> Any:
@@ -296,6 +407,9 @@ def _tokenize(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveC
         removed = _removed_uids(str(jd.removed()), jd.removed().stat().st_mtime)
         gone = np.isin(np.array([d["uid"] for d in docs], dtype=np.int64), removed)
         docs = [d for d, g in zip(docs, gone, strict=True) if not g]
+    step_stats: dict[str, Any] = {}
+    if config.paragraph_dedup is not None:
+        docs, step_stats["paragraph_dedup"] = _strip_paragraphs(jd, config, plan, shard, docs)
     atomic_write_bytes(jd.final_docs(shard), _zstd_jsonl(docs))
     sources: dict[str, dict[str, int]] = {}
     for d in docs:
@@ -316,8 +430,8 @@ def _tokenize(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveC
         elapsed = time.perf_counter() - t0
         counts = {"seen": len(docs), "kept": len(docs), "dropped": 0, "tokens": sum(s["tokens"] for s in sources.values()),
                   "time_s": round(elapsed, 4)}
-        return {"steps": {"tokenize": counts}, "sources": sources}
-    return {"steps": {}, "sources": sources}
+        return {"steps": {**step_stats, "tokenize": counts}, "sources": sources}
+    return {"steps": step_stats, "sources": sources}
 
 
 # --- finalize ---------------------------------------------------------------------------------------

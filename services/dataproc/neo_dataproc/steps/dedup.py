@@ -88,21 +88,28 @@ class MinHasher:
     """MinHash signatures with ``num_bands × rows_per_band`` 32-bit multiply-shift hash functions."""
 
     def __init__(self, num_bands: int = 20, rows_per_band: int = 10, en_ngram: int = 5, zh_ngram: int = 5,
-                 seed: int = 1) -> None:
+                 seed: int = 1, en_shingle: str = "word") -> None:
         if num_bands < 1 or rows_per_band < 1 or en_ngram < 1 or zh_ngram < 1:
             raise ValueError("num_bands, rows_per_band, en_ngram and zh_ngram must be ≥ 1")
         self.num_bands, self.rows_per_band = num_bands, rows_per_band
         self.num_perm = num_bands * rows_per_band
         self.en_ngram, self.zh_ngram = en_ngram, zh_ngram
+        if en_shingle not in ("word", "char"):
+            raise ValueError(f"en_shingle must be 'word' or 'char', got {en_shingle!r}")
+        self.en_shingle = en_shingle  # char: Matrix's minhashLsh.py ngrams(text, width) over the normalized text
         rng = np.random.default_rng(seed)
         self._a = rng.integers(1, 2**63, size=self.num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
         self._b = rng.integers(0, 2**63, size=self.num_perm, dtype=np.uint64)
         self._buf = np.empty((_CHUNK, self.num_perm), dtype=np.uint64)
 
     def shingles(self, text: str, lang: str) -> np.ndarray:
-        """Distinct 64-bit shingle ids: character n-grams for Chinese, word n-grams otherwise."""
+        """Distinct 64-bit shingle ids: character n-grams for Chinese, word n-grams otherwise (character
+        n-grams of the normalized text, spaces included, with ``en_shingle="char"``)."""
         norm = shingle_text(text, lang)
-        if lang == "zh":
+        if lang != "zh" and self.en_shingle == "char":
+            units = np.frombuffer(norm.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+            grams = _rolling(units, self.en_ngram)
+        elif lang == "zh":
             chars = norm.replace(" ", "")
             units = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
             grams = _rolling(units, self.zh_ngram)

@@ -118,12 +118,15 @@ def _normalize_entry(entry: str) -> str:
 class UrlBlocklistFilter(Filter):
     """Drop documents whose URL is on a blocklist (``url_blocklisted``). An entry is a domain
     (``example.com`` also blocks its subdomains) or a URL prefix (``example.com/ads``), as the
-    UT1 lists MAP-Neo's Matrix pipeline uses; ``files`` hold one entry per line, ``#`` comments."""
+    UT1 lists MAP-Neo's Matrix pipeline uses; ``files`` hold one entry per line, ``#`` comments.
+    ``words`` block a URL containing any of them (``url_blocked_word``), as Matrix's
+    ``bad_url_words.py`` ``STRICT_BAD_URL_WORDS``."""
 
     name = "url_blocklist"
     family = "url"
 
-    def __init__(self, domains: list[str] | tuple[str, ...] = (), files: list[str] | tuple[str, ...] = ()) -> None:
+    def __init__(self, domains: list[str] | tuple[str, ...] = (), files: list[str] | tuple[str, ...] = (),
+                 words: list[str] | tuple[str, ...] = ()) -> None:
         super().__init__()
         entries = [_normalize_entry(d) for d in domains]
         for f in files:
@@ -134,10 +137,15 @@ class UrlBlocklistFilter(Filter):
                         if ln.strip() and not ln.lstrip().startswith("#")]
         self.domains = frozenset(e for e in entries if "/" not in e)
         self.prefixes = tuple(sorted(e for e in entries if "/" in e))
+        self.words = tuple(sorted({w.strip().lower() for w in words if w.strip()}))
 
     def filter(self, doc: Document) -> FilterResult:
-        if not doc.url or not (self.domains or self.prefixes):
+        if not doc.url or not (self.domains or self.prefixes or self.words):
             return True
+        if self.words:
+            low = doc.url.lower()
+            if any(w in low for w in self.words):
+                return False, "url_blocked_word"
         parts = urlsplit(doc.url if "//" in doc.url else f"//{doc.url}")
         host = (parts.hostname or "").removeprefix("www.")
         labels = host.split(".")
