@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from neo.shards import DEFAULT_TOKENS_PER_SHARD
 
-InputFormat = Literal["auto", "jsonl", "html", "text", "code", "warc", "parquet", "hf_dataset"]
+InputFormat = Literal["auto", "jsonl", "html", "text", "code", "warc", "parquet", "arrow"]
 ProfileName = Literal["default", "matrix"]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -45,7 +45,7 @@ class _Section(BaseModel):
 class InputSpec(_Section):
     path: str = Field(description="a file, a directory (read recursively) or a glob; relative to the config file")
     source: str | None = Field(default=None, description="source name (default: the record's 'source', else the file stem)")
-    format: InputFormat = Field(default="auto", description="auto: from the extension (.jsonl, .html, .py …)")
+    format: InputFormat = Field(default="auto", description="auto: from the extension (.jsonl, .html, .py, .parquet, .arrow, .warc[.gz] …)")
 
 
 class LangIdSection(_Section):

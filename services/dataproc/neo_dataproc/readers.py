@@ -5,6 +5,12 @@ lines with a ``text`` (or ``html``) field, one document each; ``.html``/``.htm``
 extensions a code file; anything else one plain-text document. A JSONL file is split into line
 ranges, single-document files are grouped, ``docs_per_shard`` documents per shard.
 
+Record formats read like JSONL (one document per record, the same fields): ``.parquet`` (pyarrow,
+row ranges), ``.arrow`` (Arrow IPC streams: the files of a Hugging Face ``datasets``
+``save_to_disk`` directory, whose ``state.json``/``dataset_info.json`` are skipped) and
+``.warc``/``.warc.gz`` (warcio: ``response`` records with an HTML or text payload, and WET
+``conversion`` records; the URL is ``WARC-Target-URI``, the id ``WARC-Record-ID``).
+
 Planning counts each JSONL file's lines with the same reader the shards use, so a broken
 compressed stream is cut at the same line in both; such a file, a binary or an empty file is an
 error in the plan (reported, the job goes on). Inside a shard, an invalid JSON line or a record
@@ -39,6 +45,8 @@ CODE_EXT = {".py", ".js", ".ts", ".tsx", ".jsx", ".go", ".rs", ".c", ".h", ".cc"
             ".m", ".jl", ".hs", ".ml", ".ex", ".exs", ".erl", ".clj", ".dart", ".zig", ".f90", ".toml"}
 READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)  # gzip.BadGzipFile is an OSError
 BINARY_PROBE = 8192
+RECORD_FORMATS = {"parquet", "arrow", "warc"}  # several documents a file, read by record index
+HF_DATASET_META = {"state.json", "dataset_info.json", "dataset_dict.json"}
 
 
 @dataclass
@@ -82,6 +90,10 @@ def file_format(path: Path, fmt: str = "auto") -> str:
     if suffixes and suffixes[-1] in (".gz", ".zst"):
         suffixes = suffixes[:-1]
     ext = suffixes[-1] if suffixes else ""
+    if ext == ".warc":
+        return "warc"
+    if ext in (".parquet", ".arrow"):
+        return ext[1:]
     if ext in JSONL_EXT:
         return "jsonl"
     if ext in HTML_EXT:
@@ -106,7 +118,9 @@ def expand_inputs(config: JobConfig) -> tuple[list[tuple[Path, InputSpec]], list
     for spec in config.inputs:
         root = config.resolve(spec.path)
         if root.is_dir():
-            matches = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+            matches = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                             and not (p.name in HF_DATASET_META and (p.parent / "state.json").exists()
+                                      or p.name == "dataset_dict.json"))
         else:
             matches = sorted(Path(p) for p in glob.glob(str(root), recursive=True) if Path(p).is_file())
         if not matches:
@@ -174,8 +188,90 @@ def iter_lines(path: Path) -> Iterator[bytes]:
                     pass
 
 
+def _warc_document(record: Any) -> dict[str, Any] | None:
+    """A WARC record as a JSONL-like record, or None for records that are not documents."""
+    rtype = record.rec_type
+    if rtype not in ("response", "conversion", "resource"):
+        return None
+    ctype = ""
+    if rtype == "response":
+        if record.http_headers is None or not (record.http_headers.get_statuscode() or "").startswith("2"):
+            return None
+        ctype = (record.http_headers.get_header("Content-Type") or "").lower()
+    else:
+        ctype = (record.rec_headers.get_header("Content-Type") or "text/plain").lower()
+    if not ctype.startswith(("text/", "application/xhtml")):
+        return None
+    data = record.content_stream().read(MAX_LINE_BYTES + 1)
+    if len(data) > MAX_LINE_BYTES:
+        return {"_error": f"WARC record larger than {MAX_LINE_BYTES} bytes, skipped"}
+    text = _decode(data)
+    rec: dict[str, Any] = {"html" if "html" in ctype else "text": text}
+    if uri := record.rec_headers.get_header("WARC-Target-URI"):
+        rec["url"] = uri
+    if rid := record.rec_headers.get_header("WARC-Record-ID"):
+        rec["id"] = rid
+    return rec
+
+
+def iter_records(path: Path, fmt: str, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+    """Records ``start``..``stop`` of a Parquet, Arrow (HF ``save_to_disk``) or WARC file, as dicts."""
+    if fmt == "warc":
+        from warcio.archiveiterator import ArchiveIterator
+
+        i = 0
+        with open(path, "rb") as f:
+            for record in ArchiveIterator(f):
+                if stop is not None and i >= stop:
+                    return
+                if i < start:  # still skipping: only the record's type decides whether it counts
+                    if record.rec_type in ("response", "conversion", "resource") and _warc_document(record) is not None:
+                        i += 1
+                    continue
+                rec = _warc_document(record)
+                if rec is not None:
+                    i += 1
+                    yield rec
+        return
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+    else:
+        import pyarrow as pa
+
+        batches = iter(pa.ipc.open_stream(pa.memory_map(str(path))))
+    offset = 0
+    for batch in batches:
+        n = batch.num_rows
+        if stop is not None and offset >= stop:
+            return
+        if offset + n > start:
+            lo, hi = max(0, start - offset), n if stop is None else min(n, stop - offset)
+            yield from batch.slice(lo, hi - lo).to_pylist()
+        offset += n
+
+
+def count_records(path: Path, fmt: str) -> int:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if fmt == "arrow":
+        import pyarrow as pa
+
+        return sum(b.num_rows for b in pa.ipc.open_stream(pa.memory_map(str(path))))
+    return sum(1 for _ in iter_records(path, fmt))
+
+
 def count_documents(path: Path, fmt: str) -> tuple[int, str | None]:
     """(documents, error or None) of one file, as the shard reader will see it."""
+    if fmt in RECORD_FORMATS:
+        try:
+            n = count_records(path, fmt)
+        except Exception as exc:  # noqa: BLE001 (pyarrow / warcio raise their own types on a broken file)
+            return 0, f"unreadable {fmt} file ({type(exc).__name__}: {exc})"
+        return (n, None) if n else (0, f"no documents in this {fmt} file")
     n, head, error = 0, b"", None
     try:
         for n, line in enumerate(iter_lines(path), 1):  # noqa: B007 (n is the count)
@@ -278,6 +374,10 @@ class ShardReader:
         index = 0
         for seg in self.plan.segments:
             path = Path(seg.path)
+            if seg.fmt in RECORD_FORMATS:
+                yield from self._records(seg, path, index)
+                index += seg.stop - seg.start
+                continue
             if seg.fmt != "jsonl":
                 yield from self._single(seg, path, index)
                 index += 1
@@ -328,6 +428,35 @@ class ShardReader:
         if not isinstance(record, dict):
             self._error(seg.path, lineno + 1, "not a JSON object")
             return None, "read_invalid_json"
+        return self._from_record(record, seg, path, uid, lineno)
+
+    def _records(self, seg: Segment, path: Path, index: int) -> Iterator[Document]:
+        """A Parquet / Arrow / WARC segment; an unreadable rest is one error, its records counted as dropped."""
+        done = 0
+        try:
+            for i, record in enumerate(iter_records(path, seg.fmt, seg.start, seg.stop)):
+                done += 1
+                self.stats.add("seen")
+                uid = make_uid(self.plan.shard, index + i)
+                if "_error" in record:
+                    self._error(seg.path, seg.start + i + 1, record["_error"])
+                    self.stats.drop("read_too_large")
+                    continue
+                doc, error = self._from_record(record, seg, path, uid, seg.start + i)
+                if doc is not None:
+                    self.stats.add("kept")
+                    yield doc
+                else:
+                    self.stats.drop(error or "read_error")
+        except Exception as exc:  # noqa: BLE001 (pyarrow / warcio errors on a file that changed since planning)
+            self._error(seg.path, None, f"read failed ({type(exc).__name__}: {exc})")
+        missing = seg.stop - seg.start - done
+        if missing > 0:
+            self.stats.add("seen", missing)
+            self.stats.drop("read_error", missing)
+
+    def _from_record(self, record: dict[str, Any], seg: Segment, path: Path, uid: int,
+                     lineno: int) -> tuple[Document | None, str | None]:
         kind = "text"
         text = record.get("text")
         if not isinstance(text, str) and isinstance(record.get("html"), str):
@@ -337,9 +466,10 @@ class ShardReader:
             return None, "read_no_text"
         if record.get("lang") == "code" or record.get("type") == "code":
             kind = "code"
-        meta = {"path": path.name, "line": lineno + 1}
-        if "id" in record:
-            meta["id"] = record["id"]
+        meta: dict[str, Any] = {"path": path.name, ("line" if seg.fmt == "jsonl" else "record"): lineno + 1}
+        if "id" in record and record["id"] is not None:
+            rid = record["id"]
+            meta["id"] = rid if isinstance(rid, str | int | float) else str(rid)  # Parquet ids may be bytes, dates …
         if isinstance(record.get("meta"), dict):
             meta["meta"] = record["meta"]
         url = record.get("url") if isinstance(record.get("url"), str) else None
