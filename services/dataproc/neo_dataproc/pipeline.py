@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 PHASES = ("clean", "dedup_bands", "dedup_cluster", "dedup_paragraphs", "tokenize", "finalize")
 LiveCallback = Callable[[str, int, dict[str, Any]], None]  # (phase, unit, partial stats)
 LIVE_EVERY_S = 1.0
+EXAMPLES_PER_REASON = 3  # dropped documents kept per drop reason and shard (report.json "examples")
+EXAMPLE_CHARS = 300
 
 
 def build_steps(config: JobConfig) -> list[Step]:
@@ -217,18 +219,25 @@ def _clean(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveCall
     pd_langs = frozenset(pd.langs) if pd is not None else frozenset()
     line_rows: list[tuple[int, int, int]] = []  # (uid, line index, hash) for paragraph dedup
     kept: list[Document] = []
+    examples: dict[str, list[dict[str, Any]]] = {}
     sigs: list[np.ndarray] = []
     hashes: list[int] = []
     last = 0.0  # report after the first document, then every LIVE_EVERY_S
 
     def snapshot() -> dict[str, Any]:
         return {"steps": {"read": reader.stats.to_dict(), **{s.name: s.stats.to_dict() for s in steps}},
-                "errors": reader.errors, "docs_out": len(kept)}
+                "errors": reader.errors, "docs_out": len(kept), "examples": examples}
 
     for doc in reader:
         for step in steps:
+            before = doc
             doc = step(doc)  # type: ignore[assignment]
             if doc is None:
+                reason = getattr(step, "last_drop", step.family)
+                got = examples.setdefault(reason, [])
+                if len(got) < EXAMPLES_PER_REASON:
+                    got.append({"uid": before.uid, "id": before.meta.get("id"), "path": before.meta.get("path"),
+                                "url": before.url, "text": before.text[:EXAMPLE_CHARS]})
                 break
         else:
             kept.append(doc)

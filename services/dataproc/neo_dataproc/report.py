@@ -22,6 +22,7 @@ from neo_dataproc.readers import Plan
 from neo_dataproc.stats import drop_reasons, merge
 
 MAX_ERRORS_LISTED = 200
+MAX_EXAMPLES = 5  # dropped documents listed per drop reason
 
 
 def collect(jd: Any, phase: str, units: list[int]) -> list[dict[str, Any]]:
@@ -42,6 +43,11 @@ def build_report(jd: Any, config: JobConfig, plan: Plan) -> dict[str, Any]:
             acc["documents"] += c["documents"]
             acc["tokens"] += c["tokens"]
     read = stages.get("read", {})
+    examples: dict[str, list[dict[str, Any]]] = {}
+    for s in clean:
+        for reason, docs in s.get("examples", {}).items():
+            got = examples.setdefault(reason, [])
+            got += docs[: max(0, MAX_EXAMPLES - len(got))]
     return {
         "job": config.name,
         "config_fingerprint": config.fingerprint(),
@@ -56,6 +62,7 @@ def build_report(jd: Any, config: JobConfig, plan: Plan) -> dict[str, Any]:
         "sources": dict(sorted(sources.items())),
         "error_count": len(errors),
         "errors": errors[:MAX_ERRORS_LISTED],
+        "examples": dict(sorted(examples.items())),  # the first dropped documents of each drop reason
         "elapsed_s": {"clean": round(sum(s.get("elapsed_s", 0) for s in clean), 2),
                       "tokenize": round(sum(s.get("elapsed_s", 0) for s in tokenized), 2)},
     }

@@ -158,3 +158,15 @@ def test_profiles(tmp_path: Path):
         parse_config({**base, "profile": "nope"}, base_dir=tmp_path)
     with pytest.raises(ConfigError, match="profile"):
         parse_config({**base, "dedup": {"profile": "nope"}}, base_dir=tmp_path)
+
+
+def test_report_lists_dropped_examples_per_rule(tmp_path, settings):
+    docs = [{"id": "ok", "text": EN_DOCS[0]}, {"id": "short", "text": "The cat sat on the mat."},
+            {"id": "spam", "text": "\n".join(["澳门百家乐真人娱乐！", "注册送彩金高额返水", "六合彩开奖直播"])}]
+    write_jsonl(tmp_path / "in" / "a.jsonl", docs)
+    report = run_eager(make_config(tmp_path), settings)
+    ex = report["examples"]
+    dropped = {e["id"]: reason for reason, es in ex.items() for e in es}
+    assert set(dropped) == {"short", "spam"} and dropped["short"] in report["stages"]["gopher_quality"] or \
+        dropped["short"].startswith(("gopher", "c4", "langid"))
+    assert all(len(es) <= 5 and es[0]["text"] for es in ex.values())

@@ -64,6 +64,7 @@ class Step:
         stats.time_s += time.perf_counter() - t0
         if isinstance(out, str):
             stats.drop(out)
+            self.last_drop = out
             return None
         stats.counts["kept"] += 1
         return out
