@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from neo.shards import DEFAULT_TOKENS_PER_SHARD
+from neo_dataproc.steps.build import build_steps
 
 InputFormat = Literal["auto", "jsonl", "html", "text", "code", "warc", "parquet", "arrow"]
 ProfileName = Literal["default", "matrix"]
@@ -155,8 +156,6 @@ class JobConfig(_Section):
 
     @model_validator(mode="after")
     def _steps_build(self) -> JobConfig:
-        from neo_dataproc.pipeline import build_steps
-
         build_steps(self)  # raises ConfigError naming the section on a bad keyword or value
         if self.tokenize.tokenizer:
             path = self.resolve(self.tokenize.tokenizer)

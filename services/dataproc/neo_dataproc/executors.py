@@ -20,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from neo_dataproc.jobdir import JobDir
 from neo_dataproc.jobstore import JobStore
-from neo_dataproc.pipeline import JobDir, run_unit
+from neo_dataproc.pipeline import run_unit
 from neo_dataproc.settings import DataprocSettings
 
 log = logging.getLogger(__name__)

@@ -35,22 +35,12 @@ import zstandard
 from neo.shards import atomic_write_bytes
 from neo_dataproc.config import JobConfig
 from neo_dataproc.document import Document
+from neo_dataproc.jobdir import JobDir, load_tokenizer
 from neo_dataproc.readers import Plan, ShardReader
-from neo_dataproc.steps.base import Step
-from neo_dataproc.steps.code import CodeQualityFilter
+from neo_dataproc.report import build_report, write_shards
+from neo_dataproc.steps.build import build_steps
 from neo_dataproc.steps.dedup import MinHasher, band_edges, connected_components, exact_edges, exact_hash
-from neo_dataproc.steps.en_quality import C4Filter, GopherQualityFilter, GopherRepetitionFilter
-from neo_dataproc.steps.extract import ExtractStep
-from neo_dataproc.steps.langid import LangIdFilter
-from neo_dataproc.steps.matrix import (
-    MatrixEnglishFilter,
-    SensitiveWordsFilter,
-    ZhSimilarLineDedup,
-    drop_paragraphs,
-    paragraph_hashes,
-)
-from neo_dataproc.steps.pii import PiiStep, UrlBlocklistFilter
-from neo_dataproc.steps.zh_quality import OpenCCStep, ZhQualityFilter
+from neo_dataproc.steps.matrix import drop_paragraphs, paragraph_hashes
 
 log = logging.getLogger(__name__)
 
@@ -61,96 +51,7 @@ EXAMPLES_PER_REASON = 3  # dropped documents kept per drop reason and shard (rep
 EXAMPLE_CHARS = 300
 
 
-def build_steps(config: JobConfig) -> list[Step]:
-    """The cleaning steps the config asks for, in pipeline order (a bad keyword names its section)."""
-    plan: list[tuple[str, Callable[[], Step]]] = []
-    if config.extract is not None:
-        plan.append(("extract", lambda: ExtractStep(**config.extract)))  # type: ignore[arg-type]
-    if config.langid is not None:
-        plan.append(("langid", lambda: LangIdFilter(**config.langid.model_dump())))  # type: ignore[union-attr]
-    ub = config.url_blocklist
-    if ub is not None and (ub.domains or ub.files or ub.words):
-        files = [str(config.resolve(f)) for f in ub.files]
-        plan.append(("url_blocklist", lambda: UrlBlocklistFilter(ub.domains, files, ub.words)))  # type: ignore[union-attr]
-    zh, en = config.zh_quality, config.en_quality
-    if zh is not None and zh.opencc:
-        plan.append(("zh_quality.opencc", lambda: OpenCCStep(zh.opencc)))  # type: ignore[arg-type]
-    sw = config.sensitive_words
-    if sw is not None:
-        def make_sensitive() -> Step:
-            kw = sw.model_dump()  # type: ignore[union-attr]
-            kw["files"] = {lang: [str(config.resolve(f)) for f in fs] for lang, fs in kw["files"].items()}
-            return SensitiveWordsFilter(**kw)
-        plan.append(("sensitive_words", make_sensitive))
-    if en is not None:
-        for key, cls in (("gopher_repetition", GopherRepetitionFilter), ("gopher_quality", GopherQualityFilter),
-                         ("c4", C4Filter), ("matrix", MatrixEnglishFilter)):
-            kwargs = getattr(en, key)
-            if kwargs is not None:
-                plan.append((f"en_quality.{key}", lambda cls=cls, kwargs=kwargs: cls(**kwargs)))
-    if zh is not None and zh.matrix is not None:
-        plan.append(("zh_quality.matrix", lambda: ZhQualityFilter(**zh.matrix)))  # type: ignore[arg-type]
-    if zh is not None and zh.similar_lines is not None:
-        plan.append(("zh_quality.similar_lines", lambda: ZhSimilarLineDedup(**zh.similar_lines)))  # type: ignore[arg-type]
-    if config.code_quality is not None:
-        plan.append(("code_quality", lambda: CodeQualityFilter(**config.code_quality)))  # type: ignore[arg-type]
-    if config.pii is not None:
-        plan.append(("pii", lambda: PiiStep(**config.pii.model_dump())))  # type: ignore[union-attr]
-    steps = []
-    for section, make in plan:
-        try:
-            steps.append(make())
-        except (TypeError, ValueError, OSError) as exc:
-            raise ValueError(f"{section}: {exc}") from exc
-    return steps
-
-
 # --- job directory ----------------------------------------------------------------------------------
-class JobDir:
-    """Paths of a job's outputs under ``NEO_HOME/data/<job>/``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    config = property(lambda self: self.root / "config.json")
-    plan = property(lambda self: self.root / "plan.json")
-    report = property(lambda self: self.root / "report.json")
-    shards = property(lambda self: self.root / "shards")
-
-    def stats(self, phase: str, unit: int) -> Path:
-        return self.root / phase / f"{unit:05d}.stats.json"
-
-    def clean_docs(self, shard: int) -> Path:
-        return self.root / "clean" / f"{shard:05d}.jsonl.zst"
-
-    def signatures(self, shard: int) -> Path:
-        return self.root / "clean" / f"{shard:05d}.sig.npz"
-
-    def lines(self, shard: int) -> Path:
-        return self.root / "clean" / f"{shard:05d}.lines.npz"
-
-    def paragraph_drops(self, unit: int) -> Path:
-        return self.root / "dedup_paragraphs" / f"{unit:05d}.drop.npz"
-
-    def edges(self, group: int) -> Path:
-        return self.root / "dedup_bands" / f"{group:05d}.edges.npy"
-
-    def removed(self) -> Path:
-        return self.root / "dedup_cluster" / "removed.npz"
-
-    def final_docs(self, shard: int) -> Path:
-        return self.root / "docs" / f"{shard:05d}.jsonl.zst"
-
-    def tokens(self, shard: int, source: str) -> Path:
-        return self.root / "tokenize" / f"{shard:05d}" / f"{source}.bin"
-
-    def is_done(self, phase: str, unit: int) -> bool:
-        return self.stats(phase, unit).exists()
-
-    def read_stats(self, phase: str, unit: int) -> dict[str, Any]:
-        return json.loads(self.stats(phase, unit).read_text())
-
-
 def write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode())
 
@@ -397,13 +298,6 @@ def _strip_paragraphs(jd: JobDir, config: JobConfig, plan: Plan, shard: int,
 
 
 # --- pass 2: tokenize -------------------------------------------------------------------------------
-@lru_cache(maxsize=2)
-def _tokenizer(path: str) -> Any:
-    from neo.tokenizer import NeoTokenizer
-
-    return NeoTokenizer.load(path)
-
-
 @lru_cache(maxsize=4)
 def _removed_uids(path: str, mtime: float) -> np.ndarray:
     with np.load(path) as z:
@@ -427,7 +321,7 @@ def _tokenize(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveC
     if tk.tokenizer:
         from neo.shards import dtype_for_vocab, write_tokens
 
-        tok = _tokenizer(str(config.resolve(tk.tokenizer)))
+        tok = load_tokenizer(str(config.resolve(tk.tokenizer)))
         dtype = dtype_for_vocab(tok.vocab_size)
         by_source: dict[str, list[np.ndarray]] = {}
         t0 = time.perf_counter()
@@ -445,7 +339,6 @@ def _tokenize(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveC
 
 # --- finalize ---------------------------------------------------------------------------------------
 def _finalize(jd: JobDir, config: JobConfig, plan: Plan, unit: int, live: LiveCallback | None) -> dict[str, Any]:
-    from neo_dataproc.report import build_report, write_shards
 
     report = build_report(jd, config, plan)
     manifest = write_shards(jd, config, plan, report) if config.tokenize.tokenizer else None

@@ -18,6 +18,7 @@ from rich.table import Table
 from neo.schemas import ShardManifest, SourceCounts
 from neo.shards import ShardWriter, dtype_for_vocab, file_sha256, numpy_dtype, write_manifest
 from neo_dataproc.config import JobConfig
+from neo_dataproc.jobdir import JobDir, load_tokenizer
 from neo_dataproc.readers import Plan
 from neo_dataproc.stats import drop_reasons, merge
 
@@ -25,11 +26,11 @@ MAX_ERRORS_LISTED = 200
 MAX_EXAMPLES = 5  # dropped documents listed per drop reason
 
 
-def collect(jd: Any, phase: str, units: list[int]) -> list[dict[str, Any]]:
+def collect(jd: JobDir, phase: str, units: list[int]) -> list[dict[str, Any]]:
     return [jd.read_stats(phase, u) for u in units if jd.is_done(phase, u)]
 
 
-def build_report(jd: Any, config: JobConfig, plan: Plan) -> dict[str, Any]:
+def build_report(jd: JobDir, config: JobConfig, plan: Plan) -> dict[str, Any]:
     shards = [s.shard for s in plan.shards]
     clean = collect(jd, "clean", shards)
     cluster = collect(jd, "dedup_cluster", [0])
@@ -79,13 +80,11 @@ def tokenizer_sha256(path: Path) -> str:
     raise FileNotFoundError(f"no tokenizer.model or tokenizer.json in {path}")
 
 
-def write_shards(jd: Any, config: JobConfig, plan: Plan, report: dict[str, Any]) -> ShardManifest:
+def write_shards(jd: JobDir, config: JobConfig, plan: Plan, report: dict[str, Any]) -> ShardManifest:
     """Concatenate each source's per-shard token files, in shard order, into fixed-size shards."""
-    from neo_dataproc.pipeline import _tokenizer
-
     tk = config.tokenize
     tok_path = config.resolve(tk.tokenizer or "")
-    tok = _tokenizer(str(tok_path))
+    tok = load_tokenizer(str(tok_path))
     dtype = dtype_for_vocab(tok.vocab_size)
     np_dtype = numpy_dtype(dtype)
     files = []

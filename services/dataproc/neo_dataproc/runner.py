@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 from neo_dataproc.config import JobConfig
 from neo_dataproc.executors import ProgressFn
+from neo_dataproc.jobdir import JobDir
 from neo_dataproc.jobstore import JobStore
-from neo_dataproc.pipeline import PHASES, JobDir, units_of, write_json
+from neo_dataproc.pipeline import PHASES, units_of, write_json
 from neo_dataproc.readers import plan_shards
 from neo_dataproc.settings import DataprocSettings
 
