@@ -10,6 +10,8 @@
     neo train dpo dpo.yaml             # sigmoid DPO on TRL preference JSONL
     neo train rm rm.yaml               # Bradley-Terry reward model on TRL preference JSONL
     neo train align round --model-name neo-chat --from-redis   # one iterative-DPO round
+    neo align round --model-name neo-chat --pairs rm --reward-model RM --base-url http://127.0.0.1:8000 \
+        --prompts prompts.jsonl                                  # MAP-Neo's: samples ranked by a reward model
     neo scaling fit RUN_DIR...         # also `neo train scaling fit`
 """
 
@@ -261,13 +263,33 @@ def align_round(
     run_dir: Annotated[Path | None, typer.Option(help="run directory [<runs>/dpo-round-<time>]")] = None,
     out: Annotated[Path | None, typer.Option(help="exported HF directory [<run_dir>/hf]")] = None,
     register: Annotated[bool, typer.Option(help="register the export as the next version of --model-name")] = True,
+    pairs: Annotated[str, typer.Option(help="where pairs come from: human (labels) | rm (the policy's samples "
+                                            "ranked by --reward-model) | both")] = "human",
+    reward_model: Annotated[Path | None, typer.Option(help="reward model directory (neo train rm)")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible API serving the policy (Neo's or vLLM), "
+                                                      "e.g. http://127.0.0.1:8000")] = None,
+    served_model: Annotated[str | None, typer.Option(help="the policy's model id there [--model-name]")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="OPENAI_API_KEY", help="Bearer key for --base-url")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="prompts JSONL to sample ({prompt} or {messages}) "
+                                                      "[the human labels' prompts]")] = None,
+    eval_prompts: Annotated[Path | None, typer.Option(help="held-out prompts for win rates "
+                                                           "[--eval-fraction of --prompts]")] = None,
+    eval_fraction: Annotated[float, typer.Option(help="share of --prompts held out for the RM win rate")] = 0.2,
+    samples: Annotated[int, typer.Option(help="answers sampled per prompt (best vs worst become a pair)")] = 4,
+    temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.8,
+    top_p: Annotated[float, typer.Option(help="sampling top-p")] = 0.95,
+    max_tokens: Annotated[int, typer.Option(help="tokens per sampled answer")] = 256,
+    seed: Annotated[int, typer.Option(help="sampling seed (prompt i, choice j: seed + 1000 i + j)")] = 0,
+    human_weight: Annotated[float, typer.Option(help="--pairs both: loss weight of a human pair (RM pairs: 1)")]
+    = 1.0,
     set_: SetOption = None,
 ) -> None:
-    """One iterative-DPO round: policy + new preferences → DPO → HF export → next registry version."""
+    """One iterative-DPO round: policy + new preferences (human labels and/or the policy's own answers ranked by a
+    reward model) → DPO → HF export → next registry version, with win rates against the previous version."""
     import time
 
     from neo.registry import ModelRegistry
-    from neo_trainer.align import NoPreferences, run_round
+    from neo_trainer.align import NoPreferences, Sampling, run_round
     from neo_trainer.config import ConfigError
     from neo_trainer.settings import TrainerSettings
 
@@ -275,17 +297,38 @@ def align_round(
     registry = (ModelRegistry.from_url(settings.redis_url, settings.redis_prefix)
                 if (register or policy is None) and model_name else None)
     run_dir = run_dir or settings.runs_dir / f"dpo-round-{time.strftime('%Y%m%d-%H%M%S')}"
+    sampling = None
+    if base_url is not None:
+        from neo.schemas import NeoCheckpointInfo
+
+        info = NeoCheckpointInfo.read(policy) if policy is not None else None
+        served = served_model or model_name or (info.name if info else None)
+        if served is None:
+            _fail(ValueError("give --served-model (the policy's model id at --base-url)"))
+        sampling = Sampling(base_url=base_url, model=served, n=samples, temperature=temperature, top_p=top_p,
+                            max_tokens=max_tokens, seed=seed, api_key=api_key)
     try:
         result = run_round(run_dir=run_dir, prefs=prefs, policy=policy, model_name=model_name, registry=registry,
-                           from_redis=from_redis, overrides=list(set_ or []), export_dir=out)
+                           from_redis=from_redis, overrides=list(set_ or []), export_dir=out,
+                           pairs=pairs, reward_model=reward_model, sampling=sampling,  # type: ignore[arg-type]
+                           prompts=prompts, eval_prompts=eval_prompts, eval_fraction=eval_fraction,
+                           human_weight=human_weight)
     except NoPreferences as exc:
         typer.echo(f"refusing to run: {exc}", err=True)
         raise typer.Exit(3) from exc
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
-    typer.echo(json.dumps({"export_dir": str(result.export_dir), "pairs": result.pairs, "parent": result.parent,
-                           "version": result.version.ref if result.version else None,
+    typer.echo(json.dumps({"export_dir": str(result.export_dir), "pairs": result.pairs, "sources": result.sources,
+                           "parent": result.parent, "version": result.version.ref if result.version else None,
                            "metrics": result.metrics}, indent=2))
+    m = result.metrics
+    parts = [f"reward model {m['win_rate/rm']:.3f} on {int(m['win_rate/rm_prompts'])} held-out prompts (new vs "
+             f"{result.parent})"] if "win_rate/rm" in m else []
+    if "win_rate/human" in m:
+        parts.append(f"people {m['win_rate/human']:.3f} on {int(m['win_rate/human_labels'])} labels "
+                     f"({result.parent} vs its parent)")
+    typer.echo("win rate: " + ("; ".join(parts) if parts else "none measured (no held-out prompts or "
+                                                                "version-vs-parent labels)"))
 
 
 @scaling_app.command("fit")

@@ -122,15 +122,18 @@ def sequence_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def dpo_loss(
     policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
     ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float,
+    weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sigmoid DPO (Rafailov et al.; TRL's ``loss_type="sigmoid"`` without label smoothing).
 
     loss = mean(-logsigmoid(β·((π_c − π_r) − (ref_c − ref_r)))); rewards are β·(π − ref), detached.
     Returns ``loss`` plus TRL's logged ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``
-    and ``rewards/margins`` (batch means).
+    and ``rewards/margins`` (batch means). ``weights`` (N,), when given, make the loss a weighted mean
+    (``neo align round --pairs both``: human labels mixed in with a weight).
     """
     logits = (policy_chosen_logps - policy_rejected_logps) - (ref_chosen_logps - ref_rejected_logps)
-    loss = -F.logsigmoid(beta * logits).mean()
+    losses = -F.logsigmoid(beta * logits)
+    loss = losses.mean() if weights is None else (losses * weights).sum() / weights.sum().clamp(min=1e-12)
     chosen = beta * (policy_chosen_logps - ref_chosen_logps).detach()
     rejected = beta * (policy_rejected_logps - ref_rejected_logps).detach()
     return {"loss": loss, "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),

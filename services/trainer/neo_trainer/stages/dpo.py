@@ -87,6 +87,11 @@ def run_dpo(cfg: DPOConfig, threads: int = 0) -> Path:
     if cfg.seq_len > model.config.max_seq_len:
         raise ValueError(f"seq_len: {cfg.seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
     pairs = [encode_preference(tokenizer, row, cfg.seq_len, cfg.completion_end) for row in rows]
+    # an optional per-row ``weight`` column (TRL ignores it): human vs reward-model pairs in an iterative round
+    weights = torch.tensor([float(row.get("weight", 1.0)) for row in rows], device=env.device)
+    if bool((weights < 0).any()):
+        raise ValueError("preference rows: weight must be >= 0")
+    weighted = bool((weights != 1).any())
     t = cfg.train
     per_rank = t.micro_batch_size
     if len(pairs) < per_rank * env.world_size:
@@ -121,7 +126,8 @@ def run_dpo(cfg: DPOConfig, threads: int = 0) -> Path:
             batch, order = order[:global_batch], order[global_batch:]
             idx = policy.share(batch)
             chosen, rejected = pair_logps(policy, [pairs[i] for i in idx], cfg.seq_len, tokenizer.pad_id, env.device)
-            out = dpo_loss(chosen, rejected, ref[0][idx], ref[1][idx], t.beta)
+            out = dpo_loss(chosen, rejected, ref[0][idx], ref[1][idx], t.beta,
+                           weights=weights[idx] if weighted else None)
             lr = warmup_lr(t, step)
             _, norm = policy.step(out["loss"], lr)
             stats = {k: distributed.all_reduce_mean(v.detach()) for k, v in out.items()}
