@@ -158,3 +158,20 @@ class ModelRegistry:
             known = ", ".join(v.ref for v in self.list()) or "none"
             raise KeyError(f"{ref!r} is not a registered model version (registered: {known})")
         return found
+
+    def version_of(self, path: str | Path) -> ModelVersion | None:
+        """The newest registered version whose checkpoint directory is ``path`` (None if none is)."""
+        target = str(Path(path).resolve())
+        found = [v for v in self.list() if v.path == target]
+        return max(found, key=lambda v: (v.created, v.number)) if found else None
+
+    def register_next(self, export_dir: str | Path, base_model: str | Path, name: str | None = None,
+                      stage: str = "dpo") -> ModelVersion | None:
+        """Register ``export_dir`` (trained from ``base_model``) as the next version of ``name``, by default of
+        the model ``base_model`` is registered as, with it as parent; None when there is no such name."""
+        base = self.version_of(base_model)
+        name = name or (base.name if base else None)
+        if name is None:
+            log.info("%s is not a registered version: %s not registered", base_model, export_dir)
+            return None
+        return self.register(name, export_dir, stage=stage, parent=base.ref if base else None)

@@ -203,25 +203,6 @@ def sample_locally(model_dir: Path, prompts: list[list[dict[str, Any]]], samplin
     return out
 
 
-def version_of(registry: ModelRegistry, path: Path) -> ModelVersion | None:
-    """The newest registered version whose checkpoint directory is ``path`` (None if none is)."""
-    target = str(Path(path).resolve())
-    found = [v for v in registry.list() if v.path == target]
-    return max(found, key=lambda v: (v.created, v.number)) if found else None
-
-
-def register_next(registry: ModelRegistry, export_dir: Path, base_model: Path,
-                  name: str | None = None) -> ModelVersion | None:
-    """Register ``export_dir`` (a DPO export) as the next version of ``name``, by default of the model that
-    ``base_model`` is registered as; None when there is no such name (nothing to switch serving on)."""
-    base = version_of(registry, base_model)
-    name = name or (base.name if base else None)
-    if name is None:
-        log.info("%s is not a registered version: %s not registered", base_model, export_dir)
-        return None
-    return registry.register(name, export_dir, stage="dpo", parent=base.ref if base else None)
-
-
 def count_rows(path: Path) -> int:
     path = Path(path)
     if not path.is_file():
@@ -276,7 +257,7 @@ def run_round(
             raise ValueError(f"no registered versions of {model_name!r}; give --policy DIR for the first round")
         policy, parent, grandparent = Path(latest.path), latest.ref, latest.parent
     elif registry is not None:
-        known = version_of(registry, policy)
+        known = registry.version_of(policy)
         parent = known.ref if known else str(policy)
         grandparent = known.parent if known else None
     run_dir = Path(run_dir)

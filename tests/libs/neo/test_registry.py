@@ -57,3 +57,12 @@ def test_resolve_takes_a_version_or_the_latest_and_names_what_exists(reg, tmp_pa
     assert reg.resolve("chat:v1") == v1 and reg.resolve("chat") == v2
     with pytest.raises(KeyError, match=r"'chat:v9'.*chat:v1, chat:v2"):
         reg.resolve("chat:v9")
+
+
+def test_register_next_continues_the_line_of_the_base_checkpoint(reg, tmp_path):
+    base, trained, stray = ckpt(tmp_path, "base"), ckpt(tmp_path, "dpo-1"), ckpt(tmp_path, "stray")
+    reg.register("chat", base, stage="sft")
+    assert reg.version_of(base).ref == "chat:v1" and reg.version_of(stray) is None
+    version = reg.register_next(trained, base)
+    assert (version.ref, version.stage, version.parent) == ("chat:v2", "dpo", "chat:v1")
+    assert reg.register_next(ckpt(tmp_path, "orphan"), stray) is None  # no registered base: nothing to follow

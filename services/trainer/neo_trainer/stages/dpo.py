@@ -164,9 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     main_rank = distributed.setup().is_main
     if cfg.register_export and cfg.parent is None:  # the UI's job: which registered version it started from
         from neo.registry import ModelRegistry
-        from neo_trainer.align import version_of
 
-        base = version_of(ModelRegistry.from_url(settings.redis_url, settings.redis_prefix), cfg.base_model)
+        base = ModelRegistry.from_url(settings.redis_url, settings.redis_prefix).version_of(cfg.base_model)
         cfg = cfg.model_copy(update={"parent": base.ref if base else None})
     out = run_dpo(cfg, threads=settings.threads)
     if not main_rank:
@@ -174,10 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"exported {out}")
     if cfg.register_export:
         from neo.registry import ModelRegistry
-        from neo_trainer.align import register_next
 
-        version = register_next(ModelRegistry.from_url(settings.redis_url, settings.redis_prefix), out,
-                                cfg.base_model)
+        version = ModelRegistry.from_url(settings.redis_url, settings.redis_prefix).register_next(out, cfg.base_model)
         if version is not None:
             print(f"registered {version.ref}")
     return 0
