@@ -56,75 +56,18 @@ def _check_name(name: str) -> None:
         raise ValueError(f"invalid model name {name!r}: use letters, digits, '-', '_' or '.' (no ':' or '/')")
 
 
-def _decode(raw: dict[Any, Any]) -> dict[str, str]:
-    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()}
-
-
 def _from_hash(raw: dict[Any, Any]) -> ModelVersion:
-    data = _decode(raw)
+    data = {_text(k): _text(v) for k, v in raw.items()}
     data["parent"] = data.get("parent") or None
     return ModelVersion.model_validate(data)
 
 
-def register(
-    redis: Any, prefix: str, name: str, path: str | Path, stage: str, parent: str | None = None,
-) -> ModelVersion:
-    """Add a new version of ``name`` pointing at checkpoint directory ``path``; returns it.
-
-    ``redis`` is a ``redis.Redis`` client. The path must exist and hold a ``config.json``: a registry
-    entry that serving cannot load is refused here, not discovered at reload time.
-    """
-    _check_name(name)
-    if stage not in STAGES:
-        raise ValueError(f"invalid stage {stage!r}; choose one of: {', '.join(STAGES)}")
-    directory = Path(path).resolve()
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} is not a checkpoint directory (no config.json)")
-    number = int(redis.incr(_key(prefix, name, "seq")))
-    version = ModelVersion(name=name, version=f"v{number}", path=str(directory), stage=stage, parent=parent,
-                           created=datetime.now(UTC).isoformat(timespec="seconds"))
-    pipe = redis.pipeline(transaction=True)
-    pipe.hset(_key(prefix, name, version.version),
-              mapping={k: v for k, v in version.model_dump().items() if v is not None})
-    pipe.zadd(_key(prefix, name, "versions"), {version.version: number})
-    pipe.sadd(_key(prefix, "names"), name)
-    pipe.execute()
-    log.info("registered %s -> %s (%s)", version.ref, directory, stage)
-    return version
-
-
-def names(redis: Any, prefix: str) -> list[str]:
-    """Every registered model name, sorted."""
-    return sorted(n.decode() if isinstance(n, bytes) else n for n in redis.smembers(_key(prefix, "names")))
-
-
-def get(redis: Any, prefix: str, name: str, version: str) -> ModelVersion | None:
-    raw = redis.hgetall(_key(prefix, name, version))
-    return _from_hash(raw) if raw else None
-
-
-def list_versions(redis: Any, prefix: str, name: str | None = None) -> list[ModelVersion]:
-    """All versions of ``name`` (or of every name), oldest first within a name."""
-    out = []
-    for model in [name] if name is not None else names(redis, prefix):
-        for version in redis.zrange(_key(prefix, model, "versions"), 0, -1):
-            found = get(redis, prefix, model, version.decode() if isinstance(version, bytes) else version)
-            if found is not None:
-                out.append(found)
-    return out
-
-
-def latest(redis: Any, prefix: str, name: str) -> ModelVersion | None:
-    """The newest version of ``name``, or None when it was never registered."""
-    top = redis.zrevrange(_key(prefix, name, "versions"), 0, 0)
-    if not top:
-        return None
-    return get(redis, prefix, name, top[0].decode() if isinstance(top[0], bytes) else top[0])
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class ModelRegistry:
-    """The functions above bound to one Redis client and prefix."""
+    """Model versions in Redis under one key prefix (``redis`` is a ``redis.Redis`` client)."""
 
     def __init__(self, redis: Any, prefix: str = "neo:"):
         self.redis, self.prefix = redis, prefix
@@ -136,19 +79,51 @@ class ModelRegistry:
         return cls(redis.Redis.from_url(url), prefix)
 
     def register(self, name: str, path: str | Path, stage: str, parent: str | None = None) -> ModelVersion:
-        return register(self.redis, self.prefix, name, path, stage, parent)
+        """Add a new version of ``name`` pointing at checkpoint directory ``path``; returns it.
+
+        The path must exist and hold a ``config.json``: a registry entry that serving cannot load is refused
+        here, not discovered at reload time.
+        """
+        _check_name(name)
+        if stage not in STAGES:
+            raise ValueError(f"invalid stage {stage!r}; choose one of: {', '.join(STAGES)}")
+        directory = Path(path).resolve()
+        if not (directory / "config.json").is_file():
+            raise FileNotFoundError(f"{directory} is not a checkpoint directory (no config.json)")
+        number = int(self.redis.incr(_key(self.prefix, name, "seq")))
+        version = ModelVersion(name=name, version=f"v{number}", path=str(directory), stage=stage, parent=parent,
+                               created=datetime.now(UTC).isoformat(timespec="seconds"))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(_key(self.prefix, name, version.version),
+                  mapping={k: v for k, v in version.model_dump().items() if v is not None})
+        pipe.zadd(_key(self.prefix, name, "versions"), {version.version: number})
+        pipe.sadd(_key(self.prefix, "names"), name)
+        pipe.execute()
+        log.info("registered %s -> %s (%s)", version.ref, directory, stage)
+        return version
 
     def names(self) -> list[str]:
-        return names(self.redis, self.prefix)
+        """Every registered model name, sorted."""
+        return sorted(_text(n) for n in self.redis.smembers(_key(self.prefix, "names")))
 
     def get(self, name: str, version: str) -> ModelVersion | None:
-        return get(self.redis, self.prefix, name, version)
+        raw = self.redis.hgetall(_key(self.prefix, name, version))
+        return _from_hash(raw) if raw else None
 
     def list(self, name: str | None = None) -> list[ModelVersion]:
-        return list_versions(self.redis, self.prefix, name)
+        """All versions of ``name`` (or of every name), oldest first within a name."""
+        out = []
+        for model in [name] if name is not None else self.names():
+            for version in self.redis.zrange(_key(self.prefix, model, "versions"), 0, -1):
+                found = self.get(model, _text(version))
+                if found is not None:
+                    out.append(found)
+        return out
 
     def latest(self, name: str) -> ModelVersion | None:
-        return latest(self.redis, self.prefix, name)
+        """The newest version of ``name``, or None when it was never registered."""
+        top = self.redis.zrevrange(_key(self.prefix, name, "versions"), 0, 0)
+        return self.get(name, _text(top[0])) if top else None
 
     def resolve(self, ref: str) -> ModelVersion:
         """``name:vN`` → that version, ``name`` → its latest; KeyError naming what is registered."""

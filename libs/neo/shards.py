@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -189,9 +189,3 @@ def verify_shards(directory: Path, manifest: ShardManifest | None = None) -> lis
         elif file_sha256(path) != info.sha256:
             problems.append(f"{info.path}: sha256 mismatch")
     return problems
-
-
-def iter_tokens(directory: Path, files: Iterable[ShardFileInfo], dtype: str) -> Iterable[np.ndarray]:
-    """Memory-mapped arrays of the given files, in order."""
-    for info in files:
-        yield open_shard(Path(directory) / info.path, dtype)

@@ -44,6 +44,3 @@ class Document:
 def make_uid(shard: int, index: int) -> int:
     return (shard << 32) | index
 
-
-def split_uid(uid: int) -> tuple[int, int]:
-    return uid >> 32, uid & 0xFFFFFFFF

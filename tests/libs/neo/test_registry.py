@@ -1,7 +1,7 @@
 import pytest
 import redis
 
-from neo.registry import ModelRegistry, latest, list_versions, register
+from neo.registry import ModelRegistry
 
 
 @pytest.fixture
@@ -31,8 +31,8 @@ def test_versions_count_up_and_latest_is_the_newest(reg, tmp_path):
     assert reg.names() == ["base", "chat"]
     assert reg.get("chat", "v1") == v1 and reg.get("chat", "v9") is None
     # the module functions see the same data
-    assert latest(reg.redis, reg.prefix, "base") == other
-    assert len(list_versions(reg.redis, reg.prefix)) == 3
+    assert ModelRegistry(reg.redis, reg.prefix).latest("base") == other  # the state is in Redis
+    assert len(ModelRegistry(reg.redis, reg.prefix).list()) == 3
 
 
 def test_keys_stay_under_the_prefix(reg, tmp_path):
@@ -43,7 +43,7 @@ def test_keys_stay_under_the_prefix(reg, tmp_path):
 
 def test_refuses_what_serving_could_not_load(reg, tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        register(reg.redis, reg.prefix, "m", tmp_path, stage="sft")
+        reg.register("m", tmp_path, stage="sft")
     with pytest.raises(ValueError, match="invalid stage 'rlhf'"):
         reg.register("m", ckpt(tmp_path, "x"), stage="rlhf")
     with pytest.raises(ValueError, match="invalid model name"):
