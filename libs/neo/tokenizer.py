@@ -23,6 +23,7 @@ overlapping places (``ab|a`` vs ``a|ba``) are ordered leftmost-first by Sentence
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -500,3 +501,21 @@ def tokenizer_stats(tokenizer: NeoTokenizer, files: Sequence[str | Path], text_f
                      "bytes_per_token": c["bytes"] / n, "byte_fallback_rate": c["byte_tokens"] / n,
                      "unk_rate": c["unk_tokens"] / n})
     return rows
+
+
+def tokenizer_digest(path: str | Path) -> str:
+    """What identifies a tokenizer in manifests and checkpoints (``ShardManifest.tokenizer_sha256``): the sha256
+    of its reference file, ``tokenizer.model`` (SentencePiece) or else ``tokenizer.json``, in a directory, or
+    of the file itself. Other files beside it (a checkpoint's weights, configs) do not change it."""
+    path = Path(path)
+    for name in ("tokenizer.model", "tokenizer.json"):
+        if (path / name).is_file():
+            path = path / name
+            break
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer.model or tokenizer.json in {path}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()

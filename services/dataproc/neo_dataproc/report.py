@@ -8,7 +8,6 @@ same numbers as a table.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from neo.schemas import ShardManifest, SourceCounts
-from neo.shards import ShardWriter, dtype_for_vocab, file_sha256, numpy_dtype, write_manifest
+from neo.shards import ShardWriter, dtype_for_vocab, numpy_dtype, write_manifest
+from neo.tokenizer import tokenizer_digest
 from neo_dataproc.config import JobConfig
 from neo_dataproc.jobdir import JobDir, load_tokenizer
 from neo_dataproc.readers import Plan
@@ -69,17 +69,6 @@ def build_report(jd: JobDir, config: JobConfig, plan: Plan) -> dict[str, Any]:
     }
 
 
-def tokenizer_sha256(path: Path) -> str:
-    """sha256 of the tokenizer's reference file (``tokenizer.model``, else ``tokenizer.json``)."""
-    path = Path(path)
-    for name in ("tokenizer.model", "tokenizer.json"):
-        if (path / name).is_file():
-            return file_sha256(path / name)
-    if path.is_file():
-        return file_sha256(path)
-    raise FileNotFoundError(f"no tokenizer.model or tokenizer.json in {path}")
-
-
 def write_shards(jd: JobDir, config: JobConfig, plan: Plan, report: dict[str, Any]) -> ShardManifest:
     """Concatenate each source's per-shard token files, in shard order, into fixed-size shards."""
     tk = config.tokenize
@@ -99,7 +88,7 @@ def write_shards(jd: JobDir, config: JobConfig, plan: Plan, report: dict[str, An
         files += written
         sources[source] = SourceCounts(documents=counts["documents"], tokens=counts["tokens"], files=len(written))
     manifest = ShardManifest(
-        job=config.name, dtype=dtype, vocab_size=tok.vocab_size, tokenizer_sha256=tokenizer_sha256(tok_path),
+        job=config.name, dtype=dtype, vocab_size=tok.vocab_size, tokenizer_sha256=tokenizer_digest(tok_path),
         tokenizer_path=str(tok_path), bos_id=tok.bos_id if tk.add_bos else None,
         eos_id=tok.eos_id if tk.add_eos else None, tokens_per_shard=tk.tokens_per_shard, sources=sources,
         files=files, config=config.model_dump(), report=report,

@@ -7,7 +7,6 @@ is cached in the run directory and reused when the same files and tokenizer are 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,21 +14,12 @@ from pathlib import Path
 from neo.schemas import ShardManifest, SourceCounts
 from neo.shards import ShardWriter, dtype_for_vocab, read_manifest, write_manifest
 from neo.textio import iter_documents
-from neo.tokenizer import NeoTokenizer
+from neo.tokenizer import NeoTokenizer, tokenizer_digest
 
 log = logging.getLogger(__name__)
 
 _TEXT_SUFFIXES = (".gz", ".zst", ".jsonl", ".json", ".txt")
 _TOKENS_PER_SHARD = 2**22  # 4 Mi tokens per file: small corpora stay a handful of files
-
-
-def tokenizer_digest(directory: Path) -> str:
-    """sha256 over the tokenizer directory's files (names and contents, sorted)."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(directory).iterdir() if p.is_file()):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def source_name(path: Path) -> str:

@@ -304,3 +304,16 @@ def test_char_offsets_index_the_decoded_text(tok_dir):
     # byte-fallback tokens of one character share its offset
     emoji_tokens = [k for k, i in enumerate(ids) if tok.is_byte(i)]
     assert emoji_tokens and len({offsets[k] for k in emoji_tokens}) < len(emoji_tokens)
+
+
+def test_tokenizer_digest_is_the_reference_file_and_ignores_neighbours(tmp_path):
+    from neo.tokenizer import tokenizer_digest
+
+    (tmp_path / "tokenizer.json").write_text('{"model": 1}')
+    before = tokenizer_digest(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"weights")  # a checkpoint directory holds more
+    assert tokenizer_digest(tmp_path) == before == tokenizer_digest(tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer.model").write_bytes(b"sp")  # SentencePiece's model wins when both are there
+    assert tokenizer_digest(tmp_path) != before
+    with pytest.raises(FileNotFoundError):
+        tokenizer_digest(tmp_path / "nowhere")
