@@ -1,7 +1,7 @@
 """A small scaling sweep on CPU: several tiny model sizes × token budgets → (N, D, L) points → both fits.
 
 Every run is a full Neo pretraining run (fundamental → decay, WSD) on the bundled sample corpus, one
-process, ZeRO 0; its final validation loss is a point. The points then go through ``neo scaling fit``'s
+process, ZeRO 0; its final validation loss is a point. The points then go through ``neo train scaling fit``'s
 code (``neo_trainer.scaling``): Chinchilla vs NEO, held-out error on the runs with the most compute,
 and a PNG. N is counted without embeddings (the tiny sizes are mostly embedding otherwise).
 

@@ -1,4 +1,4 @@
-"""``neo train``: pretraining runs, the trainer queue, and ``neo scaling`` fits.
+"""``neo train``: pretraining runs, SFT/DPO/RM, the trainer queue and scaling fits; ``neo align``: DPO rounds.
 
     neo train pretrain run.yaml [--set train.lr=1e-3] [--resume] [--nproc 2]
     neo train pretrain a.jsonl.gz b.txt --tokenizer DIR --preset tiny --steps 300   # quick form (neo up)
@@ -9,10 +9,10 @@
     neo train sft-data OUT             # the bilingual demo SFT set from the parallel Debian manual
     neo train dpo dpo.yaml             # sigmoid DPO on TRL preference JSONL
     neo train rm rm.yaml               # Bradley-Terry reward model on TRL preference JSONL
-    neo train align round --model-name neo-chat --from-redis   # one iterative-DPO round
+    neo align round --model-name neo-chat --from-redis         # one iterative-DPO round on the labels
     neo align round --model-name neo-chat --pairs rm --reward-model RM --base-url http://127.0.0.1:8000 \
         --prompts prompts.jsonl                                  # MAP-Neo's: samples ranked by a reward model
-    neo scaling fit RUN_DIR...         # also `neo train scaling fit`
+    neo train scaling fit RUN_DIR...   # NEO / Chinchilla scaling-law fits
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def worker(
 
 align_app = typer.Typer(help="Iterative DPO: train on the labels since the last round, export, register.",
                         no_args_is_help=True)
-app.add_typer(align_app, name="align")  # `neo train align round`; also mountable as `neo align` (entry point)
+# mounted as `neo align` (entry point neo.cli): each command has one place
 
 
 NprocOption = Annotated[int, typer.Option(help="local processes (torchrun), each taking a share of every batch")]

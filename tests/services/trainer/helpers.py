@@ -30,9 +30,14 @@ def trainer_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def neo_train(*args: str, timeout: int = 240, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "neo.cli", "train", *args], capture_output=True, text=True,
+def neo(*args: str, timeout: int = 240, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``neo ARGS`` in a subprocess with the trainer's environment."""
+    return subprocess.run([sys.executable, "-m", "neo.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=trainer_env(), cwd=cwd)
+
+
+def neo_train(*args: str, timeout: int = 240, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return neo("train", *args, timeout=timeout, cwd=cwd)
 
 
 def write_config(path: Path, cfg: dict[str, Any]) -> Path:

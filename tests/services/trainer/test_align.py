@@ -14,7 +14,7 @@ from neo.registry import ModelRegistry
 from neo_trainer.align import NoPreferences, run_round
 from neo_trainer.worker import JOB_KINDS, JobStore, execute_job
 
-from .helpers import neo_train, trainer_env
+from .helpers import neo, trainer_env
 from .test_dpo import preference_records, write_prefs
 from .test_sft import base_model, sft_files  # noqa: F401  (session fixtures)
 
@@ -53,8 +53,8 @@ def test_zero_new_preferences_are_refused(tmp_path, base_model):  # noqa: F811
     with pytest.raises(NoPreferences, match="no new preferences since the last round"):
         run_round(run_dir=tmp_path / "r", prefs=empty, policy=base_model)
     assert not (tmp_path / "r" / "hf").exists()
-    proc = neo_train("align", "round", "--policy", str(base_model), "--prefs", str(empty), "--no-register",
-                     "--run-dir", str(tmp_path / "r2"), timeout=120)
+    proc = neo("align", "round", "--policy", str(base_model), "--prefs", str(empty), "--no-register",
+               "--run-dir", str(tmp_path / "r2"))
     assert proc.returncode == 3, proc.stderr
     assert "refusing to run: no new preferences since the last round" in proc.stderr
 
