@@ -17,6 +17,8 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -111,6 +113,21 @@ def hf_config(config: ModelConfig, tokenizer: HFTokenizer | None, dtype: torch.d
     }
 
 
+@contextmanager
+def _atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """A temp directory beside ``out_dir`` that replaces it when the block succeeds (readers never see half
+    an export) and is removed when it fails."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def export_hf(
     model: NeoModel, out_dir: str | Path, tokenizer: HFTokenizer | None = None,
     info: NeoCheckpointInfo | None = None, dtype: torch.dtype = torch.float32,
@@ -119,8 +136,7 @@ def export_hf(
     """Write a complete HF directory. Written to a temp dir and renamed, so readers never see half."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with _atomic_dir(out_dir) as tmp:
         cfg = model.config
         save_file(_hf_state_dict(model, dtype), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer, dtype), indent=2) + "\n")
@@ -134,12 +150,6 @@ def export_hf(
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         info = info or NeoCheckpointInfo(name=out_dir.name, preset=cfg.name, model=cfg.to_dict())
         info.write(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported %s (%s, %.1fM params)", out_dir, cfg.attention_kind, cfg.num_params() / 1e6)
     return out_dir
 
@@ -221,8 +231,7 @@ def export_reward_hf(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if tuple(score.shape) != (1, model.config.d_model):
         raise ValueError(f"score head must be (1, {model.config.d_model}), got {tuple(score.shape)}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with _atomic_dir(out_dir) as tmp:
         state = {k: v for k, v in _hf_state_dict(model, dtype).items() if k != "lm_head.weight"}
         state[SCORE_NAME] = score.detach().to("cpu", dtype).contiguous()
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -234,12 +243,6 @@ def export_reward_hf(
         if tokenizer is not None:
             tokenizer.save_hf(tmp, model_max_length=model.config.max_seq_len)
         (tmp / "reward_model.json").write_text(json.dumps(meta or {}, indent=2, ensure_ascii=False) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported reward model %s", out_dir)
     return out_dir
 

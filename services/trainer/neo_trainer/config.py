@@ -128,19 +128,28 @@ class MetricsSection(Section):
     peak_flops: float | None = Field(None, gt=0, description="device peak FLOP/s for MFU (default: table)")
 
 
-class PretrainConfig(Section):
+class RunConfig(Section):
+    """What every run config has: where it runs and exports, its distribution and checkpoint settings."""
+
+    run_dir: Path
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+
+    @property
+    def export_dir(self) -> Path:
+        return self.checkpoint.export_dir or self.run_dir / "hf"
+
+    def dump(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+class PretrainConfig(RunConfig):
     name: str = Field("pretrain", description="run name; the exported model's name")
     run_dir: Path = Field(Path(".neo/runs/pretrain"), description="config, logs and checkpoints")
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
     train: TrainSection
-    distributed: DistributedSection = Field(default_factory=DistributedSection)
-    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
-
-    @property
-    def export_dir(self) -> Path:
-        return self.checkpoint.export_dir or self.run_dir / "hf"
 
     def tokens_per_step(self, world_size: int) -> int:
         return self.train.micro_batch_size * self.train.grad_accum * world_size * self.data.seq_len
@@ -149,9 +158,6 @@ class PretrainConfig(Section):
         if self.train.steps is not None:
             return self.train.steps
         return math.ceil(self.train.tokens / self.tokens_per_step(world_size))  # type: ignore[operator]
-
-    def dump(self) -> dict[str, Any]:
-        return json.loads(self.model_dump_json())
 
 
 class ConfigError(ValueError):
@@ -236,7 +242,7 @@ class SFTPhase(Section):
     steps: int = Field(gt=0)
 
 
-class SFTConfig(Section):
+class SFTConfig(RunConfig):
     """Two-phase SFT (MAP-Neo: phase 1 instruction data, phase 2 chat data) from an HF checkpoint."""
 
     name: str = "sft"
@@ -250,16 +256,7 @@ class SFTConfig(Section):
                                 "template renders it (TRL), 'im_end' = reply<|im_end|> (sft_data docstring)")
     phases: list[SFTPhase] = Field(min_length=1)
     train: AlignTrainSection = Field(default_factory=AlignTrainSection)
-    distributed: DistributedSection = Field(default_factory=DistributedSection)
-    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(tensorboard=False))
-
-    @property
-    def export_dir(self) -> Path:
-        return self.checkpoint.export_dir or self.run_dir / "hf"
-
-    def dump(self) -> dict[str, Any]:
-        return json.loads(self.model_dump_json())
 
 
 class DPODataSection(Section):
@@ -274,7 +271,7 @@ class DPOTrainSection(AlignTrainSection):
     epochs: int = Field(1, gt=0)
 
 
-class DPOConfig(Section):
+class DPOConfig(RunConfig):
     """Sigmoid DPO against a frozen reference (default: the starting checkpoint). Accepts the UI's job
     config ``{name, stage, run_dir, base_model, data: {preferences, format}, checkpoint: {export_dir}}``."""
 
@@ -292,16 +289,7 @@ class DPOConfig(Section):
                                 "prompt, reply<|im_end|>\\n (TRL), 'im_end' = reply<|im_end|> (sft_data docstring)")
     data: DPODataSection
     train: DPOTrainSection = Field(default_factory=DPOTrainSection)
-    distributed: DistributedSection = Field(default_factory=DistributedSection)
-    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(tensorboard=False, log_every=1))
-
-    @property
-    def export_dir(self) -> Path:
-        return self.checkpoint.export_dir or self.run_dir / "hf"
-
-    def dump(self) -> dict[str, Any]:
-        return json.loads(self.model_dump_json())
 
 
 def load_stage_config(cls: type[Section], source: Path | dict[str, Any], overrides: list[str] | None = None) -> Any:
@@ -329,7 +317,7 @@ class RewardTrainSection(AlignTrainSection):
         None, ge=0, description="TRL's: adds c·mean((r_c + r_r)²), keeping rewards centred on 0")
 
 
-class RewardConfig(Section):
+class RewardConfig(RunConfig):
     """A Bradley-Terry reward model (backbone + scalar head) on TRL preference pairs (``neo train rm``)."""
 
     name: str = "rm"
@@ -339,13 +327,4 @@ class RewardConfig(Section):
     seq_len: int = Field(512, gt=0, description="tokens per scored conversation (longer ones lose their start)")
     data: RewardDataSection
     train: RewardTrainSection = Field(default_factory=RewardTrainSection)
-    distributed: DistributedSection = Field(default_factory=DistributedSection)
-    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(tensorboard=False, log_every=1))
-
-    @property
-    def export_dir(self) -> Path:
-        return self.checkpoint.export_dir or self.run_dir / "hf"
-
-    def dump(self) -> dict[str, Any]:
-        return json.loads(self.model_dump_json())

@@ -34,7 +34,14 @@ from neo_trainer.losses import dpo_loss, sequence_logps
 from neo_trainer.metrics import MetricsLogger
 from neo_trainer.modeling import CausalLM
 from neo_trainer.sft_data import Example, encode_preference, load_preferences, pack
-from neo_trainer.stages.sft import build_engine, checkpoint_info, load_policy, stage_args, warmup_lr
+from neo_trainer.stages.sft import (
+    build_engine,
+    checkpoint_info,
+    load_policy,
+    shuffled_batches,
+    stage_args,
+    warmup_lr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +120,13 @@ def run_dpo(cfg: DPOConfig, threads: int = 0) -> Path:
         log.info("DPO: %d pairs, %d steps of %d pairs, beta %.3g", len(pairs), total, global_batch, t.beta)
     metrics = MetricsLogger(cfg.run_dir, total_steps=total, start_step=0, log_every=cfg.metrics.log_every,
                             tensorboard=cfg.metrics.tensorboard, progress=cfg.metrics.progress, enabled=env.is_main)
-    order: list[int] = []
+    batches = shuffled_batches(len(pairs), global_batch, rng)
     record: dict[str, Any] = {}
     seen = 0
     try:
         for step in range(total):
             t0 = time.perf_counter()
-            if len(order) < global_batch:
-                fresh = list(range(len(pairs)))
-                rng.shuffle(fresh)
-                order += fresh
-            batch, order = order[:global_batch], order[global_batch:]
+            batch = next(batches)
             idx = policy.share(batch)
             chosen, rejected = pair_logps(policy, [pairs[i] for i in idx], cfg.seq_len, tokenizer.pad_id, env.device)
             out = dpo_loss(chosen, rejected, ref[0][idx], ref[1][idx], t.beta,

@@ -29,13 +29,13 @@ from neo.hf import export_reward_hf
 from neo.schemas import NeoCheckpointInfo
 from neo.tokenizer import NeoTokenizer
 from neo_trainer import distributed
-from neo_trainer.config import RewardConfig, load_stage_config
+from neo_trainer.config import RewardConfig
 from neo_trainer.engine import AlignEngine
 from neo_trainer.losses import reward_loss
 from neo_trainer.metrics import MetricsLogger
 from neo_trainer.reward import RewardModel, batch, encode_reward_pair, score_ids
 from neo_trainer.sft_data import load_preferences
-from neo_trainer.stages.sft import stage_args, warmup_lr
+from neo_trainer.stages.sft import shuffled_batches, stage_main, warmup_lr
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +111,12 @@ def run_rm(cfg: RewardConfig, threads: int = 0) -> Path:
                  global_batch)
     metrics = MetricsLogger(cfg.run_dir, total_steps=total, start_step=0, log_every=cfg.metrics.log_every,
                             tensorboard=cfg.metrics.tensorboard, progress=cfg.metrics.progress, enabled=env.is_main)
-    order: list[int] = []
+    batches = shuffled_batches(len(pairs), global_batch, rng)
     seen = 0
     try:
         for step in range(total):
             t0 = time.perf_counter()
-            if len(order) < global_batch:
-                fresh = list(range(len(pairs)))
-                rng.shuffle(fresh)
-                order += fresh
-            chosen_idx, order = order[:global_batch], order[global_batch:]
+            chosen_idx = next(batches)
             idx = engine.share(chosen_idx)
             chosen, rejected = pair_rewards(engine, [pairs[i] for i in idx], tokenizer.pad_id, env.device)
             out = reward_loss(chosen, rejected, center_coefficient=t.center_rewards_coefficient)
@@ -161,15 +157,7 @@ def run_rm(cfg: RewardConfig, threads: int = 0) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m neo_trainer.stages.rm CONFIG``: a short run that starts over when repeated."""
-    from neo_trainer.settings import TrainerSettings
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config, overrides = stage_args("rm", argv)
-    cfg = load_stage_config(RewardConfig, config, overrides)
-    out = run_rm(cfg, threads=TrainerSettings().threads)
-    if distributed.setup().is_main:
-        print(f"exported {out}")
-    return 0
+    return stage_main("rm", RewardConfig, run_rm, argv)
 
 
 if __name__ == "__main__":

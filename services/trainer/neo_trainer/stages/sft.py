@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,15 +138,32 @@ def run_sft(cfg: SFTConfig, threads: int = 0) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m neo_trainer.stages.sft CONFIG [--set k=v]``: a short run that starts over when repeated."""
+    return stage_main("sft", SFTConfig, run_sft, argv)
+
+
+def stage_main(stage: str, config_cls: type, run: Callable[..., Path], argv: list[str] | None) -> int:
+    """``python -m neo_trainer.stages.<stage> CONFIG [--set k=v]``: load the config, run, say where it exported."""
     from neo_trainer.settings import TrainerSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config, overrides = stage_args("sft", argv)
-    cfg = load_stage_config(SFTConfig, config, overrides)
-    out = run_sft(cfg, threads=TrainerSettings().threads)
+    config, overrides = stage_args(stage, argv)
+    out = run(load_stage_config(config_cls, config, overrides), threads=TrainerSettings().threads)
     if distributed.setup().is_main:
         print(f"exported {out}")
     return 0
+
+
+def shuffled_batches(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Batches of ``size`` indices into ``n`` items, forever: each pass over the items in a new shuffled
+    order, a batch running on into the next pass (as DPO's and the reward model's loops take pairs)."""
+    order: list[int] = []
+    while True:
+        while len(order) < size:
+            fresh = list(range(n))
+            rng.shuffle(fresh)
+            order += fresh
+        batch, order = order[:size], order[size:]
+        yield batch
 
 
 def stage_args(stage: str, argv: list[str] | None) -> tuple[Path, list[str]]:
