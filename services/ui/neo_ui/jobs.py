@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from neo_ui.client import ServingClient
+from neo.registry import ModelRegistry
+from neo_ui.client import ServingClient, ServingUnavailable
 from neo_ui.export import ExportReport, export
 from neo_ui.settings import UISettings
 from neo_ui.store import PreferenceStore
@@ -136,3 +138,120 @@ def status_markdown(job: str | None, status: dict[str, Any] | None) -> str:
     if status.get("state") == "failed" and status.get("error"):
         line += "\n\n```\n" + status["error"][-1500:] + "\n```"
     return line
+
+
+# --- the round, live ---------------------------------------------------------------------------------------
+_TOTAL = re.compile(r"DPO: \d+ pairs, (\d+) steps")  # the DPO stage's first log line (neo_trainer.stages.dpo)
+
+
+def read_metrics(run_dir: str | Path | None) -> list[dict[str, Any]]:
+    """The records of ``<run_dir>/metrics.jsonl`` (the trainer's per-step metrics); [] when there are none yet."""
+    path = Path(run_dir) / "metrics.jsonl" if run_dir else None
+    if path is None or not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # the line the trainer is writing right now
+    return out
+
+
+def total_steps(status: dict[str, Any]) -> int | None:
+    """The job's step count: the hash's ``total_steps`` when the worker writes it, else the DPO stage's
+    first log line in ``<run_dir>/job.log``."""
+    if status.get("total_steps"):
+        return int(float(status["total_steps"]))
+    log_path = Path(status.get("run_dir") or "") / "job.log"
+    if status.get("run_dir") and log_path.is_file():
+        found = _TOTAL.search(log_path.read_text(errors="replace")[:200_000])
+        if found:
+            return int(found.group(1))
+    return None
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """The last round as the live panel shows it: the job's state and progress, then the version it made."""
+
+    round: int | None
+    job: str | None
+    status: dict[str, Any] | None
+    step: int | None = None
+    total: int | None = None
+    registered: str | None = None  # the new version's ref, once the trainer registered it
+    parent: str | None = None  # the version it was trained from
+    served: str | None = None  # the served id of the new version, once serving serves it
+    parent_served: str | None = None
+
+    @property
+    def state(self) -> str | None:
+        return (self.status or {}).get("state")
+
+    @property
+    def battle_ready(self) -> bool:
+        return bool(self.served and self.parent_served)
+
+
+def round_progress(store: PreferenceStore, queue: TrainerQueue, registry: ModelRegistry,
+                   client: ServingClient) -> RoundProgress:
+    """Read the last round's job hash, the registry and serving's model list (each may be missing)."""
+    marker = store.last_round()
+    job = marker.get("job") or None
+    status = queue.status(job) if job else None
+    if status is None:
+        return RoundProgress(marker.get("round"), job, status)
+    step = int(float(status["step"])) if status.get("step") else None
+    registered = parent = served = parent_served = None
+    if status.get("state") == "done" and status.get("export_dir"):
+        version = registry.version_of(status["export_dir"])
+        if version is not None:
+            registered, parent = version.ref, version.parent
+            try:
+                models = client.models()
+            except ServingUnavailable:
+                models = []
+            refs = {m.ref: m.id for m in models}
+            served, parent_served = refs.get(registered), refs.get(parent) if parent else None
+    return RoundProgress(marker.get("round"), job, status, step, total_steps(status), registered, parent, served,
+                         parent_served)
+
+
+def progress_markdown(progress: RoundProgress) -> str:
+    """The live panel: state, a step bar and loss while running; the new version and whether it is served
+    when done; the reason when failed."""
+    if not progress.job:
+        return "No DPO round has been started yet."
+    status = progress.status
+    if status is None:
+        return f"Job `{progress.job}`: no record in Redis (the trainer's store was cleared?)."
+    state = status.get("state", "?")
+    lines = [f"**Round {progress.round}** · job `{progress.job}` · state: **{state}**"]
+    if progress.step is not None or state == "running":
+        step = progress.step or 0
+        if progress.total:
+            filled = round(20 * min(step, progress.total) / progress.total)
+            lines.append(f"`[{'#' * filled}{'.' * (20 - filled)}]` step **{step}/{progress.total}**")
+        else:
+            lines.append(f"step **{step}**")
+    numbers = [f"{k} {float(status[k]):.4f}" for k in ("loss", "val_loss") if status.get(k)]
+    if numbers:
+        lines.append(" · ".join(numbers))
+    if state == "queued":
+        lines.append("Waiting for a trainer worker (`neo train worker`) to take the job.")
+    elif state == "failed":
+        lines.append("**The round failed.** Reason (the end of the job's log):")
+        lines.append("```\n" + (status.get("error") or "no error recorded")[-1500:] + "\n```")
+    elif state == "done":
+        if progress.registered is None:
+            lines.append(f"Exported to `{status.get('export_dir', '?')}`; not (yet) in the model registry.")
+        else:
+            lines.append(f"New version **{progress.registered}** (parent {progress.parent or 'none'}).")
+            lines.append(f"Served as `{progress.served}`." if progress.served else
+                         "Not served yet: serving loads it when its registry watcher sees it (or on reload).")
+            if progress.battle_ready:
+                lines.append("Ready for an arena battle against its parent.")
+    return "\n\n".join(lines)

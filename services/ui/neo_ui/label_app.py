@@ -3,7 +3,13 @@
 Who is labeling: with ``NEO_UI_USERS`` set the app sits behind Gradio's login and the account name is the
 annotator; without, an annotator types a name, kept in the session's state. Named API endpoints (for
 ``gradio_client``): ``/sign_in``, ``/next_pair``, ``/submit_label``, ``/skip``, ``/add_prompts``,
-``/prompts_from_chat``, ``/stats``, ``/export``, ``/start_round``, ``/round_status``.
+``/prompts_from_chat``, ``/stats``, ``/export``, ``/start_round``, ``/round_status``, ``/arena_battle``,
+``/arena_vote``, ``/leaderboard``, ``/plots``.
+
+Arena (``neo_ui.arena``): two chosen versions answer a typed prompt, blind; the vote is a label (a DPO pair
+and a leaderboard battle) and the versions are revealed after it. The DPO panel follows the last round live
+(a Timer re-reads the job hash): state, step/total, loss, then the registered version, and once serving
+serves it, a button that sets up an arena battle of the new version against its parent.
 
 The task id travels through a hidden textbox, so a double click sends the same id twice and the
 store keeps one label (the second click answers "already saved" and leaves the page alone).
@@ -19,10 +25,20 @@ from typing import Any
 import gradio as gr
 import redis
 
+from neo.registry import ModelRegistry
+from neo_ui import plots
+from neo_ui.arena import Arena, arena_prompt, reveal, standings_rows
 from neo_ui.chatlog import ChatLog
 from neo_ui.client import ServingClient, ServingUnavailable
 from neo_ui.export import export
-from neo_ui.jobs import RoundError, TrainerQueue, start_dpo_round, status_markdown
+from neo_ui.jobs import (
+    RoundError,
+    TrainerQueue,
+    progress_markdown,
+    read_metrics,
+    round_progress,
+    start_dpo_round,
+)
 from neo_ui.labeling import CHOICES, Labeler, LabelError, TaskView, check_annotator
 from neo_ui.prompts import PromptQueue
 from neo_ui.render import conversation_markdown, markdown_table, safe_markdown
@@ -33,6 +49,7 @@ from neo_ui.store import PreferenceStore
 log = logging.getLogger(__name__)
 
 EMPTY = ("", "", "", "")  # task id, prompt, answer A, answer B
+ROUND_POLL_S = 2.0  # the DPO panel re-reads the job's status this often
 STORE_DOWN = "The label store (Redis) is unreachable: nothing was saved. Try again in a moment."
 
 
@@ -56,6 +73,8 @@ class LabelCallbacks:
                  chatlog: ChatLog, queue: TrainerQueue, client: ServingClient):
         self.settings, self.labeler, self.store, self.prompts = settings, labeler, store, prompts
         self.chatlog, self.queue, self.client = chatlog, queue, client
+        self.registry = ModelRegistry(store.redis, settings.redis_prefix)
+        self.arena = Arena(client, self.registry)
 
     @staticmethod
     def annotator(name: str | None, request: gr.Request | None) -> str:
@@ -158,11 +177,107 @@ class LabelCallbacks:
             return f"⚠️ {safe_markdown(str(exc))}"
         log.info("%s started DPO round %s (job %s)", who, started.marker["round"], started.job)
         return (f"Round {started.marker['round']} queued: {safe_markdown(started.export.summary())}\n\n"
-                + status_markdown(started.job, self.queue.status(started.job)))
+                + progress_markdown(round_progress(self.store, self.queue, self.registry, self.client)))
 
-    def round_status(self) -> str:
+    def round_status(self) -> tuple[str, Any]:
+        """The live panel's text, and the 'battle new vs previous' button (shown once both are served)."""
+        try:
+            progress = round_progress(self.store, self.queue, self.registry, self.client)
+        except redis.RedisError as exc:
+            return f"⚠️ Redis is unreachable ({exc}): job status unknown.", gr.skip()
+        return progress_markdown(progress), gr.update(visible=progress.battle_ready)
+
+    def battle_new_vs_previous(self) -> tuple[Any, Any, str, Any]:
+        """Set the arena up with the last round's new version against its parent, and open the Arena tab."""
+        progress = round_progress(self.store, self.queue, self.registry, self.client)
+        if not progress.battle_ready:
+            return gr.skip(), gr.skip(), "⚠️ The new version or its parent is not served (yet).", gr.skip()
+        choices = self._arena_choices()
+        return (gr.update(choices=choices, value=progress.served), gr.update(choices=choices, value=progress.parent_served),
+                f"Arena set up: **{progress.registered}** (new) against **{progress.parent}** (its parent). "
+                "Type a prompt and press Battle.", gr.Tabs(selected="arena"))
+
+    # --- arena ---------------------------------------------------------------------------------------------
+    def _arena_choices(self) -> list[str]:
+        return [c.id for c in self.arena.contenders()]
+
+    def arena_setup(self) -> tuple[Any, Any, str]:
+        """The served versions, preselected as newest vs its parent."""
+        try:
+            contenders = self.arena.contenders()
+        except ServingUnavailable as exc:
+            return gr.skip(), gr.skip(), f"⚠️ {exc}"
+        choices = [c.id for c in contenders]
+        matchup = self.arena.default_matchup(contenders)
+        if matchup is None:
+            return (gr.update(choices=choices), gr.update(choices=choices),
+                    "⚠️ The arena needs two served versions (serve a pinned `NAME:vN` beside the latest).")
+        refs = {c.id: c.ref for c in contenders}
+        return (gr.update(choices=choices, value=matchup[0]), gr.update(choices=choices, value=matchup[1]),
+                f"{len(choices)} versions served; default match-up: the newest against its parent "
+                f"({refs[matchup[0]]} vs {refs[matchup[1]]}) when both are served.")
+
+    def arena_random_prompt(self) -> str:
+        """A queued prompt's last user turn (to battle on something real)."""
+        pid = self.prompts.redis.zrandmember(self.prompts.key("queue"))
+        prompt = self.prompts.get(pid) if pid else None
+        return prompt.messages[-1].content if prompt else ""
+
+    def arena_battle(self, first: str | None, second: str | None, text: str, name: str,
+                     request: gr.Request) -> tuple[str, str, str, str]:
+        """Values for (task id, answer A, answer B, status)."""
+        try:
+            who = self.annotator(name, request)
+            if not first or not second or first == second:
+                raise LabelError("Pick two different versions.")
+            if not (text or "").strip():
+                raise LabelError("Type a prompt (or take a random queued one) first.")
+            view = self.labeler.battle(who, arena_prompt(text, self.settings.system_prompt),
+                                       self.arena.pick(first, second))
+        except (LabelError, ValueError, ServingUnavailable) as exc:
+            return "", "", "", f"⚠️ {safe_markdown(str(exc))}"
+        except redis.RedisError as exc:
+            log.error("arena battle: Redis error: %s", exc)
+            return "", "", "", f"⚠️ {STORE_DOWN}"
+        return (view.task_id, safe_markdown(view.answer_a), safe_markdown(view.answer_b),
+                "Which answer is better? The versions are shown after your vote.")
+
+    def arena_vote(self, task_id: str, choice: str, name: str, request: gr.Request) -> tuple[str, str]:
+        """Values for (task id, status): the vote is stored as a label, then the versions are revealed."""
+        try:
+            if not task_id:
+                raise LabelError("Start a battle first.")
+            result = self.labeler.submit(self.annotator(name, request), task_id, choice)
+        except LabelError as exc:
+            return task_id, f"⚠️ {exc}"
+        except redis.RedisError as exc:
+            log.error("arena vote of task %s NOT saved: Redis error: %s", task_id, exc)
+            return task_id, f"⚠️ {STORE_DOWN}"
+        head = "Vote saved" if result.created else "Already voted"
+        return "", f"{head} (label `{result.record.id[:8]}`). {reveal(result.record)}"
+
+    def leaderboard(self) -> tuple[str, Any]:
+        board = self.arena.board(self.store.iter_labels())
+        if not board:
+            return "_No battles yet: a battle is a vote between answers of two different versions._", None
+        return markdown_table(standings_rows(board)), plots.ratings(board)
+
+    def plots(self) -> tuple[Any, Any, Any, Any, Any, str]:
+        labels = list(self.store.iter_labels())
         job = self.store.last_round().get("job") or None
-        return status_markdown(job, self.queue.status(job) if job else None)
+        status = self.queue.status(job) if job else None
+        curves = plots.dpo_curves(read_metrics((status or {}).get("run_dir")))
+        note = (f"DPO curves of round job `{job}`." if len(curves) else
+                "No DPO metrics yet (they appear while the round's job trains).")
+        return (plots.labels_per_day(labels), plots.labels_per_annotator(labels), plots.win_rate_by_version(labels),
+                plots.agreement_frame(labels), curves, note)
+
+
+def _vote(cb: LabelCallbacks, choice: str):
+    def vote(task_id: str, name: str, request: gr.Request) -> tuple[str, str]:
+        return cb.arena_vote(task_id, choice, name, request)
+
+    return vote
 
 
 def build_label_app(settings: UISettings, cb: LabelCallbacks) -> gr.Blocks:
@@ -175,7 +290,7 @@ def build_label_app(settings: UISettings, cb: LabelCallbacks) -> gr.Blocks:
             name_box = gr.Textbox(label="Your name", scale=3, elem_id="annotator-name")
             sign_in_btn = gr.Button("Sign in", scale=1, elem_id="sign-in")
         signed_in = gr.Markdown(elem_id="signed-in")
-        with gr.Tab("Label"):
+        with gr.Tabs() as tabs, gr.Tab("Label", id="label"):
             next_btn = gr.Button("Next pair", variant="secondary", elem_id="next-pair")
             task_id = gr.Textbox(visible=False, elem_id="task-id")
             prompt = gr.Markdown(elem_id="prompt", sanitize_html=True)
@@ -194,7 +309,37 @@ def build_label_app(settings: UISettings, cb: LabelCallbacks) -> gr.Blocks:
                 submit_btn = gr.Button("Submit label", variant="primary", elem_id="submit-label")
                 skip_btn = gr.Button("Skip this prompt", elem_id="skip")
             status = gr.Markdown(elem_id="label-status")
-        with gr.Tab("Prompts"):
+        with tabs, gr.Tab("Arena", id="arena"):
+            gr.Markdown("Two versions answer your prompt; you see them blind as A and B and vote. The vote is a "
+                        "preference pair (the next DPO round uses it) and a battle on the leaderboard.")
+            with gr.Row():
+                arena_1 = gr.Dropdown(label="Version 1", elem_id="arena-model-1", allow_custom_value=False)
+                arena_2 = gr.Dropdown(label="Version 2", elem_id="arena-model-2", allow_custom_value=False)
+                arena_default = gr.Button("Newest vs parent", elem_id="arena-default", scale=0)
+            arena_text = gr.Textbox(label="Your prompt", lines=3, elem_id="arena-prompt")
+            with gr.Row():
+                arena_random = gr.Button("Random queued prompt", elem_id="arena-random")
+                battle_btn = gr.Button("Battle", variant="primary", elem_id="arena-battle")
+            arena_task = gr.Textbox(visible=False, elem_id="arena-task")
+            with gr.Row(equal_height=False):
+                with gr.Column():
+                    gr.Markdown("### Model A")
+                    arena_a = gr.Markdown(elem_id="arena-answer-a", sanitize_html=True)
+                with gr.Column():
+                    gr.Markdown("### Model B")
+                    arena_b = gr.Markdown(elem_id="arena-answer-b", sanitize_html=True)
+            with gr.Row():
+                vote_buttons = [gr.Button(text, elem_id=f"arena-vote-{choice}") for text, choice in
+                                (("👈 A is better", "a"), ("👉 B is better", "b"), ("🤝 Tie", "tie"),
+                                 ("👎 Both bad", "both_bad"))]
+            arena_status = gr.Markdown(elem_id="arena-status")
+            gr.Markdown("### Leaderboard (Bradley-Terry, Elo scale, 95% bootstrap CIs; win rate vs parent with "
+                        "its Wilson interval)")
+            board_btn = gr.Button("Refresh leaderboard", elem_id="refresh-leaderboard", size="sm")
+            board_md = gr.Markdown(elem_id="leaderboard")
+            board_plot = gr.ScatterPlot(x="version", y="elo", color="series", label="Ratings with 95% CIs",
+                                        elem_id="leaderboard-plot", height=260)
+        with tabs, gr.Tab("Prompts", id="prompts"):
             queue_md = gr.Markdown(elem_id="queue-info")
             upload = gr.File(label="Upload prompts (JSONL: {\"prompt\": …} or {\"messages\": […]} per line)",
                              file_types=[".jsonl", ".json", ".txt"], type="filepath")
@@ -202,7 +347,7 @@ def build_label_app(settings: UISettings, cb: LabelCallbacks) -> gr.Blocks:
             paste_btn = gr.Button("Add pasted prompts")
             chat_n = gr.Number(100, label="Newest chat turns to queue", precision=0)
             chat_btn = gr.Button("Queue prompts from chat logs")
-        with gr.Tab("Stats"):
+        with tabs, gr.Tab("Stats", id="stats"):
             stats_btn = gr.Button("Refresh stats", elem_id="refresh-stats")
             summary = gr.Markdown(elem_id="stats-summary")
             gr.Markdown("#### Labels per annotator")
@@ -213,7 +358,25 @@ def build_label_app(settings: UISettings, cb: LabelCallbacks) -> gr.Blocks:
             matchups = gr.Markdown()
             gr.Markdown("#### Agreement between annotators on shared prompts")
             agreement = gr.Markdown()
-        with gr.Tab("Export & DPO"):
+        with tabs, gr.Tab("Plots", id="plots"):
+            plots_btn = gr.Button("Refresh plots", elem_id="refresh-plots")
+            with gr.Row():
+                per_day = gr.BarPlot(x="day", y="labels", color="annotator", label="Labels per day",
+                                     elem_id="plot-per-day", height=260)
+                per_annotator = gr.BarPlot(x="annotator", y="labels", color="choice", label="Labels per annotator",
+                                           elem_id="plot-per-annotator", height=260)
+            with gr.Row():
+                win_rates = gr.LinePlot(x="version", y="value", color="series", y_lim=[0, 1],
+                                        label="Win rate by version (rounds in order) with 95% CI",
+                                        elem_id="plot-win-rate", height=260)
+                agreement_plot = gr.BarPlot(x="annotators", y="agreement", y_lim=[0, 1],
+                                            label="Agreement between annotators", elem_id="plot-agreement",
+                                            height=260)
+            curves = gr.LinePlot(x="step", y="value", color="metric",
+                                 label="Last DPO round: loss, reward margin, accuracy", elem_id="plot-dpo",
+                                 height=300)
+            curves_note = gr.Markdown(elem_id="plot-dpo-note")
+        with tabs, gr.Tab("Export & DPO", id="export"):
             with gr.Row():
                 keep_ties = gr.Checkbox(False, label="Keep ties")
                 keep_both_bad = gr.Checkbox(False, label="Keep both-bad")
@@ -226,13 +389,16 @@ def build_label_app(settings: UISettings, cb: LabelCallbacks) -> gr.Blocks:
             round_btn = gr.Button("Start DPO round on new labels", variant="stop", interactive=False,
                                   elem_id="start-round")
             round_md = gr.Markdown(elem_id="round-status")
-            round_refresh = gr.Button("Refresh job status", size="sm")
-            timer = gr.Timer(10)
+            with gr.Row():
+                round_refresh = gr.Button("Refresh job status", size="sm")
+                round_battle = gr.Button("Arena battle: new vs previous version", variant="primary", visible=False,
+                                         elem_id="round-battle")
+            timer = gr.Timer(ROUND_POLL_S)
 
         task_outputs = [task_id, prompt, answer_a, answer_b, choice, comment, edit, status]
         sign_in = sign_in_btn.click(cb.sign_in, [name_box], [name, signed_in, round_btn], api_name="sign_in")
         name_box.submit(cb.sign_in, [name_box], [name, signed_in, round_btn], api_name=False)
-        sign_in.then(cb.round_status, None, [round_md], api_name=False)
+        sign_in.then(cb.round_status, None, [round_md, round_battle], api_name=False)
         if logins:
             app.load(cb.sign_in, [name_box], [name, signed_in, round_btn], api_name=False)
         app.load(cb.queue_info, None, [queue_md], api_name=False)
@@ -248,6 +414,21 @@ def build_label_app(settings: UISettings, cb: LabelCallbacks) -> gr.Blocks:
         export_btn.click(cb.export, [keep_ties, keep_both_bad, fmt, since_round], [export_file, export_md],
                          api_name="export")
         round_btn.click(cb.start_round, [name], [round_md], api_name="start_round")
-        round_refresh.click(cb.round_status, None, [round_md], api_name="round_status")
-        timer.tick(cb.round_status, None, [round_md], api_name=False, show_progress="hidden")
+        round_refresh.click(cb.round_status, None, [round_md, round_battle], api_name="round_status")
+        timer.tick(cb.round_status, None, [round_md, round_battle], api_name=False, show_progress="hidden")
+        round_battle.click(cb.battle_new_vs_previous, None, [arena_1, arena_2, arena_status, tabs], api_name=False)
+
+        app.load(cb.arena_setup, None, [arena_1, arena_2, arena_status], api_name=False)
+        arena_default.click(cb.arena_setup, None, [arena_1, arena_2, arena_status], api_name=False)
+        arena_random.click(cb.arena_random_prompt, None, [arena_text], api_name=False)
+        battle_btn.click(cb.arena_battle, [arena_1, arena_2, arena_text, name],
+                         [arena_task, arena_a, arena_b, arena_status], api_name="arena_battle")
+        board_out = [board_md, board_plot]
+        for button, choice in zip(vote_buttons, ("A better", "B better", "Tie", "Both bad"), strict=True):
+            button.click(_vote(cb, choice), [arena_task, name], [arena_task, arena_status],
+                         api_name="arena_vote" if choice == "A better" else False
+                         ).then(cb.leaderboard, None, board_out, api_name=False)
+        board_btn.click(cb.leaderboard, None, board_out, api_name="leaderboard")
+        plots_out = [per_day, per_annotator, win_rates, agreement_plot, curves, curves_note]
+        plots_btn.click(cb.plots, None, plots_out, api_name="plots")
     return app

@@ -87,8 +87,21 @@ class Labeler:
         chosen = self.rng.sample(wanted, 2) if len(wanted) >= 2 else [wanted[0]] * 2
         return [served[name] for name in chosen]
 
-    def _sample_pair(self, prompt: Prompt) -> Pair:
-        models = self._models()
+    def battle(self, annotator: str, prompt: Prompt, models: list[ServedModel]) -> TaskView:
+        """An arena battle: ``prompt`` (a fresh one, not queued for labeling) answered once by each of two
+        different served versions, shown blind in a random order; the vote is an ordinary label (``submit``)."""
+        annotator = check_annotator(annotator)
+        if len(models) != 2 or models[0].ref == models[1].ref:
+            raise LabelError("An arena battle needs two different model versions.")
+        self.prompts.redis.set(self.prompts.key("prompt", prompt.id), prompt.model_dump_json(),
+                               ex=self.settings.task_ttl_s, nx=True)
+        pair = self.store.put_pair(self._sample_pair(prompt, models))
+        order = (0, 1) if self.rng.random() < 0.5 else (1, 0)
+        task = self.store.create_task(annotator, pair, order, self.settings.task_ttl_s)
+        return self._view(task, prompt, pair)
+
+    def _sample_pair(self, prompt: Prompt, models: list[ServedModel] | None = None) -> Pair:
+        models = models or self._models()
         pair_id = uuid.uuid4().hex[:16]
         seeds = [self.rng.randrange(2**31) for _ in models]
         answers = []
