@@ -327,8 +327,9 @@ def align_round(
     if "win_rate/human" in m:
         parts.append(f"people {m['win_rate/human']:.3f} on {int(m['win_rate/human_labels'])} labels "
                      f"({result.parent} vs its parent)")
+    # stdout is the JSON above (scripts parse it); the human summary goes to stderr
     typer.echo("win rate: " + ("; ".join(parts) if parts else "none measured (no held-out prompts or "
-                                                                "version-vs-parent labels)"))
+                                                                "version-vs-parent labels)"), err=True)
 
 
 @scaling_app.command("fit")
