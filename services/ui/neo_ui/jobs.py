@@ -14,6 +14,7 @@ A round: export the labels since the last round to ``$NEO_HOME/data/prefs/round-
 
     {"name": "dpo-round-NNN", "stage": "dpo", "run_dir": "$NEO_HOME/runs/dpo-round-NNN",
      "base_model": "<HF checkpoint dir of the policy>",
+     "seq_len": min(512, the base model's max_position_embeddings)  # when its config.json is readable
      "data": {"preferences": ["<the round's JSONL>"], "format": "conversational"},
      "checkpoint": {"export_dir": "$NEO_HOME/models/dpo-round-NNN"}}
 """
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "neo_trainer.run_job"  # neo_trainer.worker.TASK_NAME
 DPO_KIND = "dpo"
+DPO_SEQ_LEN = 512  # the DPO stage's default seq_len, cut to the base model's context when that is shorter
 
 
 class RoundError(RuntimeError):
@@ -82,11 +84,20 @@ class TrainerQueue:
             self._celery.close()
 
 
+def _context_length(checkpoint: str) -> int | None:
+    """The HF checkpoint's ``max_position_embeddings`` when its config.json is readable here, else None."""
+    try:
+        return int(json.loads((Path(checkpoint) / "config.json").read_text())["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def dpo_job_config(settings: UISettings, round_no: int, preferences: Path, base_model: str) -> dict[str, Any]:
     """The assumed ``dpo`` job config (see the module docstring)."""
     name = f"dpo-round-{round_no:03d}"
+    context = _context_length(base_model)
     return {"name": name, "stage": DPO_KIND, "run_dir": str((settings.runs_dir / name).resolve()),
-            "base_model": base_model,
+            "base_model": base_model, **({"seq_len": min(DPO_SEQ_LEN, context)} if context else {}),
             "data": {"preferences": [str(Path(preferences).resolve())], "format": "conversational"},
             "checkpoint": {"export_dir": str((settings.models_dir / name).resolve())}}
 
