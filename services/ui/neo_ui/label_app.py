@@ -330,8 +330,8 @@ def build_label_app(settings: UISettings, cb: LabelCallbacks) -> gr.Blocks:
                     arena_b = gr.Markdown(elem_id="arena-answer-b", sanitize_html=True)
             with gr.Row():
                 vote_buttons = [gr.Button(text, elem_id=f"arena-vote-{choice}") for text, choice in
-                                (("👈 A is better", "a"), ("👉 B is better", "b"), ("🤝 Tie", "tie"),
-                                 ("👎 Both bad", "both_bad"))]
+                                (("A is better", "a"), ("B is better", "b"), ("Tie", "tie"),
+                                 ("Both bad", "both_bad"))]
             arena_status = gr.Markdown(elem_id="arena-status")
             gr.Markdown("### Leaderboard (Bradley-Terry, Elo scale, 95% bootstrap CIs; win rate vs parent with "
                         "its Wilson interval)")
