@@ -102,16 +102,24 @@ def dpo_job_config(settings: UISettings, round_no: int, preferences: Path, base_
             "checkpoint": {"export_dir": str((settings.models_dir / name).resolve())}}
 
 
-def base_model(settings: UISettings, client: ServingClient) -> str:
-    """The checkpoint a round starts from: ``NEO_DPO_BASE_MODEL``, else the labeled model's directory."""
+def base_model(settings: UISettings, client: ServingClient, registry: ModelRegistry | None = None) -> str:
+    """The checkpoint a round starts from: ``NEO_DPO_BASE_MODEL``, else the labeled model's directory: from the
+    model registry for a registered version (serving shows ``root`` to admins only), else serving's ``root``."""
     if settings.dpo_base_model:
         return settings.dpo_base_model
     served = client.models()
     wanted = settings.label_models[:1] or [m.id for m in served][:1]
     for model in served:
-        if model.id in wanted and model.root:
+        if model.id not in wanted:
+            continue
+        if registry is not None and model.version and model.version != "local":
+            found = registry.get(model.ref.split(":")[0], model.version)
+            if found is not None:
+                return found.path
+        if model.root:
             return model.root
-    raise RoundError("Serving does not say which checkpoint it serves: set NEO_DPO_BASE_MODEL.")
+    raise RoundError("Serving does not say which checkpoint it serves (a version not in the registry, and no "
+                     "admin key to see its path): set NEO_DPO_BASE_MODEL.")
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,7 @@ def start_dpo_round(settings: UISettings, store: PreferenceStore, queue: Trainer
                     client: ServingClient) -> RoundStarted:
     """Export the labels since the last round, queue a DPO job on them and move the round marker."""
     round_no = int(store.last_round().get("round", 0)) + 1
-    base = base_model(settings, client)
+    base = base_model(settings, client, ModelRegistry(store.redis, settings.redis_prefix))
     path = settings.prefs_dir / f"round-{round_no:03d}.jsonl"
     report = export(store, path, since_last_round=True)
     if report.rows == 0:

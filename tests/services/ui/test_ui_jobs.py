@@ -65,3 +65,34 @@ def test_status_is_read_from_the_trainer_hash(parts, rds, settings):
     assert "**failed**" in text and "step 3" in text and "boom" in text
     assert "no record" in status_markdown("missing", None)
     assert "No DPO round" in status_markdown(None, None)
+
+
+def test_a_round_finds_its_base_in_the_registry_when_serving_hides_paths(rds, settings, checkpoints, redis_prefix):
+    """Serving shows `root` to admins only; a registered version's path comes from the registry instead."""
+    import os
+    import subprocess
+    import sys
+
+    from neo.net import free_port, wait_http
+    from neo.registry import ModelRegistry
+    from neo_ui.jobs import base_model
+
+    registry = ModelRegistry(rds, redis_prefix)
+    version = registry.register("chat", checkpoints["tiny"], stage="sft")
+    port = free_port()
+    env = {**os.environ, "NEO_REDIS_URL": settings.redis_url, "NEO_REDIS_PREFIX": redis_prefix,
+           "NEO_API_KEYS": '["sk-ui"]', "NEO_ADMIN_KEYS": '["sk-admin"]'}  # the UI holds an inference key only
+    proc = subprocess.Popen([sys.executable, "-m", "neo.cli", "serve", "--model", "chat", "--port", str(port),
+                             "--threads", "1", "--log-level", "warning"], env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        ui = settings.model_copy(update={"api_url": f"http://127.0.0.1:{port}/v1", "api_key": "sk-ui",
+                                         "label_models": ["chat"]})
+        client = ServingClient(ui)
+        assert [m.root for m in client.models()] == [None]  # serving hides the path from a non-admin
+        assert base_model(ui, client, registry) == version.path
+        with pytest.raises(RoundError, match="NEO_DPO_BASE_MODEL"):
+            base_model(ui, client)  # without the registry there is nothing to go on
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
