@@ -63,22 +63,25 @@ class ChatService:
         return [m.id for m in self.client.models()]
 
     def send(self, conv: list[Turn], text: str, model: str | None, system: str,
-             sampling: Sampling) -> Iterator[list[Turn]]:
-        """Add the user's text and stream the answer; yields the growing conversation."""
+             sampling: Sampling, user: str | None = None) -> Iterator[list[Turn]]:
+        """Add the user's text and stream the answer; yields the growing conversation. ``user``: the
+        signed-in account, recorded with the logged turn."""
         if not text.strip():
             yield conv
             return
-        yield from self.answer(add_user(conv, text), model, system, sampling)
+        yield from self.answer(add_user(conv, text), model, system, sampling, user)
 
-    def retry(self, conv: list[Turn], model: str | None, system: str, sampling: Sampling) -> Iterator[list[Turn]]:
+    def retry(self, conv: list[Turn], model: str | None, system: str, sampling: Sampling,
+              user: str | None = None) -> Iterator[list[Turn]]:
         """Answer the last user turn again."""
         base = without_last_answer(conv)
         if not base:
             yield conv
             return
-        yield from self.answer(base, model, system, sampling)
+        yield from self.answer(base, model, system, sampling, user)
 
-    def answer(self, conv: list[Turn], model: str | None, system: str, sampling: Sampling) -> Iterator[list[Turn]]:
+    def answer(self, conv: list[Turn], model: str | None, system: str, sampling: Sampling,
+               user: str | None = None) -> Iterator[list[Turn]]:
         """Stream an answer to ``conv`` (which ends with a user turn). Closing this generator (the stop
         button) closes the HTTP stream; the partial answer stays in the conversation."""
         if not model:
@@ -102,13 +105,15 @@ class ChatService:
         finally:
             pieces.close()
             if turn["ok"] and turn["content"]:
-                self._log(messages, turn, model, sampling, "done" if finished else "stopped")
+                self._log(messages, turn, model, sampling, "done" if finished else "stopped", user)
 
-    def _log(self, messages: list[dict[str, str]], turn: Turn, model: str, sampling: Sampling, finish: str) -> None:
+    def _log(self, messages: list[dict[str, str]], turn: Turn, model: str, sampling: Sampling, finish: str,
+             user: str | None) -> None:
         self.chatlog.log_turn(ChatTurnLog(model=model, messages=messages, answer=turn["content"],  # type: ignore[arg-type]
-                                          sampling=sampling.request_args(), finish=finish))  # type: ignore[arg-type]
+                                          sampling=sampling.request_args(), finish=finish, user=user))  # type: ignore[arg-type]
 
-    def feedback(self, conv: list[Turn], index: int, liked: bool, system: str, session: str | None) -> Feedback | None:
+    def feedback(self, conv: list[Turn], index: int, liked: bool, system: str, session: str | None,
+                 user: str | None = None) -> Feedback | None:
         """Store a thumbs up/down on the answer at ``index`` (its position in the conversation)."""
         if not 0 <= index < len(conv) or conv[index]["role"] != "assistant" or not conv[index]["ok"]:
             log.info("feedback on message %d ignored: not an answer", index)
@@ -116,7 +121,7 @@ class ChatService:
         answer = conv[index]
         item = Feedback(id=feedback_id(session, index, answer["content"]), rating="up" if liked else "down",
                         model=answer["model"], messages=request_messages(conv[:index], system),  # type: ignore[arg-type]
-                        answer=answer["content"], session=session)
+                        answer=answer["content"], session=session, user=user)
         self.chatlog.save_feedback(item)
         return item
 

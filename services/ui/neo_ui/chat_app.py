@@ -1,7 +1,8 @@
 """The chat app (Gradio Blocks): thin callbacks over ``neo_ui.chat.ChatService``.
 
 Named API endpoints (for ``gradio_client``): ``/models``, ``/send``, ``/retry``, ``/undo``, ``/clear``.
-The conversation lives in the session's ``gr.State``; the chatbot only ever shows escaped text.
+The conversation lives in the session's ``gr.State``; the chatbot only ever shows escaped text. Behind a
+login (``NEO_UI_USERS``) the account name goes with every logged turn and rating.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ log = logging.getLogger(__name__)
 MAX_TOKENS_SLIDER = 4096  # upper end of the slider; serving still caps at its context length
 
 
+def user(request: gr.Request | None) -> str | None:
+    """The signed-in account's name (None when the app has no logins)."""
+    return getattr(request, "username", None) if request is not None else None
+
+
 def build_chat_app(settings: UISettings, service: ChatService) -> gr.Blocks:
     """The chat page: side panel (model, system prompt, sampling), chatbot, send/stop/retry/undo/clear."""
 
@@ -37,13 +43,13 @@ def build_chat_app(settings: UISettings, service: ChatService) -> gr.Blocks:
         return Sampling(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens))
 
     def send(text: str, conv: list[Turn], model: str | None, system: str, temperature: float, top_p: float,
-             max_tokens: float) -> Iterator[tuple[Any, list[Turn], str]]:
-        for c in service.send(conv, text, model, system, sampling(temperature, top_p, max_tokens)):
+             max_tokens: float, request: gr.Request) -> Iterator[tuple[Any, list[Turn], str]]:
+        for c in service.send(conv, text, model, system, sampling(temperature, top_p, max_tokens), user(request)):
             yield display(c), c, ""
 
     def retry(conv: list[Turn], model: str | None, system: str, temperature: float, top_p: float,
-              max_tokens: float) -> Iterator[tuple[Any, list[Turn]]]:
-        for c in service.retry(conv, model, system, sampling(temperature, top_p, max_tokens)):
+              max_tokens: float, request: gr.Request) -> Iterator[tuple[Any, list[Turn]]]:
+        for c in service.retry(conv, model, system, sampling(temperature, top_p, max_tokens), user(request)):
             yield display(c), c
 
     def undo_last(conv: list[Turn]) -> tuple[Any, list[Turn], str]:
@@ -57,7 +63,7 @@ def build_chat_app(settings: UISettings, service: ChatService) -> gr.Blocks:
         index = data.index if isinstance(data.index, int) else data.index[0]
         try:
             service.feedback(conv, index, data.liked in (True, "Like"), system,
-                             request.session_hash if request else None)
+                             request.session_hash if request else None, user(request))
         except redis.RedisError as exc:
             log.error("feedback not saved: Redis error: %s", exc)
             gr.Warning("Your rating could not be saved (the store is unreachable). Try again later.")

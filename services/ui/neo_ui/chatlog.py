@@ -39,6 +39,7 @@ class ChatTurnLog(BaseModel):
     answer: str
     sampling: dict[str, Any] = Field(default_factory=dict)
     finish: Literal["done", "stopped"] = "done"
+    user: str | None = Field(default=None, description="the signed-in account (None: the chat has no logins)")
 
 
 class Feedback(BaseModel):
@@ -51,6 +52,7 @@ class Feedback(BaseModel):
     messages: list[PromptMessage] = Field(description="the conversation before the rated answer")
     answer: str
     session: str | None = None
+    user: str | None = Field(default=None, description="the signed-in account (None: the chat has no logins)")
 
 
 def feedback_id(session: str | None, index: int, answer: str) -> str:

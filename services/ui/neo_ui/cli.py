@@ -3,7 +3,7 @@
 Flags override the ``NEO_`` environment (``UISettings``). Examples::
 
     neo ui --api-url http://127.0.0.1:8000 --port 7860                  # chat at /chat, labeling at /label
-    neo ui --user alice:pw --user bob:pw --admin alice --label-model chat
+    neo ui --users-file accounts.txt --admin alice --label-model chat   # NAME:PASSWORD lines; chat + labeling log in
     neo prefs import prompts.jsonl                                      # queue prompts for labeling
     neo prefs export .neo/data/prefs/prefs.jsonl [--keep-ties] [--keep-both-bad] [--since-last-round]
     neo prefs stats
@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 _F = UISettings.model_fields
 SHUTDOWN_GRACE_S = 3  # seconds in-flight requests get on SIGTERM before open streams are cut
 
-app = typer.Typer(help="The chat and preference-labeling web apps (talk to serving over its OpenAI API).",
+app = typer.Typer(help="The chat and preference-labeling web apps (talk to serving over its OpenAI API). With "
+                       "accounts (--user, --users-file, NEO_UI_USERS) both sit behind one login; without, both are "
+                       "open (loopback demos). Passwords and keys given as flags show in `ps`: give them in files "
+                       "(--users-file, --api-key-file) or the environment (NEO_UI_USERS, NEO_API_KEY) instead.",
                   pretty_exceptions_show_locals=False)
 prefs_app = typer.Typer(help="Preference labels: export TRL JSONL for DPO, queue prompts, stats.",
                         no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -48,15 +51,35 @@ def _settings(**given: Any) -> UISettings:
         raise typer.Exit(2) from exc
 
 
+def _secrets(path: Path) -> list[str]:
+    from neo.settings import read_secrets
+
+    try:
+        return read_secrets(path)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
 @app.callback(invoke_without_command=True)
 def ui(
     ctx: typer.Context,
     api_url: Annotated[str | None, typer.Option(help=_help("api_url"))] = None,
-    api_key: Annotated[str | None, typer.Option(help=_help("api_key"))] = None,
+    api_key: Annotated[str | None, typer.Option(help=_help(
+        "api_key", "Bearer key for serving; visible in `ps`: prefer --api-key-file or the env"))] = None,
+    api_key_file: Annotated[Path | None, typer.Option(
+        help="file holding the Bearer key for serving (first line; keeps it out of `ps`, as env NEO_API_KEY does)")]
+        = None,
     host: Annotated[str | None, typer.Option(help=_help("ui_host"))] = None,
     port: Annotated[int | None, typer.Option(help=_help("ui_port"))] = None,
-    user: Annotated[list[str] | None, typer.Option(help=_help("ui_users", "NAME:PASSWORD login (repeat)"))] = None,
-    admin: Annotated[list[str] | None, typer.Option(help=_help("ui_admins", "admin annotator (repeat)"))] = None,
+    user: Annotated[list[str] | None, typer.Option(help=_help(
+        "ui_users", "NAME:PASSWORD account for /chat and /label (repeat); visible in `ps`: prefer --users-file or "
+                    "the env"))] = None,
+    users_file: Annotated[Path | None, typer.Option(
+        help="file of NAME:PASSWORD accounts, one per line, # comments (added to --user; keeps passwords out of "
+             "`ps`, as env NEO_UI_USERS='[\"alice:pw\"]' does)")] = None,
+    admin: Annotated[list[str] | None, typer.Option(help=_help(
+        "ui_admins", "account allowed to start DPO rounds (repeat; must be one of the accounts)"))] = None,
     label_model: Annotated[list[str] | None, typer.Option(help=_help("label_models", "model to label (repeat)"))] = None,
     redis_url: Annotated[str | None, typer.Option(help=_help("redis_url"))] = None,
     redis_prefix: Annotated[str | None, typer.Option(help=_help("redis_prefix"))] = None,
@@ -69,6 +92,13 @@ def ui(
 
     from neo_ui.server import build_app
 
+    if api_key is not None and api_key_file is not None:
+        typer.echo("error: give --api-key or --api-key-file, not both", err=True)
+        raise typer.Exit(2)
+    if api_key_file is not None:
+        api_key = _secrets(api_key_file)[0]
+    if users_file is not None:
+        user = [*(user or []), *_secrets(users_file)]
     settings = _settings(api_url=api_url, api_key=api_key, ui_host=host, ui_port=port, ui_users=user,
                          ui_admins=admin, label_models=label_model, redis_url=redis_url, redis_prefix=redis_prefix)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -2,8 +2,13 @@
 
     /          → redirect to /chat/
     /chat/     the chat app
-    /label/    the preference-labeling app (behind Gradio's login when NEO_UI_USERS is set)
+    /label/    the preference-labeling app
     /health    {"status": "ok", "redis": true, "api_url": ...}
+
+With accounts (NEO_UI_USERS) both apps sit behind Gradio's login, with one session for both and failed
+logins rate-limited (neo_ui.auth); without, both are open (a demo on loopback, as ``neo up`` runs it).
+The chat app serves no files: Gradio's file route of /chat/ refuses the labeling app's exports and uploads
+(they are copied into Gradio's upload folder, which every mounted app would otherwise serve).
 
 Every part is built here once from the settings and handed down: one Redis client, one serving
 client, the stores.
@@ -13,12 +18,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import redis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
+from gradio.utils import get_upload_folder
 
+from neo_ui.auth import Accounts, LoginThrottle, share_sessions
 from neo_ui.chat import ChatService
 from neo_ui.chat_app import build_chat_app
 from neo_ui.chatlog import ChatLog
@@ -89,10 +97,20 @@ def build_app(settings: UISettings, parts: Parts | None = None) -> FastAPI:
                              "api_url": settings.api_url}, status_code=200 if redis_ok else 503)
 
     settings.prefs_dir.mkdir(parents=True, exist_ok=True)
+    prefs_dir = str(settings.prefs_dir.resolve())
     theme = gr.themes.Default(font=FONTS, font_mono=MONO_FONTS)
-    gr.mount_gradio_app(app, chat, path="/chat", footer_links=["api"], theme=theme)
-    gr.mount_gradio_app(app, label, path="/label", footer_links=["api"], theme=theme, auth=settings.accounts or None,
-                        auth_message="Neo preference labeling: sign in with your annotator account.",
-                        allowed_paths=[str(settings.prefs_dir.resolve())])
-    log.info("UI ready: chat at /chat, labeling at /label (serving: %s)", settings.api_url)
+    accounts = Accounts(settings.accounts, settings.ui_login_max_failures, settings.ui_login_window_s) \
+        if settings.accounts else None
+    gr.mount_gradio_app(app, chat, path="/chat", footer_links=["api"], theme=theme, auth=accounts,
+                        auth_message="Neo: sign in with your account (one login for chat and labeling).",
+                        blocked_paths=[prefs_dir, str(Path(get_upload_folder()).resolve())])
+    gr.mount_gradio_app(app, label, path="/label", footer_links=["api"], theme=theme, auth=accounts,
+                        auth_message="Neo preference labeling: sign in with your account (one login for chat and "
+                                     "labeling).",
+                        allowed_paths=[prefs_dir])
+    if accounts is not None:
+        share_sessions(app, "/chat", "/label")
+        app.add_middleware(LoginThrottle, accounts=accounts)
+    log.info("UI ready: chat at /chat, labeling at /label (%s; serving: %s)",
+             f"{len(settings.accounts)} accounts" if accounts else "open: no accounts", settings.api_url)
     return app

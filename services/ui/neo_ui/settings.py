@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from neo.settings import NeoSettings
 
@@ -33,8 +33,15 @@ class UISettings(NeoSettings):
     # --- labeling app -------------------------------------------------------------------------------
     ui_users: list[str] = Field(
         default_factory=list,
-        description="NAME:PASSWORD accounts for the labeling app (Gradio auth); empty = annotators type a name")
-    ui_admins: list[str] = Field(default_factory=list, description="annotator names allowed to start DPO rounds")
+        description="NAME:PASSWORD accounts: /chat and /label sit behind one login; empty = open (annotators type a "
+                    "name; for loopback demos)")
+    ui_admins: list[str] = Field(default_factory=list,
+                                 description="accounts (names in NEO_UI_USERS) allowed to start DPO rounds")
+    ui_login_max_failures: int = Field(
+        default=5, ge=1, description="failed logins for one account name within the window before its logins are "
+                                     "refused (429); one client address may fail 4 times as often")
+    ui_login_window_s: float = Field(default=60.0, gt=0,
+                                     description="seconds failed logins are counted over (and refused for)")
     label_models: list[str] = Field(
         default_factory=list,
         description="served models answers are sampled from: one (two samples) or two; empty = what /v1/models lists")
@@ -60,16 +67,32 @@ class UISettings(NeoSettings):
     @field_validator("ui_users")
     @classmethod
     def _pairs(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
         for item in value:
             name, sep, password = item.partition(":")
             if not sep or not name.strip() or not password:
                 raise ValueError(f"ui_users entry {item.split(':')[0]!r}… is not NAME:PASSWORD")
+            if name.strip() in seen:
+                raise ValueError(f"ui_users names account {name.strip()!r} twice")
+            seen.add(name.strip())
         return value
+
+    @model_validator(mode="after")
+    def _admins_are_accounts(self) -> UISettings:
+        """Without logins anyone can type any name: an admin must be an account, or nobody may be one."""
+        names = {name for name, _ in self.accounts}
+        strangers = [a for a in self.ui_admins if a not in names]
+        if strangers:
+            raise ValueError(
+                f"ui_admins {strangers} must be accounts: give each a login in ui_users (--user NAME:PASSWORD, "
+                f"--users-file or NEO_UI_USERS); an admin without one is a name anybody could type "
+                f"({'no accounts are configured' if not names else 'accounts: ' + ', '.join(sorted(names))})")
+        return self
 
     @property
     def accounts(self) -> list[tuple[str, str]]:
-        """``ui_users`` as (name, password) pairs, for Gradio auth."""
-        return [tuple(item.partition(":")[::2]) for item in self.ui_users]  # type: ignore[misc]
+        """``ui_users`` as (name, password) pairs (names stripped, as Gradio's login strips them)."""
+        return [(name.strip(), password) for name, _, password in (item.partition(":") for item in self.ui_users)]
 
     @property
     def prefs_dir(self):

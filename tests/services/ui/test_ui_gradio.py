@@ -91,22 +91,27 @@ def test_label_flow(label, rds, settings):
     assert [r["id"] for r in rows] == [task_id] and "wrote 1 pairs" in text
 
 
-def test_second_annotator_and_admin_round(live_ui, label, settings, rds):
-    label.predict("alice", api_name="/sign_in")
-    label.predict('{"prompt": "hello there"}', api_name="/add_prompts")
-    first = label.predict(api_name="/next_pair")
-    label.predict(first[0], "A better", "", "", api_name="/submit_label")
-    assert "Only admins" in label.predict(api_name="/start_round")
+def test_second_annotator_and_admin_round(tmp_path, redis_prefix, serving, rds):
+    """Admins are accounts: alice (no admin) is refused a round, the admin account starts one."""
+    settings = make_settings(tmp_path, redis_prefix, serving, ui_users=["alice:pw-a", "admin:pw-admin"],
+                             ui_admins=["admin"])
+    with LiveUI(settings) as ui:
+        label = Client(f"{ui.url}/label/", auth=("alice", "pw-a"), verbose=False)
+        assert "(admin)" not in label.predict("admin", api_name="/sign_in")  # a typed name counts for nothing
+        label.predict('{"prompt": "hello there"}', api_name="/add_prompts")
+        first = label.predict(api_name="/next_pair")
+        label.predict(first[0], "A better", "", "", api_name="/submit_label")
+        assert "Only admins" in label.predict(api_name="/start_round")
 
-    admin = Client(f"{live_ui.url}/label/", verbose=False)  # another session: another annotator
-    assert "(admin)" in admin.predict("admin", api_name="/sign_in")
-    second = admin.predict(api_name="/next_pair")
-    assert second[1] == first[1] and second[0] != first[0]  # the same prompt, a task of its own
-    admin.predict(second[0], "Tie", "", "", api_name="/submit_label")
-    text = admin.predict(api_name="/start_round")
-    assert text.startswith("Round 1 queued") and "**queued**" in text
-    assert "**queued**" in admin.predict(api_name="/round_status")
-    assert rds.llen(f"{settings.redis_prefix}trainer") == 1
+        admin = Client(f"{ui.url}/label/", auth=("admin", "pw-admin"), verbose=False)  # another annotator
+        assert "(admin)" in admin.predict("", api_name="/sign_in")
+        second = admin.predict(api_name="/next_pair")
+        assert second[1] == first[1] and second[0] != first[0]  # the same prompt, a task of its own
+        admin.predict(second[0], "Tie", "", "", api_name="/submit_label")
+        text = admin.predict(api_name="/start_round")
+        assert text.startswith("Round 1 queued") and "**queued**" in text
+        assert "**queued**" in admin.predict(api_name="/round_status")
+        assert rds.llen(f"{settings.redis_prefix}trainer") == 1
 
 
 def test_logins(tmp_path, redis_prefix, serving, rds):
