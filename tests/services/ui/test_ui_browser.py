@@ -4,6 +4,7 @@
 - labeling: sign in, upload prompts, label a pair (double click: one record), find it in Redis and in
   the export, restart the UI process, find the label still there;
 - a ``<script>``/``onerror`` in model output is shown as text and never runs (a fake upstream serves it).
+- with accounts: Gradio's login form on /chat/ (a wrong password refused), one login for both apps.
 """
 
 from __future__ import annotations
@@ -188,3 +189,32 @@ def test_label_in_browser_survives_a_restart(page, settings, rds, tmp_path, redi
         page.wait_for_selector("#stats-summary :text('1 labels')")
         assert "alice" in page.locator("#stats-annotators").inner_text()
         assert json.loads(rds.get(f"{redis_prefix}prefs:label:{ids[0]}")) == record
+
+
+def test_one_login_in_the_browser_for_chat_and_labeling(page, tmp_path, redis_prefix, serving, rds):
+    """With accounts, /chat/ shows Gradio's login form first; after signing in there, /label/ knows the
+    account without asking again, and the chat log records who chatted."""
+    settings = make_settings(tmp_path / "home", redis_prefix, serving, ui_users=["alice:s3cret"])
+    with LiveUI(settings) as ui:
+        page.goto(f"{ui.url}/chat/")
+        page.wait_for_selector("h2:text('Login')")
+        assert "one login for chat and labeling" in page.content()
+        assert page.locator("#chat-input").count() == 0  # no chat before the login
+        page.locator("input[type=text]").fill("alice")
+        page.locator("input[type=password]").fill("wrong")
+        page.get_by_role("button", name="Login").click()
+        time.sleep(1)
+        assert page.locator("#chat-input").count() == 0 and page.get_by_text("Incorrect Credentials").count() == 1
+        page.locator("input[type=text]").fill("alice")  # Gradio clears the form after a refusal
+        page.locator("input[type=password]").fill("s3cret")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_selector("#models-status :text('model(s) served')")
+        send(page, "hello from alice")
+        log_key = f"{redis_prefix}chat:log"
+        wait_for(lambda: rds.llen(log_key) == 1, what="the answer to be logged")
+        assert json.loads(rds.lindex(log_key, 0))["user"] == "alice"
+
+        page.goto(f"{ui.url}/label/")  # the same session: no second login
+        page.wait_for_selector("#signed-in :text('Signed in as')")
+        assert "alice" in page.locator("#signed-in").inner_text()
+        assert page.locator("#annotator-name").is_hidden()

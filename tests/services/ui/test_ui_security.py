@@ -98,12 +98,26 @@ def test_an_admin_must_be_an_account(tmp_path):
         UISettings(home=tmp_path, ui_users=["alice:pw", "alice:other"])
 
 
-def test_ui_refuses_to_start_with_an_admin_without_an_account(tmp_path):
+@pytest.fixture
+def no_server(monkeypatch) -> list[UISettings]:
+    """``neo ui`` up to the point where it would serve: the settings it would build the app from."""
+    import uvicorn
+
+    import neo_ui.server
+
+    built: list[UISettings] = []
+    monkeypatch.setattr(neo_ui.server, "build_app", lambda settings: built.append(settings) or "app")
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    return built
+
+
+def test_ui_refuses_to_start_with_an_admin_without_an_account(tmp_path, no_server):
     env = {"NEO_HOME": str(tmp_path), "NEO_UI_USERS": None, "NEO_UI_ADMINS": None}
     result = CliRunner().invoke(app, ["--admin", "alice", "--port", "1"], env=env)
     assert result.exit_code == 2 and "must be accounts" in result.output and "--user NAME:PASSWORD" in result.output
     result = CliRunner().invoke(app, ["--user", "bob:pw", "--admin", "alice", "--port", "1"], env=env)
     assert result.exit_code == 2 and "ui_admins ['alice'] must be accounts" in result.output
+    assert no_server == []  # never got as far as serving
 
 
 # --- failed logins are rate-limited ---------------------------------------------------------------------------
@@ -213,14 +227,8 @@ def test_help_names_the_secret_files():
     assert "`ps`" in text and "NEO_UI_USERS" in text and "NEO_API_KEY" in text
 
 
-def test_secret_files_are_read(tmp_path, monkeypatch):
-    import uvicorn
-
-    import neo_ui.server
-
-    built: list[UISettings] = []
-    monkeypatch.setattr(neo_ui.server, "build_app", lambda settings: built.append(settings) or "app")
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+def test_secret_files_are_read(tmp_path, no_server):
+    built = no_server
     users, key = tmp_path / "users.txt", tmp_path / "key.txt"
     users.write_text("# annotators\nalice:pw a\n\nbob:pw-b\n", encoding="utf-8")
     key.write_text("sk-from-file\n", encoding="utf-8")
