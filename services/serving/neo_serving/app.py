@@ -66,15 +66,15 @@ class APIKeyMiddleware:
                 "admin routes are disabled on a server that listens beyond loopback without an admin key: "
                 "set NEO_ADMIN_KEYS"))(scope, receive, send)
             return
-        keys = self.admin_keys if admin and self.admin_keys else self.keys
-        if scope["path"] == "/v1/models" and self.keys:
-            keys = keys + self.admin_keys  # admins list what is served (and see where it lies)
         token = _bearer(scope)
-        if not keys or token is not None and any(hmac.compare_digest(token, k) for k in keys):
+        is_admin, is_user = _matches(token, self.admin_keys), _matches(token, self.keys)
+        if admin and self.admin_keys:
+            allowed = is_admin
+        else:  # admins also list what is served (and see where it lies)
+            allowed = not self.keys or is_user or (scope["path"] == "/v1/models" and is_admin)
+        if allowed:
             # admins (an admin key, or anyone while admin routes are open on loopback) also see server paths
-            scope.setdefault("state", {})["admin"] = (
-                token is not None and any(hmac.compare_digest(token, k) for k in self.admin_keys)
-                if self.admin_keys else self.loopback)
+            scope.setdefault("state", {})["admin"] = is_admin if self.admin_keys else self.loopback
             await self.app(scope, receive, send)
             return
         what = "admin key" if admin and self.admin_keys else "API key"
@@ -123,6 +123,11 @@ class BodyLimitMiddleware:
         await _json_error(status_error(
             413, f"request body is larger than this server's limit of {self.limit} bytes (NEO_MAX_BODY_BYTES)",
             code="request_too_large"))(scope, receive, send)
+
+
+def _matches(token: bytes | None, keys: list[bytes]) -> bool:
+    """``token`` is one of ``keys`` (each compared in constant time)."""
+    return token is not None and any(hmac.compare_digest(token, k) for k in keys)
 
 
 def _bearer(scope: Scope) -> bytes | None:
