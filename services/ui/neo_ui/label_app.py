@@ -280,6 +280,17 @@ def _vote(cb: LabelCallbacks, choice: str):
     return vote
 
 
+def _side_by_side(title: str, elem: str) -> tuple[gr.Markdown, gr.Markdown]:
+    """Two answers in columns, headed "{title} A" / "{title} B", with element ids ``{elem}-a`` / ``{elem}-b``."""
+    with gr.Row(equal_height=False):
+        boxes = []
+        for side in ("A", "B"):
+            with gr.Column():
+                gr.Markdown(f"### {title} {side}")
+                boxes.append(gr.Markdown(elem_id=f"{elem}-{side.lower()}", sanitize_html=True))
+    return boxes[0], boxes[1]
+
+
 def build_label_app(settings: UISettings, cb: LabelCallbacks) -> gr.Blocks:
     """The labeling page: Label, Prompts, Stats and Export tabs."""
     logins = bool(settings.accounts)
@@ -294,13 +305,7 @@ def build_label_app(settings: UISettings, cb: LabelCallbacks) -> gr.Blocks:
             next_btn = gr.Button("Next pair", variant="secondary", elem_id="next-pair")
             task_id = gr.Textbox(visible=False, elem_id="task-id")
             prompt = gr.Markdown(elem_id="prompt", sanitize_html=True)
-            with gr.Row(equal_height=False):
-                with gr.Column():
-                    gr.Markdown("### Answer A")
-                    answer_a = gr.Markdown(elem_id="answer-a", sanitize_html=True)
-                with gr.Column():
-                    gr.Markdown("### Answer B")
-                    answer_b = gr.Markdown(elem_id="answer-b", sanitize_html=True)
+            answer_a, answer_b = _side_by_side("Answer", "answer")
             choice = gr.Radio(list(CHOICES), label="Which answer is better?", elem_id="choice")
             comment = gr.Textbox(label="Comment (optional)", elem_id="comment")
             edit = gr.Textbox(label="Edit of the better answer (optional; used as 'chosen' when you pick A or B)",
@@ -321,13 +326,7 @@ def build_label_app(settings: UISettings, cb: LabelCallbacks) -> gr.Blocks:
                 arena_random = gr.Button("Random queued prompt", elem_id="arena-random")
                 battle_btn = gr.Button("Battle", variant="primary", elem_id="arena-battle")
             arena_task = gr.Textbox(visible=False, elem_id="arena-task")
-            with gr.Row(equal_height=False):
-                with gr.Column():
-                    gr.Markdown("### Model A")
-                    arena_a = gr.Markdown(elem_id="arena-answer-a", sanitize_html=True)
-                with gr.Column():
-                    gr.Markdown("### Model B")
-                    arena_b = gr.Markdown(elem_id="arena-answer-b", sanitize_html=True)
+            arena_a, arena_b = _side_by_side("Model", "arena-answer")
             with gr.Row():
                 vote_buttons = [gr.Button(text, elem_id=f"arena-vote-{choice}") for text, choice in
                                 (("A is better", "a"), ("B is better", "b"), ("Tie", "tie"),
