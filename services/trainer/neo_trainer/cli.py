@@ -155,6 +155,47 @@ def status(job: Annotated[str | None, typer.Argument(help="job id (default: list
     typer.echo(json.dumps(found, indent=2))
 
 
+@app.command("plan")
+def plan_cmd(
+    config: Annotated[str, typer.Argument(help="a run config (YAML/JSON) or a preset name (neo-250m … neo-7b: "
+                                               "full context, the paper's 4.5T tokens, ~4M tokens per step)")],
+    gpus: Annotated[int, typer.Option(help="GPUs per node")] = 8,
+    nodes: Annotated[int, typer.Option(help="nodes")] = 1,
+    gpu: Annotated[str, typer.Option(help="GPU type: a100-40g | a100-80g | h100 | h200 | b200")] = "h100",
+    mfu: Annotated[float, typer.Option(help="model FLOPs utilisation to assume, in (0, 1]")] = 0.4,
+    tokens: Annotated[str | None, typer.Option(help="token budget, e.g. 4.5T, 300B, 5e9 (default: the "
+                                                    "config's; a preset: the paper's 4.5T)")] = None,
+    global_batch: Annotated[int | None, typer.Option(help="rows per optimizer step; grad_accum = rows ÷ "
+                                                          "(micro batch × GPUs), which must be whole")] = None,
+    micro_batch: Annotated[int | None, typer.Option(help="rows per GPU per forward (default: the config's; "
+                                                         "a preset: 1)")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="tokens per row (default: the config's; a preset: its "
+                                                     "max_seq_len)")] = None,
+    price: Annotated[float | None, typer.Option(help="USD per GPU-hour (default: the GPU table's)")] = None,
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON (bytes, seconds, USD)")] = False,
+) -> None:
+    """Plan a pretraining run on a GPU cluster: batch checks, memory per GPU for ZeRO 0-3, steps, time, cost."""
+    from neo_trainer.plan import PlanError, load_for_plan, parse_tokens, plan, preset_grad_accum, render
+
+    overrides = list(set_ or []) + ([f"train.micro_batch_size={micro_batch}"] if micro_batch else [])
+    try:
+        cfg, is_preset = load_for_plan(config, overrides, seq_len)
+        if is_preset and global_batch is None:
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
+                update={"grad_accum": preset_grad_accum(cfg, max(gpus, 1) * max(nodes, 1))})})
+        result = plan(cfg, gpu=gpu, gpus_per_node=gpus, nodes=nodes, mfu=mfu, global_batch=global_batch,
+                      tokens=parse_tokens(tokens) if tokens else None, price=price)
+    except PlanError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+
+    Console(width=140).print(render(result))
+
+
 @app.command("worker")
 def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
