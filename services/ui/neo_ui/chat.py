@@ -104,7 +104,9 @@ class ChatService:
             return
         finally:
             pieces.close()
-            if turn["ok"] and turn["content"]:
+            # a finished answer is logged even when empty (a model that answers nothing is worth seeing);
+            # a stop before the first piece is not an answer
+            if turn["ok"] and (turn["content"] or finished):
                 self._log(messages, turn, model, sampling, "done" if finished else "stopped", user)
 
     def _log(self, messages: list[dict[str, str]], turn: Turn, model: str, sampling: Sampling, finish: str,

@@ -40,7 +40,8 @@ def build_chat_app(settings: UISettings, service: ChatService) -> gr.Blocks:
         return gr.update(choices=names, value=value), f"{len(names)} model(s) served at {settings.api_url}"
 
     def sampling(temperature: float, top_p: float, max_tokens: float) -> Sampling:
-        return Sampling(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens))
+        return Sampling(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens),
+                        seed=settings.seed)
 
     def send(text: str, conv: list[Turn], model: str | None, system: str, temperature: float, top_p: float,
              max_tokens: float, request: gr.Request) -> Iterator[tuple[Any, list[Turn], str]]:

@@ -27,6 +27,8 @@ class UISettings(NeoSettings):
     temperature: float = Field(default=0.7, ge=0, le=2, description="default temperature (0 = greedy)")
     top_p: float = Field(default=0.9, gt=0, le=1, description="default nucleus sampling")
     max_tokens: int = Field(default=256, ge=1, description="default tokens per answer")
+    seed: int | None = Field(default=None, ge=0, description="sampling seed of chat answers: the same conversation "
+                                                            "gets the same answer (demos, tests); empty = random")
     chat_log: bool = Field(default=True, description="keep chat turns in Redis (the labeling queue can use them)")
     chat_log_max: int = Field(default=10_000, ge=1, description="chat turns kept (oldest dropped)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -13,7 +14,9 @@ from neo_ui.client import Sampling, ServedModel, ServingClient, ServingUnavailab
 
 from .conftest import make_settings
 
-SAMPLING = Sampling(temperature=1.0, top_p=1.0, max_tokens=24)
+# Seeded: a random model sampled freely ends some answers at the first token (EOS, ~1 run in 200), and the
+# tests below need answers of several pieces; a seed makes every run the same (seeding is tested in serving).
+SAMPLING = Sampling(temperature=1.0, top_p=1.0, max_tokens=24, seed=7)
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ def test_send_streams_into_the_conversation_and_logs_it(service):
 
 
 def test_stop_keeps_the_partial_answer(service):
-    stream = service.send([], "hello", "tiny", "", Sampling(temperature=1.0, max_tokens=200))
+    stream = service.send([], "hello", "tiny", "", Sampling(temperature=1.0, max_tokens=200, seed=7))
     conv = next(stream)  # the empty assistant turn
     while not conv[-1]["content"]:  # until the first piece (a busy reader may get many tokens in one)
         conv = next(stream)
@@ -112,3 +115,33 @@ def test_label_refs_of_followed_pinned_and_local_models():
     assert ServedModel("chat", version="v3").ref == "chat:v3"  # --model chat, at its latest version
     assert ServedModel("chat:v1", version="v1").ref == "chat:v1"  # --model chat:v1, pinned
     assert ServedModel("demo").ref == "demo:local"  # a directory, or another server without versions
+
+
+def test_an_empty_finished_answer_is_logged_but_a_stop_before_any_text_is_not(tmp_path, redis_prefix, rds):
+    """A server that answers nothing (a model that says EOS first): the turn is logged (finish "done"), so the
+    chat log and the labeling queue see it; a stop before the first piece logs nothing."""
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    from .conftest import ThreadServer
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat():
+        done = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        return StreamingResponse(iter([f"data: {json.dumps(done)}\n\n", "data: [DONE]\n\n"]),
+                                 media_type="text/event-stream")
+
+    with ThreadServer(app) as server:
+        service = ChatService(ServingClient(make_settings(tmp_path, redis_prefix, f"{server.url}/v1")),
+                              ChatLog(rds, redis_prefix))
+        conv = list(service.send([], "hello", "m", "", SAMPLING))[-1]
+        assert conv[-1] == {"role": "assistant", "content": "", "ok": True, "model": "m"}
+        [turn] = service.chatlog.recent()
+        assert turn.answer == "" and turn.finish == "done"
+        stream = service.send([], "again", "m", "", SAMPLING)
+        next(stream)  # the empty assistant turn, then the stop button
+        stream.close()
+        assert len(service.chatlog.recent()) == 1
