@@ -8,7 +8,8 @@ A round
 1. resolves the policy (an HF directory, or the latest registered version of ``--model-name``);
 2. takes the preference rows: a TRL JSONL (``neo prefs export``), or, with ``--from-redis``, exports the
    labels since the last round from the labeling UI's Redis store through ``neo prefs export
-   --since-last-round`` (the UI's CLI contract), moving the UI's round marker once there are rows;
+   --since-last-round`` (the UI's CLI contract); the UI's round marker moves (``neo prefs mark-round``) only
+   once the new version is registered, so a failed round leaves its labels for the next;
    With ``--pairs rm`` (or ``both``) the pairs are made, as MAP-Neo's iterative DPO does, from the policy's own
    answers: ``--samples`` answers per prompt of ``--prompts`` are sampled through the serving API
    (``--base-url``, any OpenAI-compatible server: Neo's, or its vLLM replicas behind it), ranked with the reward
@@ -210,15 +211,27 @@ def count_rows(path: Path) -> int:
     return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
 
 
-def export_from_redis(out: Path, *, mark_round: bool, env: dict[str, str] | None = None) -> str:
-    """Labels since the last round → TRL JSONL at ``out`` through the UI's CLI contract (services never import
-    each other): ``neo prefs export OUT --since-last-round [--mark-round]``; returns its summary line."""
-    cmd = [sys.executable, "-m", "neo.cli", "prefs", "export", str(out), "--since-last-round",
-           *(["--mark-round"] if mark_round else [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+def _ui_cli(args: list[str], env: dict[str, str] | None) -> str:
+    """Run ``neo prefs ARGS`` (the UI's CLI contract: services never import each other); returns stdout."""
+    proc = subprocess.run([sys.executable, "-m", "neo.cli", "prefs", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
     if proc.returncode != 0:
-        raise RuntimeError(f"`neo prefs export` failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"`neo prefs {args[0]}` failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return proc.stdout.strip()
+
+
+def export_from_redis(out: Path, *, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Labels since the last round → TRL JSONL at ``out`` (``neo prefs export OUT --since-last-round --json``),
+    without moving the round marker; returns the export's report (rows, labels, until_ts, since_round)."""
+    return json.loads(_ui_cli(["export", str(out), "--since-last-round", "--json"], env).splitlines()[-1])
+
+
+def mark_round(report: dict[str, Any], job: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Move the UI's round marker to ``report``'s cut-off (``neo prefs mark-round``), refused if another round
+    was marked since that export."""
+    out = _ui_cli(["mark-round", "--until", repr(report["until_ts"]), "--labels", str(report["labels"]),
+                   "--path", report["path"], "--expect-round", str(report["since_round"]), "--job", job], env)
+    return json.loads(out.splitlines()[-1])
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -265,14 +278,14 @@ def run_round(
 
     # --- human labels ---
     human: list[dict[str, Any]] = []
+    exported: dict[str, Any] | None = None
     if pairs in ("human", "both"):
         if from_redis:
-            # count first without moving the UI's round marker, so a refused round loses nothing; then export
-            # again marking the round (as the UI's DPO button does when it queues the job) and train on that file
+            # the marker stays until the new version is registered (below): a refused or failed round loses nothing
             prefs = run_dir / "prefs.jsonl"
-            export_from_redis(prefs, mark_round=False, env=env)
-            if count_rows(prefs) > 0:
-                log.info("preferences: %s", export_from_redis(prefs, mark_round=True, env=env))
+            exported = export_from_redis(prefs, env=env)
+            log.info("preferences: %d pairs from %d labels since round %d", exported["rows"], exported["labels"],
+                     exported["since_round"])
         if prefs is None and pairs == "human":
             raise ValueError("give --prefs JSONL or --from-redis")
         if prefs is not None and count_rows(prefs) > 0:
@@ -360,6 +373,9 @@ def run_round(
         info.write(out)
     metrics.update(win)
     version = registry.register(name, out, stage="dpo", parent=parent) if registry is not None else None
+    if exported is not None and exported["rows"]:
+        marker = mark_round(exported, job=str(run_dir), env=env)
+        log.info("labels' round marker moved to round %s", marker["round"])
     log.info("DPO round: %d pairs (%d human, %d ranked by the reward model) → %s%s", n, len(human), len(ranked),
              out, f" registered as {version.ref}" if version else "")
     return RoundResult(export_dir=out, version=version, pairs=n, parent=parent, metrics=metrics,

@@ -5,7 +5,8 @@ Flags override the ``NEO_`` environment (``UISettings``). Examples::
     neo ui --api-url http://127.0.0.1:8000 --port 7860                  # chat at /chat, labeling at /label
     neo ui --users-file accounts.txt --admin alice --label-model chat   # NAME:PASSWORD lines; chat + labeling log in
     neo prefs import prompts.jsonl                                      # queue prompts for labeling
-    neo prefs export .neo/data/prefs/prefs.jsonl [--keep-ties] [--keep-both-bad] [--since-last-round]
+    neo prefs export .neo/data/prefs/prefs.jsonl [--keep-ties] [--keep-both-bad] [--since-last-round] [--json]
+    neo prefs mark-round --until TS --labels N --path P --expect-round R   # after a round trained (align does it)
     neo prefs stats
 
 ``app`` is mounted as ``neo ui`` and ``prefs_app`` as ``neo prefs`` (entry points ``neo.cli``); both also
@@ -126,18 +127,53 @@ def prefs_export(
     use_edits: Annotated[bool, typer.Option("--edits/--no-edits", help="an annotator's rewrite is 'chosen'")] = True,
     since_last_round: Annotated[bool, typer.Option(help="only labels since the last DPO round")] = False,
     mark_round: Annotated[bool, typer.Option(help="record this export as a DPO round (moves the marker)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON (path, rows, labels, skipped, "
+                                                         "until_ts, since_round, marker)")] = False,
 ) -> None:
     """Write TRL preference JSONL (prompt, chosen, rejected + metadata) for `neo train dpo`."""
     from neo_ui.export import export
+    from neo_ui.store import RoundMoved
 
     if fmt not in ("conversational", "text"):
         typer.echo(f"error: --format must be conversational or text, got {fmt!r}", err=True)
         raise typer.Exit(2)
     settings = _settings()
-    report = export(_store(settings), out or settings.prefs_dir / "prefs.jsonl", keep_ties=keep_ties,
-                    keep_both_bad=keep_both_bad, fmt=fmt, use_edits=use_edits,  # type: ignore[arg-type]
-                    since_last_round=since_last_round, mark_round=mark_round)
-    typer.echo(report.summary())
+    try:
+        report = export(_store(settings), out or settings.prefs_dir / "prefs.jsonl", keep_ties=keep_ties,
+                        keep_both_bad=keep_both_bad, fmt=fmt, use_edits=use_edits,  # type: ignore[arg-type]
+                        since_last_round=since_last_round, mark_round=mark_round)
+    except RoundMoved as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps({"path": str(report.path), "rows": report.rows, "labels": report.labels,
+                               "skipped": dict(report.skipped), "until_ts": report.until_ts,
+                               "since_round": report.since_round, "marker": report.marker}))
+    else:
+        typer.echo(report.summary())
+
+
+@prefs_app.command("mark-round")
+def prefs_mark_round(
+    until: Annotated[float, typer.Option("--until", help="unix time the round's export read labels up to "
+                                                         "(`neo prefs export --json`: until_ts)")],
+    labels: Annotated[int, typer.Option(help="labels the round took")],
+    path: Annotated[str, typer.Option(help="the JSONL the round trained on")],
+    expect_round: Annotated[int, typer.Option(help="the round the export started from (its since_round); refused "
+                                                   "if another round was marked since")],
+    job: Annotated[str, typer.Option(help="the job or run that trained the round")] = "",
+) -> None:
+    """Move the round marker after a DPO round trained (`neo align round --from-redis` calls this only once its
+    new version is registered, so a failed round leaves its labels for the next one)."""
+    from neo_ui.store import RoundMoved
+
+    try:
+        marker = _store(_settings()).mark_round(labels=labels, path=path, job=job or None, at_ts=until,
+                                                expect_round=expect_round)
+    except RoundMoved as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(marker))
 
 
 @prefs_app.command("import")

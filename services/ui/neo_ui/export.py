@@ -41,6 +41,7 @@ class ExportReport:
     labels: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     until_ts: float = 0.0  # labels created up to this unix time were read
+    since_round: int = 0  # the last round's number when the export read "since the last round"
     marker: dict | None = None
 
     def summary(self) -> str:
@@ -101,12 +102,14 @@ def export(store: PreferenceStore, path: Path, *, keep_ties: bool = False, keep_
     moment the export started, so "labels since the last round" counts exactly the labels not in this file.
     """
     cutoff = time.time()
-    since = store.since_last_round() if since_last_round else None
+    last = store.last_round()
+    since = last.get("at_ts") if since_last_round else None
     records = list(store.iter_labels(since_ts=since, until_ts=cutoff))
     rows, skipped = to_pairs(records, keep_ties, keep_both_bad, fmt, use_edits)
     report = ExportReport(path=write_jsonl(rows, path), rows=len(rows), labels=len(records), skipped=skipped,
-                          until_ts=cutoff)
+                          until_ts=cutoff, since_round=int(last.get("round", 0)))
     if mark_round:
-        report.marker = store.mark_round(labels=len(records), path=str(report.path), job=job, at_ts=cutoff)
+        report.marker = store.mark_round(labels=len(records), path=str(report.path), job=job, at_ts=cutoff,
+                                         expect_round=report.since_round)
     log.info("preference export: %s", report.summary())
     return report

@@ -50,6 +50,10 @@ return 0
 """
 
 
+class RoundMoved(RuntimeError):
+    """The round marker is not where the caller's export left it."""
+
+
 class Pair(BaseModel):
     """Two answers to one prompt, sampled once and shown to every annotator of it."""
 
@@ -160,13 +164,32 @@ class PreferenceStore:
         raw = self.redis.hgetall(self.key("last_round"))
         return {k: json.loads(v) if k in ("round", "labels", "at_ts") else v for k, v in raw.items()}
 
-    def mark_round(self, labels: int, path: str, job: str | None = None, at_ts: float | None = None) -> dict[str, Any]:
-        """Record that a DPO round took the labels up to ``at_ts`` (default: now); returns the marker."""
+    def mark_round(self, labels: int, path: str, job: str | None = None, at_ts: float | None = None,
+                   expect_round: int | None = None) -> dict[str, Any]:
+        """Record that a DPO round took the labels up to ``at_ts`` (default: now); returns the marker.
+
+        ``expect_round``: the round the caller's export started from; if another round was marked since (the
+        UI's button while a CLI round trained), nothing is written and ``RoundMoved`` says so, as the labels
+        between the two cut-offs would otherwise be counted twice or never.
+        """
         at_ts = time.time() if at_ts is None else at_ts
-        marker = {"round": int(self.last_round().get("round", 0)) + 1, "labels": labels, "path": path,
-                  "job": job or "", "at_ts": at_ts, "at": datetime.fromtimestamp(at_ts, UTC).isoformat()}
-        self.redis.hset(self.key("last_round"), mapping={k: json.dumps(v) if k in ("round", "labels", "at_ts") else v
-                                                         for k, v in marker.items()})
+        key = self.key("last_round")
+        with self.redis.pipeline() as pipe:
+            pipe.watch(key)  # the marker is read and written as one transaction
+            current = int(json.loads(pipe.hget(key, "round") or "0"))
+            if expect_round is not None and current != expect_round:
+                pipe.unwatch()
+                raise RoundMoved(f"the labels' round marker moved from round {expect_round} to {current} while this "
+                                 "round ran: not marking it (export again with --since-last-round)")
+            marker = {"round": current + 1, "labels": labels, "path": path, "job": job or "", "at_ts": at_ts,
+                      "at": datetime.fromtimestamp(at_ts, UTC).isoformat()}
+            pipe.multi()
+            pipe.hset(key, mapping={k: json.dumps(v) if k in ("round", "labels", "at_ts") else v
+                                    for k, v in marker.items()})
+            try:
+                pipe.execute()
+            except redis.exceptions.WatchError as exc:
+                raise RoundMoved("another DPO round was marked at the same moment: not marking this one") from exc
         log.info("DPO round %d marked: %d labels, %s", marker["round"], labels, path)
         return marker
 

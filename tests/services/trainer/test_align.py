@@ -68,6 +68,11 @@ def test_round_from_redis_takes_labels_since_the_last_round(tmp_path, base_model
     registry = ModelRegistry.from_url(REDIS_URL, redis_prefix)
     registry.register("neo-chat", base_model, stage="sft")
     env = trainer_env(NEO_REDIS_URL=REDIS_URL, NEO_REDIS_PREFIX=redis_prefix, NEO_HOME=str(tmp_path / "home"))
+    # a round that fails after reading the labels (here: a bad setting) leaves them for the next round
+    with pytest.raises(ValueError, match="nope"):
+        run_round(run_dir=tmp_path / "failed", model_name="neo-chat", registry=registry, from_redis=True, env=env,
+                  overrides=[*FAST, "train.nope=1"])
+    assert store.last_round() == {} and registry.latest("neo-chat").version == "v1"
     result = run_round(run_dir=tmp_path / "round1", model_name="neo-chat", registry=registry, from_redis=True,
                        env=env, overrides=FAST)
     assert result.pairs == 4 and registry.latest("neo-chat").version == "v2"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from neo_ui.prompts import PromptQueue, make_prompt
-from neo_ui.store import Pair, PreferenceStore
+from neo_ui.store import Pair, PreferenceStore, RoundMoved
 
 from .records import record
 
@@ -65,6 +65,11 @@ def test_round_marker(store):
     assert marker["round"] == 1 and store.last_round() == marker
     assert store.mark_round(labels=2, path="x")["round"] == 2
     assert store.since_last_round() > 1000.5
+    # a caller whose export started from round 1 may not mark: round 2 was marked since (labels would be lost)
+    with pytest.raises(RoundMoved, match="moved from round 1 to 2"):
+        store.mark_round(labels=3, path="y", at_ts=2000.0, expect_round=1)
+    assert store.last_round()["round"] == 2 and store.last_round()["path"] == "x"
+    assert store.mark_round(labels=3, path="y", at_ts=2000.0, expect_round=2)["round"] == 3
 
 
 def test_pairs_are_kept_by_the_first_writer(store):
