@@ -1,6 +1,8 @@
 """``neo train``: pretraining runs, SFT/DPO/RM, the trainer queue and scaling fits; ``neo align``: DPO rounds.
 
     neo train pretrain run.yaml [--set train.lr=1e-3] [--resume] [--nproc 2]
+    neo train pretrain run.yaml --nproc 8 --nnodes 2 --node-rank 0 --master-addr HOST0   # on each node
+    neo train plan neo-7b --gpus 8 --nodes 64 --gpu h100 --mfu 0.4   # memory, steps, time, cost of a cluster run
     neo train pretrain a.jsonl.gz b.txt --tokenizer DIR --preset tiny --steps 300   # quick form (neo up)
     neo train submit run.yaml          # queue it for `neo train worker`; prints the job id
     neo train status [JOB]
@@ -64,7 +66,12 @@ def pretrain(
                                                       "with --tokenizer")],
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's latest checkpoint")] = False,
-    nproc: Annotated[int, typer.Option(help="local processes (torchrun); on GPUs use the deepspeed launcher")] = 1,
+    nproc: Annotated[int, typer.Option(help="processes on this machine (torchrun), e.g. one per GPU")] = 1,
+    nnodes: Annotated[int, typer.Option(help="machines in the run: run the same command on each, with its "
+                                             "--node-rank (services/trainer/README.md, Multi-node)")] = 1,
+    node_rank: Annotated[int | None, typer.Option(help="this machine's rank, 0 … nnodes-1 [$NODE_RANK or 0]")] = None,
+    master_addr: Annotated[str | None, typer.Option(help="node 0's address [$MASTER_ADDR or 127.0.0.1]")] = None,
+    master_port: Annotated[int | None, typer.Option(help="node 0's rendezvous port [$MASTER_PORT or 29500]")] = None,
     peak_flops: Annotated[float | None, typer.Option(help="device peak FLOP/s for MFU (default: table)")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="quick form: tokenizer directory")] = None,
     preset: Annotated[str | None, typer.Option(help="quick form: model preset [tiny]")] = None,
@@ -97,13 +104,17 @@ def pretrain(
             cfg = build_config(_quick_config(inputs, tokenizer, quick), overrides)
     except (ConfigError, FileNotFoundError) as exc:
         _fail(exc)
-    if nproc > 1:
+    if nproc > 1 or nnodes > 1:
         if not is_config:
-            _fail(ValueError("--nproc needs a run config file"))
-        from neo_trainer.distributed import launch_local
+            _fail(ValueError("--nproc/--nnodes need a run config file"))
+        from neo_trainer.distributed import NodeSpec, launch_local
 
+        try:
+            node = NodeSpec.from_env(nnodes, node_rank, master_addr, master_port)
+        except ValueError as exc:
+            _fail(exc)
         args = [str(inputs[0]), *(a for o in overrides for a in ("--set", o)), *(["--resume"] if resume else [])]
-        raise typer.Exit(launch_local(nproc, "neo_trainer.launch", args))
+        raise typer.Exit(launch_local(nproc, "neo_trainer.launch", args, node))
     from neo_trainer.settings import TrainerSettings
     from neo_trainer.stages.pretrain import run_pretrain
 

@@ -147,9 +147,44 @@ def full_parameters(module: torch.nn.Module, zero_stage: int) -> Iterator[None]:
         yield
 
 
-def launch_local(nproc: int, module: str, args: list[str]) -> int:
-    """Run ``python -m module args`` on ``nproc`` local processes through torchrun; returns its exit code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", module, *args]
+#: torchrun's default rendezvous port (``torch.distributed.run --master-port``).
+DEFAULT_MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """This machine's place in a multi-node run: node rank, how many nodes, where rank 0 listens."""
+
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = DEFAULT_MASTER_PORT
+
+    @classmethod
+    def from_env(cls, nnodes: int = 1, node_rank: int | None = None, master_addr: str | None = None,
+                 master_port: int | None = None) -> NodeSpec:
+        """Given values, else ``NODE_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT`` (as a scheduler sets them)."""
+        env = os.environ
+        spec = cls(nnodes=nnodes,
+                   node_rank=node_rank if node_rank is not None else int(env.get("NODE_RANK", "0")),
+                   master_addr=master_addr or env.get("MASTER_ADDR", "127.0.0.1"),
+                   master_port=master_port or int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT)))
+        if spec.nnodes < 1 or not 0 <= spec.node_rank < spec.nnodes:
+            raise ValueError(f"--node-rank {spec.node_rank} must be in [0, --nnodes {spec.nnodes})")
+        return spec
+
+
+def launch_local(nproc: int, module: str, args: list[str], node: NodeSpec | None = None) -> int:
+    """Run ``python -m module args`` on ``nproc`` processes of this machine through torchrun; returns its exit
+    code. With ``node.nnodes > 1`` this machine is one node of a static rendezvous at ``master_addr:port``
+    (the same command on every node, each with its ``node_rank``); otherwise a standalone group."""
+    node = node or NodeSpec()
+    if node.nnodes > 1:
+        where = [f"--nnodes={node.nnodes}", f"--node-rank={node.node_rank}", f"--master-addr={node.master_addr}",
+                 f"--master-port={node.master_port}"]
+    else:
+        where = ["--standalone"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}", "-m", module, *args]
     log.info("launching %d processes: %s", nproc, " ".join(cmd))
-    return subprocess.run(cmd, env=clean_launcher_env(), check=False).returncode
+    env = {k: v for k, v in clean_launcher_env().items() if k != "NODE_RANK"}
+    return subprocess.run(cmd, env=env, check=False).returncode
