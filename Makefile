@@ -1,5 +1,6 @@
 # The two set-up commands of the README. Both create .venv on first use and install into it.
-# torch is pinned to the CPU build on local disk (pyproject.toml); nothing here pulls a CUDA build.
+# Every install goes through constraints.txt (torch==2.13.0, the CPU build on local disk): nothing here
+# pulls a CUDA build. `install` takes every service ([all]); images install one service's extra each.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
@@ -12,10 +13,10 @@ $(PY):
 	$(PY) -m pip install -q -U pip setuptools wheel
 
 install: $(PY)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
 
 install-test: $(PY)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	@# browser tests drive Debian's Chromium (playwright never downloads a browser); CJK font for screenshots
 	@if ! command -v chromium >/dev/null 2>&1; then \
 	  echo "installing Debian chromium for the UI browser tests"; \

