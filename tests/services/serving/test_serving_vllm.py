@@ -197,6 +197,8 @@ def test_a_new_version_rolls_out_under_load_with_no_failed_request(vllm_server, 
     assert v1_sig != v2_sig
     old = engine_of(vllm_server)
     old_pids = [p.pid for p in old.processes]
+    labeler = ui_labeler(vllm_server.url, registry.prefix, tmp_path_factory.mktemp("ui-home"))  # started before
+    assert answer_versions(labeler) == {"tiny:v1"}
     # 4 requests/s: continuous, but leaves the 2 cores room to start two new replicas beside the old two
     with Load(vllm_server.client(), pause_s=0.25) as load:
         wait_until(lambda: len(load.results) >= 3, 60, "requests before the new version")
@@ -217,6 +219,33 @@ def test_a_new_version_rolls_out_under_load_with_no_failed_request(vllm_server, 
     wait_until(lambda: not any(alive(pid) for pid in old_pids), 60, "the old version's replicas stopped")
     card = vllm_server.client().models.list().data[0]
     assert (card.id, card.version) == ("tiny", "v2")
+    assert answer_versions(labeler) == {"tiny:v2"}  # the labeling app samples the new version, no restart
+
+
+def ui_labeler(url: str, prefix: str, home):
+    """The labeling app's sampler (neo_ui, as `neo ui` builds it) pointed at the vLLM gateway."""
+    import random
+
+    from neo_ui.client import ServingClient
+    from neo_ui.labeling import Labeler
+    from neo_ui.prompts import PromptQueue
+    from neo_ui.settings import UISettings
+    from neo_ui.store import PreferenceStore
+
+    settings = UISettings(home=home, redis_url=REDIS_URL, redis_prefix=f"{prefix}ui:", api_url=f"{url}/v1",
+                          label_max_tokens=8)
+    rds = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    labeler = Labeler(settings, PreferenceStore(rds, settings.redis_prefix), PromptQueue(rds, settings.redis_prefix),
+                      ServingClient(settings), rng=random.Random(0))
+    labeler.prompts.add_jsonl('{"prompt": "写一首关于春天的短诗"}\n{"prompt": "Say hello"}')
+    return labeler
+
+
+def answer_versions(labeler) -> set[str]:
+    """Label the next pair; the model versions its two answers came from."""
+    view = labeler.next_task("alice")
+    record = labeler.submit("alice", view.task_id, "A better").record
+    return {record.answer_a.model_version, record.answer_b.model_version}
 
 
 def test_a_broken_version_is_rolled_back_and_the_old_keeps_serving(vllm_server, registry, checkpoint,
