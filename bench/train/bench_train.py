@@ -6,6 +6,10 @@ packed token rows (the sample corpus tokenized into shards by Neo's trainer), sa
 in its own subprocess. Tokens/s counts forward positions (batch × seq_len) per optimizer step over the
 steps after ``--warmup``, timed from the end of one step to the end of the next (median interval).
 
+MFU (model FLOPs per token, PaLM appendix B, × tokens/s) is reported against the fp32 sgemm rate measured
+in the same run, before and after the trainers, on this step's own matrix shapes with the same thread
+count (``run_sgemm``): the target is the share of a step its matmuls alone would take.
+
     .venv/bin/python bench/train/bench_train.py                      # tiny preset, the `neo up` workload
     .venv/bin/python bench/train/bench_train.py --preset neo-250m --steps 6 --batch 2 --seq-len 512
 """
@@ -26,10 +30,53 @@ log = logging.getLogger("bench_train")
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _gaps(times: list[float], warmup: int) -> list[float]:
+    return [b - a for a, b in zip(times[warmup:], times[warmup + 1 :], strict=False)]
+
+
 def _rates(times: list[float], warmup: int, tokens_per_step: int) -> float:
     """Median tokens/s over the step intervals after ``warmup`` steps."""
-    gaps = [b - a for a, b in zip(times[warmup:], times[warmup + 1 :], strict=False)]
-    return tokens_per_step / statistics.median(gaps)
+    return tokens_per_step / statistics.median(_gaps(times, warmup))
+
+
+class CpuClock:
+    """The main thread's CPU time, sampled every ``period`` s by a side thread, read back at any wall time.
+
+    On a shared machine a step's wall time counts the time other processes held the core; its CPU time does
+    not. With one torch thread every op of a step runs on the main thread, so tokens per CPU-second is the
+    speed the step would have on a quiet core (cache and memory-bandwidth sharing still count).
+    """
+
+    def __init__(self, period: float = 0.002):
+        import threading
+
+        self.clock = time.pthread_getcpuclockid(threading.main_thread().ident)
+        self.samples: list[tuple[float, float]] = []
+        self.period, self.stop = period, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.period):
+            self.samples.append((time.time(), time.clock_gettime(self.clock)))
+
+    def __enter__(self) -> CpuClock:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def at(self, wall_times: list[float]) -> list[float]:
+        import numpy as np
+
+        walls, cpus = zip(*self.samples, strict=True)
+        return [float(x) for x in np.interp(wall_times, walls, cpus)]
+
+
+def _cpu_rates(cpu_times: list[float], warmup: int, tokens_per_step: int) -> float:
+    """Median tokens per CPU-second of the main thread over the steps after ``warmup``."""
+    return tokens_per_step / statistics.median(_gaps(cpu_times, warmup))
 
 
 def run_neo(args: argparse.Namespace, compile_blocks: bool = False) -> dict:
@@ -38,9 +85,12 @@ def run_neo(args: argparse.Namespace, compile_blocks: bool = False) -> dict:
     from neo_trainer.stages.pretrain import run_pretrain
 
     cfg = build_config(_neo_config(args, compile_blocks))
-    run_pretrain(cfg)
+    with CpuClock() as clock:
+        run_pretrain(cfg)
     rows = read_jsonl(cfg.run_dir / "metrics.jsonl")
-    return {"tokens_per_s": _rates([r["time"] for r in rows], args.warmup, args.batch * args.seq_len),
+    times = [r["time"] for r in rows]
+    return {"tokens_per_s": _rates(times, args.warmup, args.batch * args.seq_len),
+            "cpu_tokens_per_s": _cpu_rates(clock.at(times), args.warmup, args.batch * args.seq_len),
             "mean_loss": statistics.mean(r["loss"] for r in rows), "steps": len(rows), "threads": _threads()}
 
 
@@ -96,9 +146,12 @@ def run_hf(args: argparse.Namespace) -> dict:
                                             if k not in ("architectures", "model_type")}))
     times: list[float] = []
 
+    cpu_times: list[float] = []
+
     class Clock(TrainerCallback):
         def on_step_end(self, *a, **k):  # transformers' callback signature
             times.append(time.time())
+            cpu_times.append(time.thread_time())  # the main thread: one torch thread runs every op here
 
     targs = TrainingArguments(
         output_dir=str(args.work / "hf-out"), per_device_train_batch_size=args.batch, max_steps=args.steps,
@@ -108,8 +161,98 @@ def run_hf(args: argparse.Namespace) -> dict:
     trainer = Trainer(model=model, args=targs, train_dataset=Rows(), callbacks=[Clock()])
     out = trainer.train()
     return {"tokens_per_s": _rates(times, args.warmup, args.batch * args.seq_len),
+            "cpu_tokens_per_s": _cpu_rates(cpu_times, args.warmup, args.batch * args.seq_len),
             "mean_loss": out.training_loss, "steps": len(times) - 1, "threads": _threads(),
             "params": sum(p.numel() for p in model.parameters())}
+
+
+def step_gemms(preset: str, vocab_size: int, batch: int, seq_len: int) -> list[tuple[str, str, int, int, int, int]]:
+    """Every matrix product of one training step, as (name, layout, count, batch, m, k, n) → C[m,n] = A[m,k]·B[k,n].
+
+    Per linear layer Y = X·Wᵀ (nn.Linear keeps W as [out, in]): forward X·Wᵀ, input grad dY·W, weight grad
+    dYᵀ·X, in those memory layouts (what autograd calls). Attention per (row, head): forward Q·Kᵀ and P·V,
+    backward dO·Vᵀ, Pᵀ·dO, dS·K, dSᵀ·Q, all full S×S (no causal skipping), as the model FLOPs count them.
+    Their FLOPs add up to ``ModelConfig.flops_per_token(seq_len) · batch · seq_len`` exactly (checked).
+    """
+    from neo.config import ModelConfig
+
+    cfg = ModelConfig.from_name(preset, vocab_size=vocab_size)
+    rows, d, hd = batch * seq_len, cfg.d_model, cfg.head_dim
+    kv = cfg.n_kv_heads * hd
+    linears = [("q_proj", d, d), ("k_proj", d, kv), ("v_proj", d, kv), ("o_proj", d, d), ("gate_proj", d, cfg.d_ff),
+               ("up_proj", d, cfg.d_ff), ("down_proj", cfg.d_ff, d)]
+    out = []
+    for name, n_in, n_out in linears:
+        out += [(f"{name} fwd", "nt", cfg.n_layers, 1, rows, n_in, n_out),
+                (f"{name} dX", "nn", cfg.n_layers, 1, rows, n_out, n_in),
+                (f"{name} dW", "tn", cfg.n_layers, 1, n_out, rows, n_in)]
+    out += [("lm_head fwd", "nt", 1, 1, rows, d, cfg.vocab_size), ("lm_head dX", "nn", 1, 1, rows, cfg.vocab_size, d),
+            ("lm_head dW", "tn", 1, 1, cfg.vocab_size, rows, d)]
+    bh = batch * cfg.n_heads
+    out += [("attn Q·Kᵀ fwd", "nt", cfg.n_layers, bh, seq_len, hd, seq_len),
+            ("attn P·V fwd", "nn", cfg.n_layers, bh, seq_len, seq_len, hd),
+            ("attn dO·Vᵀ", "nt", cfg.n_layers, bh, seq_len, hd, seq_len),
+            ("attn Pᵀ·dO", "tn", cfg.n_layers, bh, seq_len, seq_len, hd),
+            ("attn dS·K", "nn", cfg.n_layers, bh, seq_len, seq_len, hd),
+            ("attn dSᵀ·Q", "tn", cfg.n_layers, bh, seq_len, seq_len, hd)]
+    total = sum(2 * c * b * m * k * n for _, _, c, b, m, k, n in out)
+    assert total == cfg.flops_per_token(seq_len) * batch * seq_len, (total, cfg.flops_per_token(seq_len))
+    return out
+
+
+def run_sgemm(args: argparse.Namespace) -> dict:
+    """fp32 torch.mm/bmm on the step's matrix shapes, same thread count: the step's GEMM-bound time and rate.
+
+    Each shape's time is the least CPU time of this thread over ``--sgemm-repeats`` calls in each of
+    ``--sgemm-passes`` passes over all shapes (with one torch thread the product runs on the calling thread;
+    CPU time leaves out the time other processes held the core, as the trainers' tokens per CPU-second do). The peak is the FLOP-weighted rate of
+    all of them: model FLOPs of a step ÷ the time its GEMMs take standalone, so MFU against it is the share of
+    a step that would remain if everything but the matmuls cost nothing. The best single shape's rate (about
+    the core's FMA peak) is kept as a stricter reference. The attention products are counted as full S×S bmm
+    calls (the model FLOPs count them so); the trainer runs them inside SDPA's causal flash kernel.
+    """
+    import torch
+
+    from neo.tokenizer import NeoTokenizer
+
+    vocab = NeoTokenizer.load(args.tokenizer).vocab_size
+    shapes: dict[tuple, list] = {}
+    for name, layout, count, b, m, k, n in step_gemms(args.preset, vocab, args.batch, args.seq_len):
+        shapes.setdefault((layout, b, m, k, n), []).append((name, count))
+    gen = torch.Generator().manual_seed(0)
+    calls = {}
+    for layout, b, m, k, n in shapes:
+        a = torch.randn(b, *((k, m) if layout == "tn" else (m, k)), generator=gen)
+        w = torch.randn(b, *((n, k) if layout == "nt" else (k, n)), generator=gen)
+        a, w = (a.transpose(1, 2) if layout == "tn" else a), (w.transpose(1, 2) if layout == "nt" else w)
+        out = torch.empty(b, m, n)
+        calls[(layout, b, m, k, n)] = (torch.mm, a[0], w[0], out[0]) if b == 1 else (torch.bmm, a, w, out)
+    best = dict.fromkeys(shapes, float("inf"))
+    for _ in range(args.sgemm_passes):
+        for key, (mm, a, w, out) in calls.items():
+            mm(a, w, out=out)  # warm: caches, page faults
+            for _ in range(args.sgemm_repeats):
+                t0 = time.thread_time()  # one torch thread: the product runs on this thread
+                mm(a, w, out=out)
+                best[key] = min(best[key], time.thread_time() - t0)
+    per_shape = []
+    for (layout, b, m, k, n), users in shapes.items():
+        seconds, flops, count = best[(layout, b, m, k, n)], 2 * b * m * k * n, sum(c for _, c in users)
+        per_shape.append({"gemms": ", ".join(name for name, _ in users), "weights": b == 1,
+                          "shape": f"{b}×({m}×{k})·({k}×{n}) {layout}", "per_step": count,
+                          "flops_per_step": count * flops, "s_per_step": count * seconds,
+                          "gflops_per_s": flops / seconds / 1e9})
+    weights = [r for r in per_shape if r["weights"]]
+    attention = [r for r in per_shape if not r["weights"]]
+
+    def rate(rows: list[dict]) -> float:
+        return sum(r["flops_per_step"] for r in rows) / sum(r["s_per_step"] for r in rows)
+
+    return {"peak_flops_per_s": rate(per_shape), "weights_flops_per_s": rate(weights),
+            "attention_bmm_flops_per_s": rate(attention), "step_gemm_s": sum(r["s_per_step"] for r in per_shape),
+            "step_flops": sum(r["flops_per_step"] for r in per_shape),
+            "best_flops_per_s": max(r["gflops_per_s"] for r in per_shape) * 1e9, "shapes": per_shape,
+            "threads": _threads()}
 
 
 def _ensure_tokenizer(args: argparse.Namespace) -> None:
@@ -148,7 +291,10 @@ def main() -> None:
     p.add_argument("--tokenizer", type=Path, default=None)
     p.add_argument("--work", type=Path, default=Path(".neo/bench/train"))
     p.add_argument("--no-compile", action="store_true", help="skip the Neo run with model.compile=true")
-    p.add_argument("--which", choices=["neo", "neo-compile", "hf"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--json-summary", type=Path, default=None, help="also write every number as JSON here")
+    p.add_argument("--sgemm-repeats", type=int, default=3, help="timed torch.mm calls per GEMM shape and pass")
+    p.add_argument("--sgemm-passes", type=int, default=3, help="passes over all shapes (fastest call counts)")
+    p.add_argument("--which", choices=["neo", "neo-compile", "hf", "sgemm"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--json-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -157,25 +303,55 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        result = run_hf(args) if args.which == "hf" else run_neo(args, args.which == "neo-compile")
+        runs = {"hf": run_hf, "sgemm": run_sgemm}
+        result = runs[args.which](args) if args.which in runs else run_neo(args, args.which == "neo-compile")
         args.json_out.write_text(json.dumps(result))
         return
     _ensure_tokenizer(args)
+    before = _child("sgemm", args)
     neo, hf = _child("neo", args), _child("hf", args)
     compiled = None if args.no_compile else _child("neo-compile", args)
+    after = _child("sgemm", args)  # before and after the trainers: the faster (higher peak) counts
+    sgemm = max(before, after, key=lambda r: r["peak_flops_per_s"])
     import transformers
 
+    from neo.config import ModelConfig
+    from neo.tokenizer import NeoTokenizer
+
+    mcfg = ModelConfig.from_name(args.preset, vocab_size=NeoTokenizer.load(args.tokenizer).vocab_size)
+    flops_per_token = mcfg.flops_per_token(args.seq_len)
+    peak = sgemm["peak_flops_per_s"]
     print(f"\nconfig: preset={args.preset} params={hf['params']:,} seq_len={args.seq_len} batch={args.batch} "
           f"steps={args.steps} (first {args.warmup} untimed) fp32 CPU threads={neo['threads']} "
           f"ZeRO-{args.zero_stage}; transformers {transformers.__version__}")
-    print("| trainer | tokens/s | × HF Trainer | mean train loss |\n|---|---:|---:|---:|")
-    print(f"| HF Trainer (LlamaForCausalLM), the baseline | {hf['tokens_per_s']:,.0f} | 1.00× | {hf['mean_loss']:.3f} |")
-    rows = [("Neo (DeepSpeed engine, fused LM-head loss)", neo)]
+    best = sgemm["best_flops_per_s"]
+    print(f"sgemm at the step's shapes (torch.mm/bmm fp32, {sgemm['threads']} thread(s), this run): the step's "
+          f"{sgemm['step_flops'] / 1e9:.2f} GFLOP take {sgemm['step_gemm_s'] * 1e3:.0f} ms as standalone GEMMs = "
+          f"{peak / 1e9:.1f} GFLOP/s (weight matmuls {sgemm['weights_flops_per_s'] / 1e9:.1f}, attention as bmm "
+          f"{sgemm['attention_bmm_flops_per_s'] / 1e9:.1f}); best shape {best / 1e9:.1f} GFLOP/s; "
+          f"model FLOPs/token {flops_per_token:,.0f} (peak before the trainers {before['peak_flops_per_s'] / 1e9:.1f}, "
+          f"after {after['peak_flops_per_s'] / 1e9:.1f} GFLOP/s)")
+    print("| trainer | tokens/s (wall, median step) | × HF | tokens per CPU-second (median step) | × HF | "
+          "MFU vs sgemm at the step's shapes (CPU time) | MFU vs best shape | mean train loss |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def row(label: str, r: dict) -> str:
+        achieved = flops_per_token * r["cpu_tokens_per_s"]
+        return (f"| {label} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / hf['tokens_per_s']:.2f}× | "
+                f"{r['cpu_tokens_per_s']:,.0f} | {r['cpu_tokens_per_s'] / hf['cpu_tokens_per_s']:.2f}× | "
+                f"{achieved / peak:.1%} | {achieved / best:.1%} | {r['mean_loss']:.3f} |")
+
+    print(row("HF Trainer (LlamaForCausalLM), the baseline", hf))
+    print(row("Neo (DeepSpeed engine, fused LM-head loss)", neo))
     if compiled:
-        rows.append(("Neo, model.compile=true (Inductor blocks)", compiled))
-    for label, r in rows:
-        print(f"| {label} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / hf['tokens_per_s']:.2f}× | "
-              f"{r['mean_loss']:.3f} |")
+        print(row("Neo, model.compile=true (Inductor blocks)", compiled))
+    print("\nGEMMs of one step (ms per step = count × least CPU time of a call):")
+    for r in sorted(sgemm["shapes"], key=lambda r: -r["s_per_step"]):
+        print(f"  {r['s_per_step'] * 1e3:8.1f} ms  {r['gflops_per_s']:6.1f} GFLOP/s  ×{r['per_step']:<3} {r['shape']}  "
+              f"[{r['gemms']}]")
+    if args.json_summary:
+        args.json_summary.write_text(json.dumps({"sgemm": sgemm, "neo": neo, "hf": hf, "neo_compile": compiled,
+                                                 "flops_per_token": flops_per_token}, indent=2))
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ def plan_cmd(
     """Plan a pretraining run on a GPU cluster: batch checks, memory per GPU for ZeRO 0-3, steps, time, cost."""
     from neo_trainer.plan import PlanError, load_for_plan, parse_tokens, plan, preset_grad_accum, render
 
-    overrides = list(set_ or []) + ([f"train.micro_batch_size={micro_batch}"] if micro_batch else [])
+    overrides = list(set_ or []) + ([f"train.micro_batch_size={micro_batch}"] if micro_batch is not None else [])
     try:
         cfg, is_preset = load_for_plan(config, overrides, seq_len)
         if is_preset and global_batch is None:
