@@ -15,26 +15,30 @@ Model states, mixed-precision Adam (ZeRO paper, Rajbhandari et al. 2020, arXiv 1
       2        2Ψ             2Ψ / N_d     12Ψ / N_d          (P_os+g)
       3        2Ψ / N_d       2Ψ / N_d     12Ψ / N_d          (P_os+g+p)
 
-Activations, after Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
-Models", arXiv 2205.05198, §4.1): they count the tensors each layer saves for backward, in bytes with 16-bit
-activations, and get s·b·h·(34 + 5·a·s/h) per GPT layer (GeLU MLP 4h wide, dropout masks, the s×s
-attention scores stored). Neo's block has no dropout, stores no s×s scores (SDPA's flash kernel keeps only
-its output and a per-row log-sum-exp), has a SwiGLU MLP of width f and k/v of width kv = n_kv_heads ·
-head_dim. The same count for it, s tokens per row, b rows per micro batch::
+Activations, after Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
+arXiv 2205.05198, §4.1): count the tensors each layer saves for backward. They get s·b·h·(34 + 5·a·s/h)
+bytes per GPT layer with 16-bit activations (GeLU MLP 4h wide, dropout masks, the s×s attention scores
+stored). The same count for Neo's bf16 block (``neo.model``; no dropout, SDPA's flash kernel stores no s×s
+scores, SwiGLU of width f, k/v of width kv = n_kv_heads·head_dim, RMSNorm in fp32 as LLaMA), per token, in
+bytes, checked tensor by tensor against what autograd really saves (``tests/services/trainer/test_plan.py``
+hooks ``saved_tensors_hooks`` on a real ``CausalLM``)::
 
-    attention: norm input 2sbh, q/k/v projection input 2sbh, q after RoPE 2sbh, k and v 2·2sb·kv,
-               attention output (= o projection input) 2sbh                      → 8sbh + 4sb·kv
-    MLP:       norm input 2sbh, gate/up input 2sbh, gate, up, silu(gate), silu(gate)·up 4·2sbf
-                                                                                 → 4sbh + 8sbf
-    per layer  A = sb·(12h + 4kv + 8f) bytes;  after the last layer: final norm input and LM-head input 4sbh
+    each RMSNorm: the fp32 copy of its input 4h, 1/rms 4, the normalised bf16 input of the weight product 2h,
+                  its output (the next projections' input) 2h                         → 2 norms: 16h + 8
+    attention:    q 2h, k and v 2·2kv, output 2h (also o_proj's input: the same memory), log-sum-exp 4a
+                                                                                       → 4h + 4kv + 4a
+    SwiGLU:       gate, up, silu(gate), silu(gate)·up (down_proj's input) 4·2f         → 8f
+    per layer     A = 20h + 4kv + 8f + 4a + 8   (a = query heads)
+    outside:      final norm 6h + 4, the fused loss's d_hidden 2h, RoPE cos and sin 2·4·head_dim,
+                  token ids 8                                                          → E
+    fixed:        the fused loss's fp32 LM-head gradient, 4·V·h bytes (not per token)
 
-    without checkpointing: L·A + 4sbh
-    with full (per-block) recomputation (Korthikanti §4.2; Chen et al. 2016): each block keeps its input,
-    and one block's activations exist again during its backward:  L·2sbh + A + 4sbh
+    without checkpointing: s·b·(L·A + E) + 4Vh
+    with per-block recomputation (Korthikanti §4.2, Chen et al. 2016): each block keeps its bf16 input 2h and
+    one block's activations exist again during its backward:  s·b·(L·2h + A + E) + 4Vh
 
-Not counted: the fused loss's logits chunk (~4M fp32 logits, 16 MiB), the flash kernel's fp32 log-sum-exp
-(4·b·n_heads·s bytes per layer), temporary buffers of the kernels, communication buckets and the CUDA context.
-``USABLE_MEMORY_FRACTION`` leaves room for them.
+Not counted: temporaries of the kernels (the loss's logits chunk, ~4M fp32 logits = 16 MiB), communication
+buckets, allocator fragmentation and the CUDA context; ``USABLE_MEMORY_FRACTION`` leaves room for them.
 
 Time = steps × tokens per step × model FLOPs per token (``ModelConfig.flops_per_token``, PaLM appendix B,
 recomputation not counted: that is what MFU means) ÷ (GPUs × peak bf16 dense FLOP/s × MFU).
@@ -140,14 +144,12 @@ def model_state_bytes(params: int, world: int, stage: int) -> dict[str, float]:
 
 
 def activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int, checkpointing: bool) -> float:
-    """Per-GPU bytes of saved activations for one micro batch (formula in the module docstring)."""
-    sb, h = seq_len * micro_batch, model.d_model
-    kv = model.n_kv_heads * model.head_dim
-    per_layer = sb * (12 * h + 4 * kv + 8 * model.d_ff)
-    head = 4 * sb * h
-    if checkpointing:
-        return model.n_layers * 2 * sb * h + per_layer + head
-    return model.n_layers * per_layer + head
+    """Per-GPU bytes of saved activations for one micro batch in bf16 (formula in the module docstring)."""
+    h, kv, f, heads = model.d_model, model.n_kv_heads * model.head_dim, model.d_ff, model.n_heads
+    per_layer = 20 * h + 4 * kv + 8 * f + 4 * heads + 8
+    outside = 6 * h + 4 + 2 * h + 8 * model.head_dim + 8
+    per_token = (model.n_layers * 2 * h + per_layer if checkpointing else model.n_layers * per_layer) + outside
+    return seq_len * micro_batch * per_token + 4 * model.vocab_size * h
 
 
 def plan(cfg: PretrainConfig, *, gpu: str, gpus_per_node: int, nodes: int, mfu: float,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -55,13 +56,16 @@ def test_neo_250m_on_one_a100_node_by_hand(tmp_path):
     assert (stage[1]["weights"], stage[1]["grads"], stage[1]["optimizer"]) == (504_416_256, 504_416_256, 378_312_192)
     assert (stage[2]["weights"], stage[2]["grads"], stage[2]["optimizer"]) == (504_416_256, 63_052_032, 378_312_192)
     assert (stage[3]["weights"], stage[3]["grads"], stage[3]["optimizer"]) == (63_052_032, 63_052_032, 378_312_192)
-    # activations: s·b = 4096·2 = 8192; per layer 8192·(12·1024 + 4·64 + 8·2560) = 8192·33,024 = 270,532,608
-    # no checkpointing: 12 layers + 4·8192·1024 (final norm + head input) = 3,246,391,296 + 33,554,432
-    assert stage[0]["activations"] == 3_279_945_728
-    # checkpointing: block inputs 12·2·8192·1024 + one block 270,532,608 + 33,554,432
-    assert stage[0]["activations_ckpt"] == 201_326_592 + 270_532_608 + 33_554_432
-    assert stage[2]["total"] == 504_416_256 + 63_052_032 + 378_312_192 + 3_279_945_728
-    assert all(row["fits"] for row in plan["memory"])  # ~4.9 GiB at most, on 72 usable GiB
+    # activations (bf16, bytes per token): per layer 20h + 4kv + 8f + 4a + 8 = 20·1024 + 4·64 + 8·2560 + 4·16 + 8
+    per_layer = 20_480 + 256 + 20_480 + 64 + 8  # 41,288
+    outside = 6 * 1024 + 4 + 2 * 1024 + 8 * 64 + 8  # final norm, loss's d_hidden, RoPE cos/sin, ids: 8,716
+    lm_head_grad = 4 * 64000 * 1024  # the fused loss's fp32 LM-head gradient: 262,144,000
+    # s·b = 4096·2 = 8192 tokens
+    assert stage[0]["activations"] == 8192 * (12 * per_layer + outside) + lm_head_grad == 4_392_321_024
+    # checkpointing: 12 block inputs of 2h, one block recomputed, the rest as above
+    assert stage[0]["activations_ckpt"] == 8192 * (12 * 2048 + per_layer + outside) + lm_head_grad == 873_103_360
+    assert stage[2]["total"] == 504_416_256 + 63_052_032 + 378_312_192 + 4_392_321_024
+    assert all(row["fits"] for row in plan["memory"])  # ~7.9 GiB at most, on 72 usable GiB
     assert plan["config"] == {"zero_stage": 2, "grad_accum": 1, "activation_checkpointing": False}
 
 
@@ -85,13 +89,14 @@ def test_neo_7b_paper_budget_on_512_h100_by_hand():
     stage = {row["zero_stage"]: row for row in plan["memory"]}
     assert sum(stage[3][k] for k in ("weights", "grads", "optimizer")) == pytest.approx(16 * params / 512)
     assert sum(stage[0][k] for k in ("weights", "grads", "optimizer")) == 16 * params  # 116 GiB: never fits
-    # activations: s·b = 8192; per layer 8192·(12·3072 + 4·3072 + 8·24576) = 2,013,265,920 bytes
-    per_layer = 8192 * (12 * 3072 + 4 * 3072 + 8 * 24576)
-    assert stage[3]["activations"] == 28 * per_layer + 4 * 8192 * 3072  # 52.6 GiB
-    assert stage[3]["activations_ckpt"] == 28 * 2 * 8192 * 3072 + per_layer + 4 * 8192 * 3072  # 3.3 GiB
+    # activations per token: per layer 20·3072 + 4·3072 + 8·24576 + 4·16 + 8 = 270,408 bytes; outside the layers
+    # 6·3072 + 4 + 2·3072 + 8·192 + 8 = 26,124; plus the loss's fp32 LM-head gradient 4·64256·3072
+    per_layer, outside, lm_head_grad = 270_408, 26_124, 4 * 64256 * 3072
+    assert stage[3]["activations"] == 8192 * (28 * per_layer + outside) + lm_head_grad  # 58.7 GiB
+    assert stage[3]["activations_ckpt"] == 8192 * (28 * 2 * 3072 + per_layer + outside) + lm_head_grad  # 4.3 GiB
     usable = 80 * GIB * 0.9
     assert not stage[0]["fits"] and not stage[0]["fits_ckpt"]
-    assert not stage[1]["fits"] and stage[1]["fits_ckpt"]  # 81.8 GiB without checkpointing, 32.5 with
+    assert not stage[1]["fits"] and stage[1]["fits_ckpt"]  # 87.9 GiB without checkpointing, 33.5 with
     assert stage[1]["total"] > usable > stage[1]["total_ckpt"]
     assert stage[3]["fits"]
 
@@ -120,3 +125,42 @@ def test_invalid_cluster_is_one_clear_line(args, message):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.output
     assert "Traceback" not in result.output
+
+
+def _saved_bytes(model, ids):
+    """Bytes autograd keeps for backward after one forward of ``model`` (parameters not counted)."""
+    params = {p.data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        if tensor.data_ptr() not in params:
+            storages.setdefault(tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+        return tensor
+
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(ids, positions, None, ids)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("shape", [{"vocab_size": 500},  # GQA, tied embeddings
+                                   {"vocab_size": 300, "d_model": 96, "n_heads": 4, "n_kv_heads": 1, "d_ff": 256,
+                                    "n_layers": 3, "tie_embeddings": False}])  # MQA
+def test_activation_formula_is_what_autograd_saves(shape):
+    """The plan's activation bytes equal what the trainer's bf16 CausalLM (fused loss) really keeps."""
+    from neo.config import ModelConfig
+    from neo.model import NeoModel
+    from neo_trainer.modeling import CausalLM
+    from neo_trainer.plan import activation_bytes
+
+    cfg = ModelConfig.from_name("tiny", **shape)
+    ids = torch.randint(0, cfg.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = CausalLM(NeoModel(cfg)).to(torch.bfloat16).train()
+    assert _saved_bytes(model, ids) == activation_bytes(cfg, 2, 48, checkpointing=False)
+    # with checkpointing, what stays after the forward: block inputs + outside the layers (within 0.2%);
+    # the plan adds one block's activations, recomputed during that block's backward
+    ckpt = CausalLM(NeoModel(cfg), activation_checkpointing=True).to(torch.bfloat16).train()
+    one_block = 96 * (20 * cfg.d_model + 4 * cfg.n_kv_heads * cfg.head_dim + 8 * cfg.d_ff + 4 * cfg.n_heads + 8)
+    held = activation_bytes(cfg, 2, 48, checkpointing=True) - one_block
+    assert _saved_bytes(ckpt, ids) == pytest.approx(held, rel=2e-3)
