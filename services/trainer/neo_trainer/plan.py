@@ -20,8 +20,9 @@ arXiv 2205.05198, §4.1): count the tensors each layer saves for backward. They 
 bytes per GPT layer with 16-bit activations (GeLU MLP 4h wide, dropout masks, the s×s attention scores
 stored). The same count for Neo's bf16 block (``neo.model``; no dropout, SDPA's flash kernel stores no s×s
 scores, SwiGLU of width f, k/v of width kv = n_kv_heads·head_dim, RMSNorm in fp32 as LLaMA), per token, in
-bytes, checked tensor by tensor against what autograd really saves (``tests/services/trainer/test_plan.py``
-hooks ``saved_tensors_hooks`` on a real ``CausalLM``)::
+bytes; their sum equals what autograd really saves in a bf16 ``CausalLM`` on CPU (``tests/services/trainer/
+test_plan.py`` counts it with ``saved_tensors_hooks``). On GPUs, SDPA kernels that do not take GQA natively
+expand k/v to all heads (then 4kv becomes 4h)::
 
     each RMSNorm: the fp32 copy of its input 4h, 1/rms 4, the normalised bf16 input of the weight product 2h,
                   its output (the next projections' input) 2h                         → 2 norms: 16h + 8
