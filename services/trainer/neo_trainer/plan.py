@@ -87,11 +87,11 @@ class Gpu:
 # Prices, on-demand USD per GPU-hour: the middle of the "specialty cloud" range in Mercatus' "Cloud GPU
 # pricing" (mercatus-ai.com/blog/cloud-gpu-pricing, May 2026: A100 80GB $1.10-1.50, H100 SXM5 $2.50-3.50,
 # H200 SXM5 $3.50-4.50); B200: the middle of the specialised-cloud on-demand range $4.50-6.00 in Lyceum's
-# "NVIDIA B200 GPU cloud pricing 2026" (lyceum.technology, 2026-03-11); A100 40GB: Lambda's on-demand list
-# price $1.29 (lambda.ai/pricing, 2025). Hyperscalers charge about 1.5-3× these; spot and reserved less.
+# "NVIDIA B200 GPU cloud pricing 2026" (lyceum.technology, 2026-03-11); A100 40GB: ours, no quote found, so
+# the low end of that A100 80GB range ($1.10). Hyperscalers charge about 1.5-3× these; spot and reserved less.
 # Indicative only: pass --price for a quote.
 GPUS: dict[str, Gpu] = {g.key: g for g in (
-    Gpu("a100-40g", "A100", 40, 1.29, "Lambda on-demand list price, lambda.ai/pricing (2025)"),
+    Gpu("a100-40g", "A100", 40, 1.10, "ours: low end of the A100 80GB range, mercatus-ai.com, May 2026"),
     Gpu("a100-80g", "A100", 80, 1.30, "mercatus-ai.com/blog/cloud-gpu-pricing, May 2026, specialty-cloud mid"),
     Gpu("h100", "H100", 80, 3.00, "mercatus-ai.com/blog/cloud-gpu-pricing, May 2026, specialty-cloud mid"),
     Gpu("h200", "H200", 141, 4.00, "mercatus-ai.com/blog/cloud-gpu-pricing, May 2026, specialty-cloud mid"),
