@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +33,15 @@ from neo.schemas import NeoCheckpointInfo
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # sharded: {"metadata": {"total_size"}, "weight_map": {name: file}}
+SHARD_FILE = "model-{index:05d}-of-{total:05d}.safetensors"  # transformers/huggingface_hub shard names
+#: Export shards weights above this many bytes: huggingface_hub's default ``max_shard_size`` ("5GB",
+#: huggingface_hub/serialization/_base.py MAX_SHARD_SIZE; transformers 5's save_pretrained uses 50GB). MAP-Neo's
+#: released 7B comes in several ``model-0000N-of-0000M.safetensors`` shards with an index.
+MAX_SHARD_BYTES = 5 * 10**9
+#: Keys some LLaMA exports carry that are recomputed, not weights (old transformers saved RoPE's inverse
+#: frequencies); loading ignores them.
+_IGNORED_KEYS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 _LAYER_NAMES = {  # neo name inside a block → HF name inside ``model.layers.{i}``
     "input_norm.weight": "input_layernorm.weight",
     "attn.q_proj.weight": "self_attn.q_proj.weight",
@@ -113,6 +123,58 @@ def hf_config(config: ModelConfig, tokenizer: HFTokenizer | None, dtype: torch.d
     }
 
 
+def write_weights(state: dict[str, torch.Tensor], out_dir: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> list[Path]:
+    """``model.safetensors``, or, when the tensors pass ``max_shard_bytes``, ``model-0000i-of-0000n.safetensors``
+    shards (tensors in order, a new shard when the next would pass the limit; a tensor larger than the limit
+    gets a shard of its own, as huggingface_hub does) and ``model.safetensors.index.json``."""
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    size = {k: t.numel() * t.element_size() for k, t in state.items()}
+    if sum(size.values()) <= max_shard_bytes:
+        save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+        return [out_dir / WEIGHTS_FILE]
+    shards: list[list[str]] = [[]]
+    used = 0
+    for key in state:
+        if shards[-1] and used + size[key] > max_shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(key)
+        used += size[key]
+    files, weight_map = [], {}
+    for i, keys in enumerate(shards, 1):
+        name = SHARD_FILE.format(index=i, total=len(shards))
+        save_file({k: state[k] for k in keys}, str(out_dir / name), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(keys, name)
+        files.append(out_dir / name)
+    index = {"metadata": {"total_size": sum(size.values())}, "weight_map": weight_map}
+    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return files
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint directory: ``model.safetensors``, or the shards its
+    ``model.safetensors.index.json`` names (each file read once; a missing shard is an error)."""
+    index_file = path / INDEX_FILE
+    if index_file.is_file():
+        weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
+        tensors: dict[str, torch.Tensor] = {}
+        for name in dict.fromkeys(weight_map.values()):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path / name} is missing (named by {index_file})")
+            shard = load_file(str(path / name))
+            if stray := sorted(k for k in shard if weight_map.get(k) != name):
+                raise ValueError(f"{path / name} holds {stray[:3]}, which {index_file} puts elsewhere")
+            tensors |= shard
+    elif (path / WEIGHTS_FILE).is_file():
+        tensors = load_file(str(path / WEIGHTS_FILE))
+    else:
+        other = sorted(p.name for p in path.glob("*.bin"))
+        hint = f" (PyTorch .bin weights {other[:2]} are not read: convert them to safetensors)" if other else ""
+        raise FileNotFoundError(f"{path} has no {WEIGHTS_FILE} or {INDEX_FILE}{hint}")
+    return {k: v for k, v in tensors.items() if not _IGNORED_KEYS.fullmatch(k)}
+
+
 @contextmanager
 def _atomic_dir(out_dir: Path) -> Iterator[Path]:
     """A temp directory beside ``out_dir`` that replaces it when the block succeeds (readers never see half
@@ -131,14 +193,15 @@ def _atomic_dir(out_dir: Path) -> Iterator[Path]:
 def export_hf(
     model: NeoModel, out_dir: str | Path, tokenizer: HFTokenizer | None = None,
     info: NeoCheckpointInfo | None = None, dtype: torch.dtype = torch.float32,
-    generation: dict[str, Any] | None = None,
+    generation: dict[str, Any] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> Path:
-    """Write a complete HF directory. Written to a temp dir and renamed, so readers never see half."""
+    """Write a complete HF directory, and a model card (``README.md``) from ``info``. Weights above
+    ``max_shard_bytes`` are sharded with an index. Written to a temp dir and renamed, so readers never see half."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _atomic_dir(out_dir) as tmp:
         cfg = model.config
-        save_file(_hf_state_dict(model, dtype), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_weights(_hf_state_dict(model, dtype), tmp, max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer, dtype), indent=2) + "\n")
         gen: dict[str, Any] = {"do_sample": True, "temperature": 0.7, "top_p": 0.9}
         if tokenizer is not None:
@@ -150,8 +213,59 @@ def export_hf(
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         info = info or NeoCheckpointInfo(name=out_dir.name, preset=cfg.name, model=cfg.to_dict())
         info.write(tmp)
+        (tmp / "README.md").write_text(model_card(info), encoding="utf-8")
     log.info("exported %s (%s, %.1fM params)", out_dir, cfg.attention_kind, cfg.num_params() / 1e6)
     return out_dir
+
+
+#: Model card front matter (https://huggingface.co/docs/hub/model-cards#model-card-metadata). The license is
+#: Neo's own (pyproject.toml ``license = "Apache-2.0"``; ours: a checkpoint is licensed as the code that made
+#: it unless its data says otherwise); languages are MAP-Neo's (bilingual English/Chinese, arXiv 2405.19327 §1).
+CARD_LICENSE = "apache-2.0"
+CARD_LANGUAGES = ("en", "zh")
+CARD_TAGS = ("neo", "map-neo", "llama", "text-generation")
+
+
+def model_card(info: NeoCheckpointInfo, license: str = CARD_LICENSE) -> str:
+    """``README.md`` for a checkpoint: Hugging Face model-card YAML front matter (license, language, tags,
+    base_model when the parent is a Hub id) and what ``neo.json`` knows: stage, parent, model shape, training
+    data, eval scores, training config."""
+    def scalar(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid YAML scalar
+
+    lines = ["---", f"license: {scalar(license)}", "language:", *(f"- {lang}" for lang in CARD_LANGUAGES),
+             "library_name: transformers", "pipeline_tag: text-generation", "tags:",
+             *(f"- {scalar(t)}" for t in (*CARD_TAGS, f"stage-{info.stage}"))]
+    if info.parent and re.fullmatch(r"[\w.-]+/[\w.-]+", info.parent):
+        lines.append(f"base_model: {scalar(info.parent)}")
+    lines += ["---", "", f"# {info.name}", "",
+              f"A {info.preset} LlamaForCausalLM checkpoint written by Neo (stage: {info.stage}"
+              + (f", trained from `{info.parent}`" if info.parent else "") + f", created {info.created}).", "",
+              "| | |", "|---|---|", f"| stage | {info.stage} |", f"| parent | {info.parent or '—'} |",
+              f"| preset | {info.preset} |"]
+    model = info.model
+    for key in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "max_seq_len"):
+        if key in model:
+            lines.append(f"| {key} | {model[key]} |")
+    if info.tokenizer_sha256:
+        lines.append(f"| tokenizer sha256 | `{info.tokenizer_sha256}` |")
+    for title, table in (("Training data", info.data), ("Evaluation", info.metrics)):
+        lines += ["", f"## {title}", ""]
+        if not table:
+            lines.append("None recorded.")
+            continue
+        lines += ["| | |", "|---|---|"]
+        for key, value in table.items():
+            shown = f"{value:.4g}" if isinstance(value, float) else (
+                f"`{json.dumps(value, ensure_ascii=False)}`" if isinstance(value, dict | list) else str(value))
+            lines.append(f"| {key} | {shown} |")
+    if info.train_config:
+        lines += ["", "## Training configuration", "", "```json",
+                  json.dumps(info.train_config, indent=2, ensure_ascii=False, default=str), "```"]
+    lines += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              f'model = AutoModelForCausalLM.from_pretrained("{info.name}")',
+              f'tokenizer = AutoTokenizer.from_pretrained("{info.name}")', "```", ""]
+    return "\n".join(lines)
 
 
 def config_from_hf(hf: dict[str, Any], name: str = "imported") -> ModelConfig:
@@ -190,10 +304,8 @@ def load_hf(
     info = NeoCheckpointInfo.read(path)
     config = config_from_hf(hf, name=info.preset if info else path.name)
     dtype = dtype or _DTYPES.get(hf.get("dtype") or hf.get("torch_dtype") or "float32", torch.float32)
-    weights = path / WEIGHTS_FILE
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights} is missing (sharded checkpoints are not supported yet)")
-    tensors = load_file(str(weights))
+    weights = path / (INDEX_FILE if (path / INDEX_FILE).is_file() else WEIGHTS_FILE)
+    tensors = read_weights(path)
     with torch.device("meta"):
         model = NeoModel(config)
     expected = {hf_name(n): (n, p.shape) for n, p in model.state_dict().items()
@@ -234,7 +346,7 @@ def export_reward_hf(
     with _atomic_dir(out_dir) as tmp:
         state = {k: v for k, v in _hf_state_dict(model, dtype).items() if k != "lm_head.weight"}
         state[SCORE_NAME] = score.detach().to("cpu", dtype).contiguous()
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_weights(state, tmp)
         config = hf_config(model.config, tokenizer, dtype) | {
             "architectures": ["LlamaForSequenceClassification"], "num_labels": 1,
             "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}, "problem_type": "regression",
@@ -267,7 +379,7 @@ def load_reward_hf(
         raise ValueError(f"{path}: a reward model has num_labels=1")
     config = config_from_hf(hf | {"tie_word_embeddings": False}, name=path.name)
     dtype = dtype or _DTYPES.get(hf.get("dtype") or hf.get("torch_dtype") or "float32", torch.float32)
-    tensors = load_file(str(path / WEIGHTS_FILE))
+    tensors = read_weights(path)
     with torch.device("meta"):
         model = NeoModel(config)
     expected = {hf_name(n): (n, p.shape) for n, p in model.state_dict().items() if n != "lm_head.weight"}

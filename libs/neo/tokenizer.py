@@ -31,7 +31,7 @@ import re
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -311,49 +311,92 @@ def _compile_template(template: str) -> Any:
     return env.from_string(template)
 
 
-_SPECIAL_RE = re.compile("|".join(map(re.escape, SPECIAL_TOKENS)))
-_USER_RE = re.compile(f"({re.escape(IM_START)}|{re.escape(IM_END)})")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 class NeoTokenizer:
     """Encode/decode/chat with the SentencePiece model when present, else with ``tokenizer.json``."""
 
     def __init__(self, sp: spm.SentencePieceProcessor | None = None, hf: Tokenizer | None = None,
-                 chat_template: str = CHAT_TEMPLATE, add_bos_token: bool = True, add_eos_token: bool = False):
+                 chat_template: str = CHAT_TEMPLATE, add_bos_token: bool = True, add_eos_token: bool = False,
+                 added_tokens: Mapping[int, str] | None = None, special: Mapping[str, str] | None = None):
+        """``added_tokens``: {id: text} of special tokens the SentencePiece model lacks (a released checkpoint's
+        ``added_tokens_decoder`` entries, e.g. MAP-Neo's pad/chat tokens at ids ≥ 64000); ``special``: the
+        role → text map (``bos_token``, ``eos_token``, ``unk_token``, ``pad_token``) when it differs from Neo's."""
         if sp is None and hf is None:
             raise ValueError("NeoTokenizer needs a SentencePiece model or a tokenizers.Tokenizer")
         self._sp, self._hf = sp, hf
         self.chat_template, self.add_bos_token, self.add_eos_token = chat_template, add_bos_token, add_eos_token
+        self._added: dict[str, int] = {}
         if sp is not None:
             self.vocab_size = sp.get_piece_size()
             self._byte_ids = frozenset(i for i in range(self.vocab_size) if sp.is_byte(i))
+            self._dummy_prefix = bool(model_spec(sp.serialized_model_proto())["add_dummy_prefix"])
+            for i, text in sorted((added_tokens or {}).items()):
+                if i >= self.vocab_size or sp.id_to_piece(i) != text:
+                    if i < self.vocab_size:
+                        raise ValueError(f"added token {text!r} at id {i} collides with piece "
+                                         f"{sp.id_to_piece(i)!r} of the SentencePiece model")
+                    self._added[text] = i
+            self.vocab_size = max([self.vocab_size - 1, *self._added.values()]) + 1
         else:
             assert hf is not None
             hf.encode_special_tokens = True  # text is text: only the markers split out in encode() are special
             self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
             self._byte_ids = frozenset(i for p, i in hf.get_vocab().items() if re.fullmatch("<0x[0-9A-F]{2}>", p))
-        ids = {tok: self.piece_to_id(tok) for tok in SPECIAL_TOKENS}
-        if missing := [tok for tok, i in ids.items() if i is None]:
-            raise ValueError(f"tokenizer lacks Neo's special tokens {missing}")
+        roles = {"unk_token": UNK, "bos_token": BOS, "eos_token": EOS, "pad_token": PAD} | dict(special or {})
+        self.special_text = roles  # role → token text, as the chat template sees them (bos_token, ...)
+        ids = {role: self.piece_to_id(text) for role, text in roles.items()}
+        ids |= {IM_START: self.piece_to_id(IM_START), IM_END: self.piece_to_id(IM_END)}
+        if ids["pad_token"] is None and "pad_token" not in (special or {}):
+            ids["pad_token"], roles["pad_token"] = ids["unk_token"], roles["unk_token"]  # LLaMA: no pad piece
+        if missing := [roles.get(k, k) for k, i in ids.items() if i is None]:
+            raise ValueError(f"tokenizer lacks the special tokens {missing}")
         self.unk_id, self.bos_id, self.eos_id, self.pad_id, self.im_start_id, self.im_end_id = ids.values()
-        self._special_ids = {i: tok for tok, i in ids.items()}
-        self._special_tokens: dict[str, int] = ids  # type: ignore[assignment]
+        texts = [*roles.values(), IM_START, IM_END, *self._added]
+        self._special_tokens: dict[str, int] = {t: self.piece_to_id(t) for t in texts}  # type: ignore[misc]
+        self._special_ids = {i: t for t, i in self._special_tokens.items()}
+        self._special_re = re.compile("|".join(map(re.escape, sorted(self._special_tokens, key=len, reverse=True))))
+        # markers encode() keeps as one token: ChatML's, and (SentencePiece backend) tokens added beside the model
+        user = sorted({IM_START, IM_END, *self._added}, key=len, reverse=True)
+        self._user_re = re.compile("(" + "|".join(map(re.escape, user)) + ")")
 
     @classmethod
     def load(cls, path: str | Path) -> NeoTokenizer:
-        """A directory with ``tokenizer.model`` and/or ``tokenizer.json``, or either file itself."""
+        """A directory with ``tokenizer.model`` and/or ``tokenizer.json``, or either file itself.
+
+        A ``tokenizer_config.json`` beside it gives the chat template, BOS/EOS flags, the special tokens' texts
+        and (``added_tokens_decoder``) special tokens the SentencePiece model lacks: a released checkpoint with a
+        custom tokenizer class (MAP-Neo's ``trust_remote_code`` tokenizer) loads from these files alone, no
+        remote code runs."""
         path = Path(path)
         folder = path if path.is_dir() else path.parent
         model = path / "tokenizer.model" if path.is_dir() else path if path.suffix == ".model" else None
         js = path / "tokenizer.json" if path.is_dir() else path if path.suffix == ".json" else None
         kwargs: dict[str, Any] = {}
-        if (cfg_file := folder / "tokenizer_config.json").is_file():
-            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-            kwargs = {k: cfg[k] for k in ("chat_template", "add_bos_token", "add_eos_token") if k in cfg}
+        cfg = _read_json(folder / "tokenizer_config.json")
+        kwargs = {k: cfg[k] for k in ("chat_template", "add_bos_token", "add_eos_token") if cfg.get(k) is not None}
+        if isinstance(kwargs.get("chat_template"), list):  # HF's named templates: [{"name", "template"}]
+            kwargs["chat_template"] = next((t["template"] for t in kwargs["chat_template"]
+                                            if t.get("name") == "default"), CHAT_TEMPLATE)
+        special = {}
+        for source in (_read_json(folder / "special_tokens_map.json"), cfg):
+            for role in ("unk_token", "bos_token", "eos_token", "pad_token"):
+                value = source.get(role)
+                if isinstance(value, dict):  # {"content": "<s>", "lstrip": false, ...}
+                    value = value.get("content")
+                if isinstance(value, str) and value:
+                    special[role] = value
+        added = {int(i): t["content"] for i, t in (cfg.get("added_tokens_decoder") or {}).items()
+                 if isinstance(t, dict) and t.get("content")}
         if model is not None and model.is_file():
-            return cls(sp=spm.SentencePieceProcessor(model_file=str(model)), **kwargs)
+            return cls(sp=spm.SentencePieceProcessor(model_file=str(model)), added_tokens=added, special=special,
+                       **kwargs)
         if js is not None and js.is_file():
-            return cls(hf=Tokenizer.from_file(str(js)), **kwargs)
+            return cls(hf=Tokenizer.from_file(str(js)), special=special, **kwargs)
         raise FileNotFoundError(f"no tokenizer.model or tokenizer.json at {path}")
 
     @property
@@ -361,12 +404,16 @@ class NeoTokenizer:
         return "sentencepiece" if self._sp is not None else "tokenizers"
 
     def id_to_piece(self, i: int) -> str:
-        return self._sp.id_to_piece(i) if self._sp is not None else self._hf.id_to_token(i)  # type: ignore[union-attr]
+        if self._sp is None:
+            return self._hf.id_to_token(i)  # type: ignore[union-attr]
+        return self._sp.id_to_piece(i) if i < self._sp.get_piece_size() else self._special_ids.get(i, "")
 
     def piece_to_id(self, piece: str) -> int | None:
         if self._sp is not None:
+            if piece in self._added:
+                return self._added[piece]
             i = self._sp.piece_to_id(piece)
-            return None if i == self._sp.unk_id() and piece != UNK else i
+            return None if i == self._sp.unk_id() and piece != self._sp.id_to_piece(i) else i
         return self._hf.token_to_id(piece)  # type: ignore[union-attr]
 
     def is_byte(self, i: int) -> bool:
@@ -374,29 +421,41 @@ class NeoTokenizer:
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Ids of ``text``; ``<|im_start|>``/``<|im_end|>`` in it are single tokens, ``<s>`` etc. are plain text."""
-        if self._sp is not None:
-            ids = self._sp.encode(text)
+        if self._sp is not None and not self._added:
+            ids = self._sp.encode(text)  # the ChatML markers are user-defined pieces of the model
         else:
-            assert self._hf is not None
             ids = []
-            for k, part in enumerate(_USER_RE.split(text)):  # odd parts: the markers
-                ids += [self._special_tokens[part]] if k % 2 else self._hf.encode(part, add_special_tokens=False).ids
+            for k, part in enumerate(self._user_re.split(text)):  # odd parts: the markers
+                ids += [self._special_tokens[part]] if k % 2 else self._encode_plain(part)
         return [self.bos_id] * add_bos + ids + [self.eos_id] * add_eos
 
+    def _encode_plain(self, text: str) -> list[int]:
+        if self._sp is not None:
+            return self._sp.encode(text)
+        return self._hf.encode(text, add_special_tokens=False).ids  # type: ignore[union-attr]
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self._sp.encode(list(texts)) if self._sp is not None else [self.encode(t) for t in texts]
+        if self._sp is not None and not self._added:
+            return self._sp.encode(list(texts))
+        return [self.encode(t) for t in texts]
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         """Text of ``ids``; with ``skip_special`` all six special tokens are dropped, else written out."""
         ids = [int(i) for i in ids]
         if self._sp is None:
             return self._hf.decode(ids, skip_special_tokens=skip_special)  # type: ignore[union-attr]
-        if skip_special:
+        # ids of embedding rows past the model's pieces that no token uses (a released checkpoint's padding
+        # rows, e.g. 64256 rows for 64000 pieces + added tokens) decode to nothing, as in transformers
+        size = self._sp.get_piece_size()
+        ids = [i for i in ids if i < size or i in self._special_ids]
+        if skip_special and not self._dummy_prefix:
             return self._sp.decode([i for i in ids if i not in self._special_ids])
+        # each run between special tokens on its own: with a dummy prefix (LLaMA-style models) every run was
+        # encoded with a leading "▁" that decoding drops at the start of a text, not in its middle
         out, run = [], []
         for i in ids:  # SentencePiece writes control tokens as "" and <unk> as " ⁇ ": spell them like HF
             if i in self._special_ids:
-                out += [self._sp.decode(run), self._special_ids[i]]
+                out += [self._sp.decode(run), "" if skip_special else self._special_ids[i]]
                 run = []
             else:
                 run.append(i)
@@ -435,8 +494,7 @@ class NeoTokenizer:
         """The chat template rendered exactly as ``transformers``' ``apply_chat_template(tokenize=False)``."""
         messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
         return _compile_template(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD)
+            messages=messages, add_generation_prompt=add_generation_prompt, **self.special_text)
 
     def encode_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
         """Ids of the rendered chat; every special token string in it is one token (as HF added tokens)."""
@@ -447,7 +505,7 @@ class NeoTokenizer:
         it (``<s>``, ``</s>``, ``<unk>``, ``<pad>`` and the ChatML markers) is that one token. :meth:`encode`
         keeps ``<s>`` etc. as plain text, which training data needs."""
         ids, start = [self.bos_id] * add_bos, 0
-        for m in _SPECIAL_RE.finditer(text):
+        for m in self._special_re.finditer(text):
             ids += self.encode(text[start:m.start()]) + [self._special_tokens[m[0]]]
             start = m.end()
         return ids + self.encode(text[start:])
@@ -460,19 +518,25 @@ class NeoTokenizer:
         return tok
 
     def save_hf(self, out_dir: str | Path, model_max_length: int | None = None) -> None:
-        """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json (+ tokenizer.model)."""
+        """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json (+ tokenizer.model).
+
+        A SentencePiece model with special tokens added beside it (a released checkpoint's pad/chat tokens past
+        the model's pieces) is written as it came: tokenizer.model and the added tokens in tokenizer_config.json,
+        no tokenizer.json (a ``tokenizers`` BPE cannot hold ids past a gap in its vocabulary)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.to_hf().save(str(out / "tokenizer.json"))
+        if not self._added:
+            self.to_hf().save(str(out / "tokenizer.json"))
         if self._sp is not None:
             (out / "tokenizer.model").write_bytes(self._sp.serialized_model_proto())
-        special = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD,
-                   "additional_special_tokens": [IM_START, IM_END]}
+        extra = [t for t in self._special_tokens if t not in self.special_text.values()]
+        special = {**self.special_text, "additional_special_tokens": extra}
         added = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
                           "single_word": False, "special": True} for i, t in sorted(self._special_ids.items())}
         # PreTrainedTokenizerFast loads tokenizer.json as is; "LlamaTokenizerFast" would rebuild the
         # pipeline in transformers 5 (Metaspace with a prepended "▁") and break parity.
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", **special, "add_bos_token": self.add_bos_token,
+        config = {"tokenizer_class": "PreTrainedTokenizerFast" if not self._added else "LlamaTokenizer", **special,
+                  "add_bos_token": self.add_bos_token,
                   "add_eos_token": self.add_eos_token, "clean_up_tokenization_spaces": False,
                   "chat_template": self.chat_template, "added_tokens_decoder": added}
         if model_max_length is not None:

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from neo.config import ModelConfig
-from neo.hf import config_from_hf, export_hf, load_hf
+from neo.hf import INDEX_FILE, config_from_hf, export_hf, load_hf
 from neo.model import NeoModel
 from neo.schemas import NeoCheckpointInfo
 
@@ -95,3 +95,50 @@ def test_config_from_hf_refuses_unsupported_features():
         config_from_hf(base | {"attention_bias": True})
     with pytest.raises(ValueError, match="RoPE scaling"):
         config_from_hf(base | {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+
+
+def test_export_shards_above_the_limit_and_transformers_reads_them(tmp_path):
+    model = random_tiny(n_kv_heads=2, tie_embeddings=False)
+    total = sum(p.numel() * 4 for p in model.parameters())
+    out = export_hf(model, tmp_path / "sharded", max_shard_bytes=total // 3)
+    index = json.loads((out / INDEX_FILE).read_text())
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert not (out / "model.safetensors").exists() and len(shards) >= 3
+    assert shards == [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    assert sorted(set(index["weight_map"].values())) == shards and index["metadata"]["total_size"] == total
+    for name in shards:  # every tensor sits in the shard the index names, and no shard passes the limit
+        tensors = load_file(str(out / name))
+        assert {k for k, v in index["weight_map"].items() if v == name} == set(tensors)
+        assert sum(t.numel() * t.element_size() for t in tensors.values()) <= total // 3
+    ids = torch.randint(0, 512, (1, 30), generator=torch.Generator().manual_seed(5))
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids)).abs().max().item() < 1e-4
+        assert torch.equal(load_hf(out)(ids), model(ids))
+    # under the limit: one file, no index
+    single = export_hf(model, tmp_path / "single")
+    assert (single / "model.safetensors").is_file() and not (single / INDEX_FILE).exists()
+    with pytest.raises(ValueError, match="max_shard_bytes"):
+        export_hf(model, tmp_path / "bad", max_shard_bytes=0)
+
+
+def test_model_card_from_neo_json(tmp_path):
+    model = random_tiny()
+    info = NeoCheckpointInfo(name="neo-tiny-sft", preset="tiny", model=model.config.to_dict(), stage="sft",
+                             parent="m-a-p/neo_7b", data={"sft_examples": 1200, "manifest": "ab12"},
+                             metrics={"mmlu": 0.4125, "ceval": 0.38}, train_config={"lr": 2e-5})
+    out = export_hf(model, tmp_path / "card", info=info)
+    card = (out / "README.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    import yaml  # the Hub parses the front matter as YAML
+
+    meta = yaml.safe_load(front)
+    assert meta["license"] == "apache-2.0" and meta["language"] == ["en", "zh"]
+    assert {"neo", "map-neo", "stage-sft"} <= set(meta["tags"]) and meta["base_model"] == "m-a-p/neo_7b"
+    assert "| parent | m-a-p/neo_7b |" in body and "| mmlu | 0.4125 |" in body and "| sft_examples | 1200 |" in body
+    assert '"lr": 2e-05' in body and "# neo-tiny-sft" in body
+    # a local parent (a registry version) is no Hub base_model; no scores: said so
+    local = export_hf(model, tmp_path / "local", info=info.model_copy(update={"parent": "neo:v3", "metrics": {}}))
+    meta = yaml.safe_load((local / "README.md").read_text().split("---\n")[1])
+    assert "base_model" not in meta
+    assert "## Evaluation\n\nNone recorded." in (local / "README.md").read_text()
