@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic_core import PydanticUndefined
 
+from neo.hub import HubSettings
 from neo.settings import NeoSettings
 from neo_dataproc.settings import DataprocSettings
 from neo_serving.settings import ServingSettings
@@ -20,6 +21,7 @@ from neo_ui.settings import UISettings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 SECTIONS = [("every service (`neo.settings.NeoSettings`)", NeoSettings, "neo up, and the base of the others"),
+            ("hub (`neo.hub.HubSettings`)", HubSettings, "neo model push, neo model pull"),
             ("dataproc (`neo_dataproc.settings.DataprocSettings`)", DataprocSettings, "neo data"),
             ("trainer (`neo_trainer.settings.TrainerSettings`)", TrainerSettings, "neo train"),
             ("serving (`neo_serving.settings.ServingSettings`)", ServingSettings, "neo serve"),

@@ -131,6 +131,71 @@ def model_init(
     console.print(f"wrote {export_hf(model, out, tokenizer=tok)}")
 
 
+def _hub(endpoint: str | None):
+    from neo.hub import HubError, HubSettings
+
+    settings = HubSettings()
+    try:
+        return endpoint or settings.hub_endpoint, settings.token()
+    except HubError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@model_app.command("push")
+def model_push(
+    name: Annotated[str, typer.Argument(help="checkpoint directory, or a registered model (neo, neo:v2)")],
+    repo: Annotated[str, typer.Option(help="hub repository, OWNER/NAME")],
+    endpoint: Annotated[str | None, typer.Option(help="hub URL (default NEO_HUB_ENDPOINT, huggingface.co)")] = None,
+    private: Annotated[bool, typer.Option(help="create the repository private")] = False,
+) -> None:
+    """Upload a checkpoint (weights, configs, tokenizer, neo.json, model card) to a Hugging Face-compatible
+    hub. Token: NEO_HUB_TOKEN_FILE (a file, one line) or NEO_HUB_TOKEN."""
+    from neo.hub import HubError, check_endpoint, check_repo_id, push
+
+    try:  # arguments first: a typo is reported before anything is resolved or sent
+        check_repo_id(repo)
+        if endpoint is not None:
+            check_endpoint(endpoint)
+    except HubError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    path, _ = _model_dir(name, "NAME")
+    url, token = _hub(endpoint)
+    try:
+        console.print(f"pushed {path} to {push(path, repo, url, token, private=private)}")
+    except HubError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+@model_app.command("pull")
+def model_pull(
+    repo: Annotated[str, typer.Argument(help="hub repository, OWNER/NAME")],
+    out: Annotated[Path | None, typer.Option(help="directory to write to (default NEO_HOME/models/NAME)")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="hub URL (default NEO_HUB_ENDPOINT, huggingface.co)")] = None,
+    revision: Annotated[str | None, typer.Option(help="branch, tag or commit")] = None,
+) -> None:
+    """Download a checkpoint (safetensors, JSON, tokenizer.model; never code or pickles) from a Hugging
+    Face-compatible hub; `neo serve`, `neo chat`, `neo eval` and training then read the directory."""
+    from neo.hub import HubError, HubSettings, check_endpoint, check_repo_id, pull
+
+    try:
+        check_repo_id(repo)
+        if endpoint is not None:
+            check_endpoint(endpoint)
+    except HubError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    url, token = _hub(endpoint)
+    target = out or HubSettings().models_dir / repo.split("/")[1]
+    try:
+        console.print(f"pulled {repo} into {pull(repo, target, url, token, revision=revision)}")
+    except HubError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
 # --- neo tokenizer ---------------------------------------------------------------------------------
 @tok_app.command("train")
 def tokenizer_train(
