@@ -331,6 +331,7 @@ class NeoTokenizer:
         self._sp, self._hf = sp, hf
         self.chat_template, self.add_bos_token, self.add_eos_token = chat_template, add_bos_token, add_eos_token
         self._added: dict[str, int] = {}
+        self._dummy_prefix = False  # SentencePiece's add_dummy_prefix (LLaMA-style models; Neo's own: off)
         if sp is not None:
             self.vocab_size = sp.get_piece_size()
             self._byte_ids = frozenset(i for i in range(self.vocab_size) if sp.is_byte(i))
@@ -477,10 +478,17 @@ class NeoTokenizer:
         character's offset, so "tokens at or after offset k" never cuts a character (OpenAI's
         ``text_offset`` meaning, and how evaluation finds a continuation's tokens).
         """
-        offsets, chars, pending = [], 0, b""
+        offsets, chars, pending, run_start = [], 0, b"", True
         for i in ids:
             offsets.append(chars)
-            pending += self.token_bytes(int(i))
+            piece = self.token_bytes(int(i))
+            if int(i) in self._special_ids:
+                run_start = True  # decode() drops a dummy prefix's space at the start of every run
+            elif piece:
+                if run_start and self._dummy_prefix and piece.startswith(b" "):
+                    piece = piece[1:]
+                run_start = False
+            pending += piece
             try:
                 text = pending.decode("utf-8")
             except UnicodeDecodeError as exc:

@@ -11,72 +11,24 @@ Neo loads it (``load_hf``, ``NeoTokenizer.load``, serving's torch engine) with t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import sentencepiece as spm
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from neo.hf import INDEX_FILE, export_hf, load_hf
 from neo.tokenizer import NeoTokenizer
 from neo_serving.settings import ServingSettings
 
-from .corpus import corpus_lines
 from .helpers import LiveServer
-
-EMBED_ROWS = 64256  # neo_7b config.json vocab_size: 64000 pieces + added tokens, padded
-ADDED = {64000: "<pad>", 64001: "<|im_start|>", 64002: "<|im_end|>"}
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+from .released import EMBED_ROWS, build_release
 
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("released")
-    text = root / "corpus.txt"
-    text.write_text("\n".join(corpus_lines()), encoding="utf-8")
-    out = root / "neo_tiny_release"
-    out.mkdir()
-    spm.SentencePieceTrainer.train(  # LLaMA-style: no pad/chat pieces in the model itself
-        input=str(text), model_prefix=str(out / "tokenizer"), vocab_size=600, model_type="bpe",
-        byte_fallback=True, remove_extra_whitespaces=False, max_sentencepiece_length=16, num_threads=2,
-        normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
-    (out / "tokenizer.vocab").unlink()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=EMBED_ROWS, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    model.save_pretrained(out, max_shard_size="2MB")
-    # config.json as the released ones spell it (written by transformers 4.x)
-    (out / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": EMBED_ROWS,
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 4, "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "rope_scaling": None, "hidden_act": "silu", "attention_bias": False, "tie_word_embeddings": False,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "bfloat16",
-        "transformers_version": "4.39.3", "use_cache": True}))
-    added = {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
-                      "single_word": False} for i, t in {0: "<unk>", 1: "<s>", 2: "</s>", **ADDED}.items()}
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "NEOTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_neo.NEOTokenizer", None]},
-        "add_bos_token": True, "add_eos_token": False, "added_tokens_decoder": added,
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-        "chat_template": CHATML, "model_max_length": 256, "legacy": True}))
-    (out / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": {"content": "<s>", "lstrip": False}, "eos_token": {"content": "</s>", "lstrip": False},
-        "unk_token": {"content": "<unk>", "lstrip": False}, "pad_token": "<pad>"}))
-    (out / "tokenization_neo.py").write_text("raise RuntimeError('remote code must not run')\n")
-    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
-    assert (out / INDEX_FILE).is_file() and not (out / "model.safetensors").exists()
-    assert len(list(out.glob("model-0000*-of-0000*.safetensors"))) > 1
-    return out
+    return build_release(tmp_path_factory.mktemp("released"))
 
 
 def test_tokenizer_reads_the_released_files_without_remote_code(released):
@@ -137,3 +89,37 @@ def test_serving_answers_chat_with_the_release_template(released):
             [{"role": "user", "content": "hi"}]))
         assert chat.choices[0].finish_reason in ("length", "stop")
         assert chat.usage.completion_tokens >= 1
+
+
+def test_char_offsets_follow_decode_with_a_dummy_prefix(released):
+    tok = NeoTokenizer.load(released)
+    for ids in (tok.encode("Hello world, 你好 there", add_bos=True),
+                tok.encode_chat([{"role": "user", "content": "hi there"}])):
+        offsets = tok.char_offsets(ids)
+        assert all(offsets[k] == len(tok.decode(ids[:k])) for k in range(len(ids)))
+
+
+def test_neo_eval_backend_scores_as_transformers(released):
+    from neo.evals.backends import ModelBackend
+
+    backend = ModelBackend(released)
+    tok = backend.tokenizer
+    context, continuation = "The weather is", " nice today"
+    ids, start = backend._split(context, continuation)
+    assert tok.decode(ids[start:]).strip() == continuation.strip()
+    theirs = AutoModelForCausalLM.from_pretrained(released, dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        logprobs = theirs(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    expected = float(logprobs[start - 1:-1].gather(-1, torch.tensor(ids[start:])[:, None]).sum())
+    assert abs(backend.loglikelihood(context, continuation) - expected) < 0.05  # both in the release's bf16
+
+
+def test_neo_chat_talks_to_the_release(released):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "neo.cli", "chat", str(released)], input="hi\n\n",
+                         capture_output=True, text=True, timeout=120,
+                         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("you> ") == 2 and "neo> " in out.stdout
