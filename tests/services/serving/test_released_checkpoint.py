@@ -89,6 +89,16 @@ def test_serving_answers_chat_with_the_release_template(released):
             [{"role": "user", "content": "hi"}]))
         assert chat.choices[0].finish_reason in ("length", "stop")
         assert chat.usage.completion_tokens >= 1
+        # the served prompt logprobs are transformers' on the same files (the engine runs the release's bf16)
+        ids = [1, 17, 300, 599, 64001, 64002, 42]
+        r = client.completions.create(model="neo-release", prompt=ids, max_tokens=0, echo=True, logprobs=0)
+        served = r.choices[0].logprobs.token_logprobs
+    theirs = AutoModelForCausalLM.from_pretrained(released, dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        logprobs = theirs(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    expected = logprobs[:-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    assert served[0] is None and len(served) == len(ids)
+    assert (torch.tensor(served[1:]) - expected).abs().max().item() < 0.05
 
 
 def test_char_offsets_follow_decode_with_a_dummy_prefix(released):
