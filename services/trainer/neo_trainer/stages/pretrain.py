@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from neo.config import ModelConfig
+from neo.hf import load_hf
 from neo.model import NeoModel
 from neo.schemas import NeoCheckpointInfo
 from neo.shards import read_manifest
@@ -56,6 +57,25 @@ def _load_data(cfg: PretrainConfig, env: distributed.DistEnv) -> tuple[Path, Any
     if tok_dir is None:
         raise ConfigError("data.tokenizer: the manifest names no tokenizer_path; give one")
     return directory, manifest, NeoTokenizer.load(tok_dir)
+
+
+def _hf_start(cfg: PretrainConfig, manifest: Any) -> NeoModel | None:
+    """``train.init_from`` naming a Hugging Face directory (a Neo export, or a released checkpoint such as
+    MAP-Neo's: sharded, its own tokenizer): the run trains that model (its shape, not ``model.preset``'s) from its
+    weights with a fresh optimizer at step 0. None when ``init_from`` is a DeepSpeed checkpoint (or unset)."""
+    path = cfg.train.init_from
+    if path is None or checkpoint.find(path) is not None or not (Path(path) / "config.json").is_file():
+        return None
+    try:
+        model = load_hf(path, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"train.init_from: {exc}") from None
+    if cfg.data.seq_len > model.config.max_seq_len:
+        raise ConfigError(f"data.seq_len: {cfg.data.seq_len} exceeds {path}'s max_seq_len={model.config.max_seq_len}")
+    if manifest.vocab_size > model.config.vocab_size:
+        raise ConfigError(f"train.init_from: {path} has {model.config.vocab_size} embedding rows, below the "
+                          f"shards' vocabulary of {manifest.vocab_size}")
+    return model.train()
 
 
 def _model_config(cfg: PretrainConfig, tokenizer: NeoTokenizer, manifest: Any) -> ModelConfig:
@@ -127,7 +147,12 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, threads: int = 0)
                         document_mask=cfg.data.document_mask)
 
     bf16 = use_bf16(cfg.distributed.precision, env)
-    model = NeoModel(mcfg)
+    hf_model = _hf_start(cfg, manifest)
+    if hf_model is not None:
+        mcfg = hf_model.config
+        log.info("starting from the weights of %s (%s, %.2fM params; model.preset ignored)", t.init_from,
+                 mcfg.attention_kind, mcfg.num_params() / 1e6)
+    model = hf_model if hf_model is not None else NeoModel(mcfg)
     module = CausalLM(model, cfg.model.activation_checkpointing, fused_loss=cfg.model.fused_loss)
     if cfg.model.compile:
         compile_blocks(model)
@@ -144,7 +169,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, threads: int = 0)
         state = checkpoint.load(engine, ckpt_dir, rank=env.rank)
         start_step, schedule = state["step"], LRSchedule(**state["schedule"])
         data.state = DataState.from_dict(state["data"])
-    elif t.init_from is not None:
+    elif t.init_from is not None and hf_model is None:
         state = checkpoint.load(engine, t.init_from, rank=env.rank)
         start_step = state["step"]
         data.state = DataState.from_dict(state["data"])
