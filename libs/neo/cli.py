@@ -9,6 +9,8 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -131,15 +133,26 @@ def model_init(
     console.print(f"wrote {export_hf(model, out, tokenizer=tok)}")
 
 
-def _hub(endpoint: str | None):
-    from neo.hub import HubError, HubSettings
+@contextmanager
+def _hub_errors(code: int) -> Iterator[None]:
+    """A ``neo.hub.HubError`` as a one-line error and exit ``code``."""
+    from neo.hub import HubError
 
-    settings = HubSettings()
     try:
-        return endpoint or settings.hub_endpoint, settings.token()
+        yield
     except HubError as exc:
         console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(code) from exc
+
+
+def _hub_target(repo: str, endpoint: str | None) -> tuple[str, str | None]:
+    """Checked arguments (exit 2 before anything is resolved or sent), then the endpoint and token to use."""
+    from neo.hub import HubSettings, check_endpoint, check_repo_id
+
+    with _hub_errors(2):
+        check_repo_id(repo)
+        settings = HubSettings()
+        return check_endpoint(endpoint or settings.hub_endpoint), settings.token()
 
 
 @model_app.command("push")
@@ -151,22 +164,12 @@ def model_push(
 ) -> None:
     """Upload a checkpoint (weights, configs, tokenizer, neo.json, model card) to a Hugging Face-compatible
     hub. Token: NEO_HUB_TOKEN_FILE (a file, one line) or NEO_HUB_TOKEN."""
-    from neo.hub import HubError, check_endpoint, check_repo_id, push
+    from neo.hub import push
 
-    try:  # arguments first: a typo is reported before anything is resolved or sent
-        check_repo_id(repo)
-        if endpoint is not None:
-            check_endpoint(endpoint)
-    except HubError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    url, token = _hub_target(repo, endpoint)
     path, _ = _model_dir(name, "NAME")
-    url, token = _hub(endpoint)
-    try:
+    with _hub_errors(1):
         console.print(f"pushed {path} to {push(path, repo, url, token, private=private)}")
-    except HubError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
 
 
 @model_app.command("pull")
@@ -178,22 +181,12 @@ def model_pull(
 ) -> None:
     """Download a checkpoint (safetensors, JSON, tokenizer.model; never code or pickles) from a Hugging
     Face-compatible hub; `neo serve`, `neo chat`, `neo eval` and training then read the directory."""
-    from neo.hub import HubError, HubSettings, check_endpoint, check_repo_id, pull
+    from neo.hub import HubSettings, pull
 
-    try:
-        check_repo_id(repo)
-        if endpoint is not None:
-            check_endpoint(endpoint)
-    except HubError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    url, token = _hub(endpoint)
-    target = out or HubSettings().models_dir / repo.split("/")[1]
-    try:
+    url, token = _hub_target(repo, endpoint)
+    with _hub_errors(1):
+        target = out or HubSettings().models_dir / repo.split("/")[1]
         console.print(f"pulled {repo} into {pull(repo, target, url, token, revision=revision)}")
-    except HubError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
 
 
 # --- neo tokenizer ---------------------------------------------------------------------------------
