@@ -18,6 +18,7 @@ DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "serv
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 #: shell words that end one command and may start the next (`a && neo b`, `neo a | head`)
 SEPARATORS = {"&&", "||", "|", ";", "&"}
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 @functools.cache
@@ -39,15 +40,18 @@ def _command_lines(text: str) -> list[str]:
             except ValueError:
                 continue
             current: list[str] | None = None
+            at_start = True  # only a command's first word (after VAR=value assignments) is a program
             for word in words:
                 if word in SEPARATORS or word.endswith(";"):
                     if current:
                         lines.append(current)
-                    current = None
+                    current, at_start = None, True
                 elif current is not None:
                     current.append(word)
-                elif word == "neo":
+                elif at_start and word == "neo":
                     current = [word]
+                elif not ENV_ASSIGNMENT.match(word):
+                    at_start = False
             if current:
                 lines.append(current)
     return [" ".join(shlex.quote(w) for w in words) for words in lines]
@@ -85,6 +89,12 @@ def test_the_docs_show_neo_commands():
     found = {line for doc, line in _doc_commands() if doc == "README.md"}
     assert any(line.startswith("neo train pretrain ") for line in found), found
     assert len(found) >= 10
+
+
+def test_the_extractor_takes_commands_not_words():
+    text = "```bash\nNEO_HOME=/x neo data run a.yaml --eager  # comment --nope\nmake vllm && neo serve --engine vllm\n" \
+           "pip install neo\n```\n```python\nfrom neo import cli\n```\n"
+    assert _command_lines(text) == ["neo data run a.yaml --eager", "neo serve --engine vllm"]
 
 
 def test_the_checker_catches_a_wrong_command_and_option():
