@@ -119,13 +119,15 @@ class DataState:
 
     step: int = 0
     consumed: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)  # each source's training rows when saved (#21)
 
     def to_dict(self) -> dict:
-        return {"step": self.step, "consumed": dict(self.consumed)}
+        return {"step": self.step, "consumed": dict(self.consumed), "rows": dict(self.rows)}
 
     @classmethod
     def from_dict(cls, d: dict) -> DataState:
-        return cls(step=int(d["step"]), consumed={k: int(v) for k, v in d["consumed"].items()})
+        return cls(step=int(d["step"]), consumed={k: int(v) for k, v in d["consumed"].items()},
+                   rows={k: int(v) for k, v in d.get("rows", {}).items()})
 
 
 @dataclass
@@ -172,7 +174,33 @@ class PretrainData:
         self.sources, self.mixtures = sources, mixtures
         self.rows_per_step, self.seed = rows_per_step, seed
         self.eos_id, self.document_mask = eos_id, document_mask
-        self.state = DataState(consumed={name: 0 for name in sources})
+        self.state = DataState(consumed={name: 0 for name in sources},
+                               rows={name: src.n_train for name, src in sources.items()})
+
+    def restore(self, saved: dict) -> None:
+        """Continue from a checkpoint's data state, which may predate this run's corpus (#21).
+
+        A source the checkpoint never saw (a decay mixture adding data) starts at row 0. A source whose
+        training row count changed since the checkpoint (re-tokenized, re-sharded) restarts at row 0 of a
+        fresh permutation: its old position would index different rows, so it is not reused. Both are logged
+        as warnings. Sources in the checkpoint but not in this corpus are dropped with a warning.
+        """
+        old = DataState.from_dict(saved)
+        consumed = {}
+        for name, src in self.sources.items():
+            if name not in old.consumed:
+                log.warning("data source %r is a new source (not in the checkpoint): it starts at row 0", name)
+                consumed[name] = 0
+            elif name in old.rows and old.rows[name] != src.n_train:
+                log.warning("data source %r was re-tokenized (%d training rows, checkpoint had %d): its position "
+                            "restarts at row 0", name, src.n_train, old.rows[name])
+                consumed[name] = 0
+            else:
+                consumed[name] = old.consumed[name]
+        for name in sorted(set(old.consumed) - set(self.sources)):
+            log.warning("data source %r is in the checkpoint but not in this corpus: dropped", name)
+        self.state = DataState(step=old.step, consumed=consumed,
+                               rows={name: src.n_train for name, src in self.sources.items()})
 
     def plan_step(self, phase: str) -> list[tuple[str, int]]:
         """(source, row) for each row of the next global batch; advances the state by one step."""

@@ -115,3 +115,43 @@ def test_document_positions_and_ids():
     assert b.positions.tolist() == [[0, 1, 2, 0, 1, 2, 3, 0]]
     plain = make_batch(rows, eos, document_mask=False)
     assert plain.positions is None and plain.doc_ids is None
+
+
+def test_restore_adds_new_sources_and_restarts_a_resized_one(shard_dir, caplog):
+    """#21: a decay run may add sources the fundamental run never had, and a source may be re-tokenized."""
+    data = _data(shard_dir)
+    for _ in range(3):
+        data.plan_step("fundamental")
+    saved = data.state.to_dict()
+    name = next(iter(data.sources))
+    # a checkpoint written before the new source existed, with another source's row count changed
+    old = {"step": saved["step"], "consumed": {n: c for n, c in saved["consumed"].items() if n != name}}
+    other = next(n for n in old["consumed"] if n != name) if len(old["consumed"]) else None
+    if other is not None:
+        old["rows"] = {n: data.sources[n].n_train for n in old["consumed"]}
+        old["rows"][other] += 1  # the shards of `other` now hold a different number of rows
+    fresh = _data(shard_dir)
+    with caplog.at_level("WARNING", logger="neo_trainer.data"):
+        fresh.restore(old)
+    assert fresh.state.step == saved["step"]
+    assert fresh.state.consumed[name] == 0
+    assert any(name in r.getMessage() and "new source" in r.getMessage() for r in caplog.records)
+    if other is not None:
+        assert fresh.state.consumed[other] == 0
+        assert any(other in r.getMessage() and "re-tokenized" in r.getMessage() for r in caplog.records)
+    fresh.plan_step("fundamental")  # no KeyError
+    # an unchanged source keeps its position; a round trip keeps the row counts
+    same = _data(shard_dir)
+    same.restore(saved)
+    assert same.state.consumed == saved["consumed"]
+    assert DataState.from_dict(same.state.to_dict()).consumed == saved["consumed"]
+
+
+def test_a_bare_state_lacking_a_source_fails_so_resume_goes_through_restore(shard_dir):
+    """Why ``restore`` exists: planning from an old checkpoint's DataState that lacks a source raises KeyError."""
+    data = _data(shard_dir)
+    name = next(iter(data.sources))
+    data.state = DataState.from_dict({"step": 0, "consumed": {n: 0 for n in data.sources if n != name}})
+    with pytest.raises(KeyError):
+        while True:
+            data.plan_step("fundamental")

@@ -126,3 +126,31 @@ def test_overrides_and_defaults(make_config):
     assert cfg.train.lr == 1e-4 and cfg.data.decay_mixture == {"code": 2} and cfg.checkpoint.export_at == [4, 8]
     assert cfg.train.decay_fraction == PAPER_DECAY_FRACTION
     assert json.loads(json.dumps(cfg.dump()))["train"]["lr"] == 1e-4
+
+
+@pytest.mark.slow
+def test_decay_run_adds_a_source_the_fundamental_run_never_had(make_config, shard_dir, tmp_path, caplog):
+    """#21: the decay phase's mixture brings in new data: the source starts at row 0, the others continue."""
+    import shutil
+
+    from neo.shards import read_manifest, write_manifest
+
+    small = tmp_path / "no_code"
+    shutil.copytree(shard_dir, small)
+    manifest = read_manifest(small)
+    manifest.files = [f for f in manifest.files if f.source != "code"]
+    del manifest.sources["code"]
+    write_manifest(small, manifest)
+    train = {"steps": 10, "warmup_steps": 2, "decay_fraction": 0.3}
+    first = make_config("fundamental", train=train | {"stop_after": "fundamental"},
+                        data={"manifest": str(small), "seq_len": 32})
+    _run(first)
+    second = make_config("decay", train=train | {"start_phase": "decay",
+                                                 "init_from": f"{first['run_dir']}/checkpoints/fundamental_end"},
+                         data={"manifest": str(shard_dir), "seq_len": 32, "decay_mixture": {"code": 3, "en": 1}})
+    with caplog.at_level("WARNING", logger="neo_trainer.data"):
+        _run(second)
+    assert any("'code' is a new source" in r.getMessage() for r in caplog.records)
+    b = losses(second["run_dir"])
+    assert sorted(b) == [8, 9, 10]
+    assert all(v == v and v < 20 for v in b.values())  # finite

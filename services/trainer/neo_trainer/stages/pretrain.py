@@ -28,7 +28,7 @@ from neo.shards import read_manifest
 from neo.tokenizer import NeoTokenizer
 from neo_trainer import checkpoint, distributed
 from neo_trainer.config import ConfigError, PretrainConfig
-from neo_trainer.data import DataState, PretrainData, open_sources, resolve_mixture
+from neo_trainer.data import PretrainData, open_sources, resolve_mixture
 from neo_trainer.engine import adamw, step_grad_norm, use_bf16
 from neo_trainer.metrics import MetricsLogger, device_peak_flops, mfu
 from neo_trainer.modeling import CausalLM, compile_blocks
@@ -168,11 +168,11 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, threads: int = 0)
         _warn_if_changed(cfg)
         state = checkpoint.load(engine, ckpt_dir, rank=env.rank)
         start_step, schedule = state["step"], LRSchedule(**state["schedule"])
-        data.state = DataState.from_dict(state["data"])
+        data.restore(state["data"])
     elif t.init_from is not None and hf_model is None:
         state = checkpoint.load(engine, t.init_from, rank=env.rank)
         start_step = state["step"]
-        data.state = DataState.from_dict(state["data"])
+        data.restore(state["data"])
         log.info("starting the %s phase from %s at step %d", t.start_phase, t.init_from, start_step)
     elif resume:
         log.info("--resume: no checkpoint in %s yet, starting fresh", ckpt_dir)
