@@ -250,6 +250,9 @@ class C4Filter(Filter):
         for is_code, chunk in blocks:
             if is_code:  # fenced code is kept as written (code rules are not line rules)
                 kept.append(chunk)
+                # ours: a fenced example counts as one sentence of the page (held-out tune half: documentation
+                # sections of 1-2 prose sentences around a code block were dropped as too few sentences)
+                sentences += 1 if chunk.strip("`~ \n") else 0
                 continue
             sentences = self._lines(chunk, kept, sentences)
             if sentences < 0:
