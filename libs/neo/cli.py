@@ -408,10 +408,16 @@ def _eval_model(spec: str):
 COMMAND_EXTRAS = {"data": "data", "train": "train", "align": "train", "serve": "serve", "ui": "ui", "prefs": "ui"}
 
 
+def _extra_hint(command: str, module: str | None) -> str:
+    """What to install for ``neo COMMAND`` when ``module`` (from its service's extra) is missing."""
+    extra = COMMAND_EXTRAS.get(command, "all")
+    return (f"`neo {command or '...'}` needs the {extra!r} extra (missing module {module}): "
+            f"pip install 'neo-llm[{extra}]'")
+
+
 def _add_missing(name: str, exc: ImportError) -> None:
     """A stand-in for a service command whose extra is not installed: says what to install, exits 1."""
-    extra = COMMAND_EXTRAS.get(name, "all")
-    hint = f"`neo {name}` needs the {extra!r} extra (missing module {exc.name or exc}): pip install 'neo-llm[{extra}]'"
+    hint = _extra_hint(name, exc.name or str(exc))
 
     def unavailable(ctx: typer.Context) -> None:
         typer.echo(f"error: {hint}", err=True)
@@ -450,9 +456,7 @@ def missing_extra_message(exc: ModuleNotFoundError, argv: list[str]) -> str | No
     if (exc.name or "").split(".")[0] not in EXTRA_MODULES:
         return None
     command = next((a for a in argv if not a.startswith("-")), "")
-    extra = COMMAND_EXTRAS.get(command, "all")
-    return (f"`neo {command or '...'}` needs the {extra!r} extra (missing module {exc.name}): "
-            f"pip install 'neo-llm[{extra}]'")
+    return _extra_hint(command, exc.name)
 
 
 def main() -> None:
