@@ -4,11 +4,14 @@ Pretraining, SFT and DPO all train ``CausalLM(NeoModel)`` with AdamW on a DeepSp
 gradient clipping, bf16 on GPU / fp32 on CPU, one or more processes over NCCL or gloo). Pretraining adds
 its data position and resumable checkpoints (``stages.pretrain``); SFT and DPO are short runs that start
 over when repeated, so ``AlignEngine`` holds only what they need: LR, step, grad norm, rank share, export.
+Every stage's optimizer step is ``train_step`` (micro-batch accumulation, LR, grad norm, loss across ranks).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,26 @@ def step_grad_norm(engine: Any, zero_stage: int) -> float:
     return distributed.global_grad_norm(engine)
 
 
+def train_step(engine: Any, zero_stage: int, lr: float,
+               micro_losses: Sequence[Callable[[], torch.Tensor]]) -> tuple[float, float]:
+    """One optimizer step of every stage: set ``lr``, then per micro batch run its forward (``micro_losses[i]()``),
+    ``backward`` and ``engine.step()`` (DeepSpeed steps AdamW, clipped, at the accumulation boundary). Returns
+    (loss averaged over micro batches and ranks, global grad norm of the step)."""
+    for group in engine.basic_optimizer.param_groups:
+        group["lr"] = lr
+    losses, norm = [], math.nan
+    for i, forward in enumerate(micro_losses):
+        loss = forward()
+        engine.backward(loss)
+        if zero_stage == 0 and i == len(micro_losses) - 1:
+            norm = step_grad_norm(engine, 0)
+        engine.step()
+        losses.append(loss.detach())
+    if zero_stage > 0:
+        norm = step_grad_norm(engine, zero_stage)
+    return distributed.all_reduce_mean(torch.stack(losses).mean()), norm
+
+
 @dataclass
 class AlignEngine:
     """A policy on the DeepSpeed engine for SFT/DPO: ``engine(...)`` runs the forward on this rank."""
@@ -82,14 +105,7 @@ class AlignEngine:
 
     def step(self, loss: torch.Tensor, lr: float) -> tuple[float, float]:
         """backward + clipped AdamW step at ``lr``; returns (loss averaged over ranks, grad norm)."""
-        for group in self.engine.basic_optimizer.param_groups:
-            group["lr"] = lr
-        self.engine.backward(loss)
-        norm = step_grad_norm(self.engine, 0) if self.zero_stage == 0 else float("nan")
-        self.engine.step()
-        if self.zero_stage > 0:
-            norm = step_grad_norm(self.engine, self.zero_stage)
-        return distributed.all_reduce_mean(loss.detach()), norm
+        return train_step(self.engine, self.zero_stage, lr, [lambda: loss])
 
     @property
     def training(self) -> bool:

@@ -10,11 +10,12 @@ the decay mixture while the LR decays. Metrics (``metrics``), checkpoints and HF
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
-import math
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from neo.tokenizer import NeoTokenizer
 from neo_trainer import checkpoint, distributed
 from neo_trainer.config import ConfigError, PretrainConfig
 from neo_trainer.data import PretrainData, open_sources, resolve_mixture
-from neo_trainer.engine import adamw, step_grad_norm, use_bf16
+from neo_trainer.engine import adamw, train_step, use_bf16
 from neo_trainer.metrics import MetricsLogger, device_peak_flops, mfu
 from neo_trainer.modeling import CausalLM, compile_blocks
 from neo_trainer.prepare import prepare_text_shards
@@ -59,13 +60,19 @@ def _load_data(cfg: PretrainConfig, env: distributed.DistEnv) -> tuple[Path, Any
     return directory, manifest, NeoTokenizer.load(tok_dir)
 
 
+def _is_hf_start(cfg: PretrainConfig) -> bool:
+    """``train.init_from`` names a Hugging Face directory rather than a DeepSpeed checkpoint."""
+    path = cfg.train.init_from
+    return path is not None and checkpoint.find(path) is None and (Path(path) / "config.json").is_file()
+
+
 def _hf_start(cfg: PretrainConfig, manifest: Any) -> NeoModel | None:
     """``train.init_from`` naming a Hugging Face directory (a Neo export, or a released checkpoint such as
     MAP-Neo's: sharded, its own tokenizer): the run trains that model (its shape, not ``model.preset``'s) from its
     weights with a fresh optimizer at step 0. None when ``init_from`` is a DeepSpeed checkpoint (or unset)."""
-    path = cfg.train.init_from
-    if path is None or checkpoint.find(path) is not None or not (Path(path) / "config.json").is_file():
+    if not _is_hf_start(cfg):
         return None
+    path = cfg.train.init_from
     try:
         model = load_hf(path, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
@@ -130,8 +137,42 @@ def evaluate(engine: Any, data: PretrainData, rows: int, size: int, device: torc
     return out
 
 
-def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, threads: int = 0) -> Path:
-    """Train per ``cfg`` on this process's share of the run; returns the final HF export directory."""
+@dataclass
+class PretrainRun:
+    """What one process of a pretraining run holds once ``setup`` has built it."""
+
+    cfg: PretrainConfig
+    env: distributed.DistEnv
+    directory: Path  # the shard directory
+    manifest: Any
+    tokenizer: NeoTokenizer
+    mixtures: dict[str, dict[str, float]]  # phase -> source weights
+    data: PretrainData
+    mcfg: ModelConfig
+    model: NeoModel
+    engine: Any  # the DeepSpeed engine around CausalLM(model)
+    bf16: bool
+
+    def client_state(self, step: int, schedule: LRSchedule) -> dict[str, Any]:
+        """What a checkpoint saves besides the engine: schedule, data position, phase."""
+        return {"schedule": dataclasses.asdict(schedule), "data": self.data.state.to_dict(),
+                "phase": schedule.phase(step)}
+
+    def export(self, out: Path, step: int, record: dict[str, Any]) -> None:
+        """A Hugging Face directory of the model at ``step`` (collective: every rank calls it)."""
+        cfg = self.cfg
+        info = NeoCheckpointInfo(
+            name=cfg.name, preset=cfg.model.preset, model=self.mcfg.to_dict(), stage="pretrain",
+            tokenizer_sha256=self.manifest.tokenizer_sha256, train_config=cfg.dump(),
+            data={"manifest": str(Path(self.directory).resolve()), "job": self.manifest.job, "step": step,
+                  "tokens_seen": self.data.tokens_seen(), "mixtures": self.mixtures},
+            metrics={k: float(v) for k, v in record.items() if k in ("loss", "val_loss", "tokens")})
+        checkpoint.export(self.model, out, zero_stage=cfg.distributed.zero_stage, rank=self.env.rank,
+                          tokenizer=self.tokenizer, info=info, dtype=torch.bfloat16 if self.bf16 else torch.float32)
+
+
+def setup(cfg: PretrainConfig, threads: int = 0) -> PretrainRun:
+    """Data (shards, mixtures), model (fresh from the preset, or a Hugging Face ``init_from``) and engine."""
     env = distributed.setup(threads)
     torch.manual_seed(cfg.train.seed)
     directory, manifest, tokenizer = _load_data(cfg, env)
@@ -159,77 +200,87 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, threads: int = 0)
     engine = distributed.initialize(module, build_optimizer(module, cfg), distributed.deepspeed_config(
         micro_batch_size=t.micro_batch_size, grad_accum=t.grad_accum, world_size=env.world_size,
         zero_stage=cfg.distributed.zero_stage, grad_clip=t.grad_clip, bf16=bf16))
-    optimizer = engine.basic_optimizer
+    return PretrainRun(cfg=cfg, env=env, directory=directory, manifest=manifest, tokenizer=tokenizer,
+                       mixtures=mixtures, data=data, mcfg=mcfg, model=model, engine=engine, bf16=bf16)
 
+
+def restore(run: PretrainRun, resume: bool, from_hf: bool) -> tuple[int, LRSchedule]:
+    """The step to start at and the LR schedule: from the run's own checkpoint (``resume``), from another run's
+    DeepSpeed checkpoint (``train.init_from``: a decay run from a fundamental checkpoint), or fresh."""
+    cfg, t = run.cfg, run.cfg.train
     ckpt_dir = cfg.run_dir / checkpoint.CHECKPOINTS
-    total = cfg.total_steps(env.world_size)
-    start_step, schedule = 0, None
     if resume and checkpoint.find(ckpt_dir):
         _warn_if_changed(cfg)
-        state = checkpoint.load(engine, ckpt_dir, rank=env.rank)
-        start_step, schedule = state["step"], LRSchedule(**state["schedule"])
-        data.restore(state["data"])
-    elif t.init_from is not None and hf_model is None:
-        state = checkpoint.load(engine, t.init_from, rank=env.rank)
+        state = checkpoint.load(run.engine, ckpt_dir, rank=run.env.rank)
+        run.data.restore(state["data"])
+        return state["step"], LRSchedule(**state["schedule"])
+    start_step = 0
+    if t.init_from is not None and not from_hf:
+        state = checkpoint.load(run.engine, t.init_from, rank=run.env.rank)
         start_step = state["step"]
-        data.restore(state["data"])
+        run.data.restore(state["data"])
         log.info("starting the %s phase from %s at step %d", t.start_phase, t.init_from, start_step)
     elif resume:
         log.info("--resume: no checkpoint in %s yet, starting fresh", ckpt_dir)
-    schedule = schedule or _schedule(cfg, total, start_step)
-    stop = schedule.decay_start if t.stop_after == "fundamental" else schedule.total_steps
-    if env.is_main:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.run_dir / "config.json").write_text(json.dumps(cfg.dump(), indent=2) + "\n")
-        log.info("%s: %.2fM params, %d steps (decay from %d), %s tokens/step, ZeRO-%d, %d process(es), %s",
-                 mcfg.name, mcfg.num_params() / 1e6, schedule.total_steps, schedule.decay_start,
-                 f"{cfg.tokens_per_step(env.world_size):,}", cfg.distributed.zero_stage, env.world_size,
-                 "bf16" if bf16 else "fp32")
+    return start_step, _schedule(cfg, cfg.total_steps(run.env.world_size), start_step)
 
-    peak = cfg.metrics.peak_flops or device_peak_flops(env.device, bf16)[0]
-    flops_per_token = mcfg.flops_per_token(cfg.data.seq_len)
+
+def _announce(run: PretrainRun, schedule: LRSchedule) -> None:
+    """Rank 0 writes the run's config.json and logs what it is about to train."""
+    cfg = run.cfg
+    if not run.env.is_main:
+        return
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps(cfg.dump(), indent=2) + "\n")
+    log.info("%s: %.2fM params, %d steps (decay from %d), %s tokens/step, ZeRO-%d, %d process(es), %s",
+             run.mcfg.name, run.mcfg.num_params() / 1e6, schedule.total_steps, schedule.decay_start,
+             f"{cfg.tokens_per_step(run.env.world_size):,}", cfg.distributed.zero_stage, run.env.world_size,
+             "bf16" if run.bf16 else "fp32")
+
+
+def _save_hooks(run: PretrainRun, schedule: LRSchedule, done: int, stop: int, record: dict[str, Any]) -> None:
+    """After step ``done``: the phase-boundary checkpoint, periodic/final checkpoints, intermediate exports."""
+    cfg, ckpt_dir = run.cfg, run.cfg.run_dir / checkpoint.CHECKPOINTS
+    if done == schedule.decay_start and done < schedule.total_steps:
+        checkpoint.save(run.engine, ckpt_dir, done, run.client_state(done, schedule), rank=run.env.rank,
+                        keep=cfg.checkpoint.keep, tag=checkpoint.PHASE_TAG)
+    if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == stop:
+        checkpoint.save(run.engine, ckpt_dir, done, run.client_state(done, schedule), rank=run.env.rank,
+                        keep=cfg.checkpoint.keep)
+    if done in cfg.checkpoint.export_at and done != stop:
+        run.export(cfg.run_dir / "exports" / checkpoint.step_tag(done), done, record)
+
+
+def _micro_loss(run: PretrainRun, plan: Any, micro: int) -> torch.Tensor:
+    """Forward of this rank's micro batch ``micro`` of the step ``plan``."""
+    env = run.env
+    batch = run.data.micro_batch(plan, micro, env.rank, env.world_size, run.cfg.train.micro_batch_size)
+    batch = batch.to(env.device)
+    return run.engine(batch.input_ids, batch.positions, batch.doc_ids, batch.targets)
+
+
+def train_loop(run: PretrainRun, schedule: LRSchedule, start_step: int, stop: int) -> dict[str, Any]:
+    """Steps ``start_step..stop-1``: mixture by phase, one ``train_step`` each, metrics, evals, checkpoints.
+    Returns the last step's metrics record (with the last eval's), empty if there was nothing to train."""
+    cfg, env, data, t = run.cfg, run.env, run.data, run.cfg.train
+    peak = cfg.metrics.peak_flops or device_peak_flops(env.device, run.bf16)[0]
+    flops_per_token = run.mcfg.flops_per_token(cfg.data.seq_len)
     tokens_per_step = cfg.tokens_per_step(env.world_size)
     metrics = MetricsLogger(cfg.run_dir, total_steps=stop, start_step=start_step, log_every=cfg.metrics.log_every,
                             tensorboard=cfg.metrics.tensorboard, progress=cfg.metrics.progress, enabled=env.is_main)
-
-    def client_state(step: int) -> dict[str, Any]:
-        return {"schedule": dataclasses.asdict(schedule), "data": data.state.to_dict(), "phase": schedule.phase(step)}
-
-    def export(out: Path, step: int, record: dict[str, Any]) -> None:
-        info = NeoCheckpointInfo(
-            name=cfg.name, preset=cfg.model.preset, model=mcfg.to_dict(), stage="pretrain",
-            tokenizer_sha256=manifest.tokenizer_sha256, train_config=cfg.dump(),
-            data={"manifest": str(Path(directory).resolve()), "job": manifest.job, "step": step,
-                  "tokens_seen": data.tokens_seen(), "mixtures": mixtures},
-            metrics={k: float(v) for k, v in record.items() if k in ("loss", "val_loss", "tokens")})
-        checkpoint.export(model, out, zero_stage=cfg.distributed.zero_stage, rank=env.rank, tokenizer=tokenizer,
-                          info=info, dtype=torch.bfloat16 if bf16 else torch.float32)
-
     record: dict[str, Any] = {}
     last_val: dict[str, float] = {}
     try:
         for step in range(start_step, stop):
             phase = schedule.phase(step)
             if step == schedule.decay_start and env.is_main:
-                log.info("step %d: decay phase — mixture %s, LR decaying from %.3e", step, mixtures["decay"],
+                log.info("step %d: decay phase — mixture %s, LR decaying from %.3e", step, run.mixtures["decay"],
                          schedule(step))
             lr = schedule(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             t0 = time.perf_counter()
             plan = data.plan_step(phase)
-            losses, grad_norm = [], math.nan
-            for micro in range(t.grad_accum):
-                batch = data.micro_batch(plan, micro, env.rank, env.world_size, t.micro_batch_size).to(env.device)
-                loss = engine(batch.input_ids, batch.positions, batch.doc_ids, batch.targets)
-                engine.backward(loss)
-                if cfg.distributed.zero_stage == 0 and micro == t.grad_accum - 1:
-                    grad_norm = step_grad_norm(engine, 0)
-                engine.step()
-                losses.append(loss.detach())
-            loss_value = distributed.all_reduce_mean(torch.stack(losses).mean())
-            if cfg.distributed.zero_stage > 0:
-                grad_norm = step_grad_norm(engine, cfg.distributed.zero_stage)
+            micro_losses = [functools.partial(_micro_loss, run, plan, m) for m in range(t.grad_accum)]
+            loss_value, grad_norm = train_step(run.engine, cfg.distributed.zero_stage, lr, micro_losses)
             dt = time.perf_counter() - t0
             done = step + 1
             record = {"step": done, "phase": phase, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
@@ -238,20 +289,24 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, threads: int = 0)
                       "mfu": mfu(flops_per_token, tokens_per_step / dt, peak, env.world_size),
                       "rows": dict(Counter(name for name, _ in plan))}
             if done % cfg.metrics.eval_every == 0 or done == stop:
-                last_val = evaluate(engine, data, cfg.metrics.eval_rows, t.micro_batch_size, env.device,
-                                    mixtures[schedule.phase(step)])
+                last_val = evaluate(run.engine, data, cfg.metrics.eval_rows, t.micro_batch_size, env.device,
+                                    run.mixtures[schedule.phase(step)])
                 record |= last_val
             metrics.log(record, force=done == stop or done == schedule.decay_start)
-            if done == schedule.decay_start and done < schedule.total_steps:
-                checkpoint.save(engine, ckpt_dir, done, client_state(done), rank=env.rank, keep=cfg.checkpoint.keep,
-                                tag=checkpoint.PHASE_TAG)
-            if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == stop:
-                checkpoint.save(engine, ckpt_dir, done, client_state(done), rank=env.rank, keep=cfg.checkpoint.keep)
-            if done in cfg.checkpoint.export_at and done != stop:
-                export(cfg.run_dir / "exports" / checkpoint.step_tag(done), done, record)
+            _save_hooks(run, schedule, done, stop, record)
     finally:
         metrics.close()
+    return record | last_val if record else {}
+
+
+def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, threads: int = 0) -> Path:
+    """Train per ``cfg`` on this process's share of the run; returns the final HF export directory."""
+    run = setup(cfg, threads)
+    start_step, schedule = restore(run, resume, from_hf=_is_hf_start(cfg))
+    stop = schedule.decay_start if cfg.train.stop_after == "fundamental" else schedule.total_steps
+    _announce(run, schedule)
+    record = train_loop(run, schedule, start_step, stop)
     if not record:
         log.warning("nothing to train: the run was already at step %d of %d", start_step, stop)
-    export(cfg.export_dir, stop, record | last_val)
+    run.export(cfg.export_dir, stop, record)
     return cfg.export_dir
