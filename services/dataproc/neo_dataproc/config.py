@@ -28,9 +28,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from neo.configfile import ConfigError, read_config_file, validate
 from neo.shards import DEFAULT_TOKENS_PER_SHARD
 from neo_dataproc.steps.build import build_steps
 
@@ -221,36 +221,15 @@ def apply_profiles(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-class ConfigError(ValueError):
-    """A job config that does not validate; the message names the field."""
-
-
-def _format_errors(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid job config {origin}:"]
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def parse_config(data: dict[str, Any], base_dir: Path | str = ".", origin: str = "") -> JobConfig:
+    title = f"invalid job config {origin}".rstrip()
     if not isinstance(data, dict):
-        raise ConfigError(f"invalid job config {origin}: expected a mapping at the top level")
-    data = {**data, "base_dir": str(Path(base_dir).resolve())}
-    try:
-        return JobConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, origin)) from None
+        raise ConfigError(f"{title}: expected a mapping at the top level")
+    return validate(JobConfig, {**data, "base_dir": str(Path(base_dir).resolve())}, title)
 
 
 def load_config(path: Path | str) -> JobConfig:
     """Read a YAML or JSON job config; relative input paths resolve against its directory."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"job config not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"job config {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    data = read_config_file(path, "job config")
     return parse_config(data, base_dir=path.parent, origin=str(path))

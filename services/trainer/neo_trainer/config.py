@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from neo.configfile import ConfigError, validate
+from neo.configfile import read_config_file as neo_read_config_file
 from neo_trainer.schedule import PAPER_DECAY_FRACTION
 
 
@@ -160,16 +162,7 @@ class PretrainConfig(RunConfig):
         return math.ceil(self.train.tokens / self.tokens_per_step(world_size))  # type: ignore[operator]
 
 
-class ConfigError(ValueError):
-    """A config that failed validation; the message names every bad field (``train.lr: ...``)."""
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        lines.append(f"{loc}: {err['msg']}")
-    return "invalid training config:\n  " + "\n  ".join(lines)
+TITLE = "invalid training config"
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -196,24 +189,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> PretrainConfig:
     """Validate a config dict (plus ``--set`` overrides); ``ConfigError`` names each bad field."""
-    try:
-        return PretrainConfig.model_validate(apply_overrides(raw, overrides or []))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+    return validate(PretrainConfig, apply_overrides(raw, overrides or []), TITLE)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """A YAML or JSON run config as a mapping; relative paths in it are taken as given (from the cwd)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...)")
-    return raw
+    return neo_read_config_file(path, "training config")
 
 
 def load_config(path: Path, overrides: list[str] | None = None) -> PretrainConfig:
@@ -295,10 +276,7 @@ class DPOConfig(RunConfig):
 def load_stage_config(cls: type[Section], source: Path | dict[str, Any], overrides: list[str] | None = None) -> Any:
     """Validate an SFT/DPO config (a YAML/JSON file or a dict) into ``cls``; ``ConfigError`` names bad fields."""
     raw = source if isinstance(source, dict) else read_config_file(Path(source))
-    try:
-        return cls.model_validate(apply_overrides(raw, overrides or []))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+    return validate(cls, apply_overrides(raw, overrides or []), TITLE)
 
 
 class RewardDataSection(Section):

@@ -47,7 +47,7 @@ def test_extras_cover_every_service_and_torch_is_pinned_only_by_constraints():
         assert f"/app[{extra}" in dockerfile, service
     # every module neo's CLI blames on an extra is one an extra brings
     joined = " ".join(d for deps in extras.values() for d in deps).replace("-", "_").lower()
-    aliases = {"yaml": "pyyaml", "fasttext": "fasttext_predict", "sse_starlette": "sse_starlette",
+    aliases = {"fasttext": "fasttext_predict", "sse_starlette": "sse_starlette",
                "pandas": "gradio", "starlette": "fastapi"}
     assert all(aliases.get(m, m) in joined for m in EXTRA_MODULES), sorted(
         m for m in EXTRA_MODULES if aliases.get(m, m) not in joined)
