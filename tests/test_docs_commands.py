@@ -92,7 +92,8 @@ def test_the_docs_show_neo_commands():
 
 
 def test_the_extractor_takes_commands_not_words():
-    text = "```bash\nNEO_HOME=/x neo data run a.yaml --eager  # comment --nope\nmake vllm && neo serve --engine vllm\n" \
+    text = "```bash\nNEO_HOME=/x neo data run a.yaml --eager  # comment --nope\n" \
+           "make vllm && neo serve --engine vllm\n" \
            "pip install neo\n```\n```python\nfrom neo import cli\n```\n"
     assert _command_lines(text) == ["neo data run a.yaml --eager", "neo serve --engine vllm"]
 
@@ -101,7 +102,8 @@ def test_the_checker_catches_a_wrong_command_and_option():
     tree = _neo_tree()
     assert _problems(tree, ["neo", "model", "info", "neo-7b", "--seq-len", "4096"]) == []
     assert _problems(tree, ["neo", "model", "infoo"]) == ["`neo model` has no subcommand 'infoo'"]
-    assert _problems(tree, ["neo", "model", "info", "--seq-length=4"]) == ["`neo model info` has no option --seq-length"]
+    assert _problems(tree, ["neo", "model", "info", "--seq-length=4"]) == [
+        "`neo model info` has no option --seq-length"]
 
 
 @pytest.mark.parametrize(("doc", "line"), _doc_commands())

@@ -131,7 +131,8 @@ def services(tmp_path, env) -> Iterator[Services]:
 def run_neo(env: dict[str, str], *args: str, timeout: float = STEP_TIMEOUT_S) -> subprocess.CompletedProcess:
     """Run one `neo` command to the end; fail with its output unless it exits 0."""
     proc = subprocess.run(neo_command(*args), env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"neo {' '.join(args)} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-5000:]}"
+    output = (proc.stdout + proc.stderr)[-5000:]
+    assert proc.returncode == 0, f"neo {' '.join(args)} exited {proc.returncode}:\n{output}"
     return proc
 
 
@@ -204,7 +205,8 @@ def test_corpus_to_dpo_round_served_and_evaluated(tmp_path, env, redis_prefix, r
     # 1. dataproc on Celery: clean documents and the report ----------------------------------------------
     corpus = write_corpus(tmp_path / "corpus")
     services.start("data-worker", "data", "worker", "--pool", "solo", "--loglevel", "warning")
-    job = {"docs_per_shard": 40, "inputs": [{"path": str(corpus / "*.jsonl.gz")}, {"path": str(corpus / "planted.jsonl")}]}
+    job = {"docs_per_shard": 40,
+           "inputs": [{"path": str(corpus / "*.jsonl.gz")}, {"path": str(corpus / "planted.jsonl")}]}
     run = run_neo(env, "data", "run", str(write_json(tmp_path / "clean.json", {"name": "e2e-clean", **job})))
     assert "celery executor" in run.stderr  # tasks went through the worker, not in process
     clean_dir = home / "data" / "e2e-clean"
@@ -283,7 +285,8 @@ def test_corpus_to_dpo_round_served_and_evaluated(tmp_path, env, redis_prefix, r
 
     # 4. two-phase SFT, registered as v1 ----------------------------------------------------------------
     sft_data, sft_run, sft_dir = home / "data" / "sft", home / "runs" / "sft", home / "models" / "sft"
-    run_neo(env, "train", "sft-data", str(sft_data), "--corpus", str(SAMPLE_CORPUS), "--max-chars", "80", "--limit", "8")
+    run_neo(env, "train", "sft-data", str(sft_data), "--corpus", str(SAMPLE_CORPUS), "--max-chars", "80",
+            "--limit", "8")
     instruction = read_jsonl(sft_data / "instruction.jsonl")
     assert {r["task"] for r in instruction} == {"en2zh", "zh2en", "explain_en", "explain_zh"}
     run = run_neo(env, "train", "sft", str(write_json(tmp_path / "sft.json", {
@@ -325,7 +328,8 @@ def test_corpus_to_dpo_round_served_and_evaluated(tmp_path, env, redis_prefix, r
     ui = UISettings(home=home, redis_url=REDIS_URL, redis_prefix=redis_prefix, api_url=url, label_models=[MODEL],
                     labels_per_prompt=1, label_max_tokens=16, label_temperature=1.0, request_timeout_s=120)
     client = ServingClient(ui)
-    labeler = Labeler(ui, PreferenceStore(rds, redis_prefix), PromptQueue(rds, redis_prefix), client, rng=random.Random(0))
+    labeler = Labeler(ui, PreferenceStore(rds, redis_prefix), PromptQueue(rds, redis_prefix), client,
+                      rng=random.Random(0))
     tasks = [r for r in instruction if r["task"] in ("en2zh", "zh2en")][:4]
     reference = {r["messages"][0]["content"]: r["messages"][1]["content"] for r in tasks}
     upload = labeler.prompts.add_jsonl("\n".join(json.dumps({"prompt": p}, ensure_ascii=False) for p in reference))
@@ -410,7 +414,8 @@ def test_corpus_to_dpo_round_served_and_evaluated(tmp_path, env, redis_prefix, r
     table = run.stdout  # one score column per model, headed by its name
     assert first in table and second in table and api in table, table
     for i, kind in enumerate(("ceval", "mmlu")):
-        cells = [c.strip() for c in next(line for line in table.splitlines() if line.startswith(f"│ {kind} ")).split("│")]
+        row = next(line for line in table.splitlines() if line.startswith(f"│ {kind} "))
+        cells = [c.strip() for c in row.split("│")]
         assert cells[-4:-1] == [f"{report[name][i]['score']:.3f}" for name in report], table
 
     def scores(name: str) -> list[float]:

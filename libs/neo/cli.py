@@ -289,7 +289,8 @@ def up(
     settings = NeoSettings(**({"home": home} if home else {}))
     try:
         stack_up(settings, steps=steps, rebuild=rebuild, build_only=build_only, api_port=api_port,
-                 ui_port=ui_port, embedded_redis=embedded_redis, say=lambda m: console.print(f"[bold]neo up[/bold] {m}"))
+                 ui_port=ui_port, embedded_redis=embedded_redis,
+                 say=lambda m: console.print(f"[bold]neo up[/bold] {m}"))
     except (RuntimeError, FileNotFoundError, subprocess.CalledProcessError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -389,7 +389,8 @@ def load_reward_hf(
         raise ValueError(f"{path / WEIGHTS_FILE}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     for key, (_, shape) in expected.items():
         if tensors[key].shape != shape:
-            raise ValueError(f"{path / WEIGHTS_FILE}: {key} has shape {tuple(tensors[key].shape)}, expected {tuple(shape)}")
+            raise ValueError(f"{path / WEIGHTS_FILE}: {key} has shape {tuple(tensors[key].shape)}, "
+                             f"expected {tuple(shape)}")
     score = tensors.pop(SCORE_NAME)
     state = {neo: tensors[key] for key, (neo, _) in expected.items() if key != SCORE_NAME}
     model = model.to_empty(device=device)

@@ -82,7 +82,8 @@ class ShardManifest(BaseModel):
     job: str = Field(description="dataproc job name")
     dtype: Literal["uint16", "uint32"]
     vocab_size: int = Field(gt=0)
-    tokenizer_sha256: str = Field(description="neo.tokenizer.tokenizer_digest: sha256 of tokenizer.model (else tokenizer.json)")
+    tokenizer_sha256: str = Field(
+        description="neo.tokenizer.tokenizer_digest: sha256 of tokenizer.model (else tokenizer.json)")
     tokenizer_path: str | None = None
     bos_id: int | None = None
     eos_id: int | None = None

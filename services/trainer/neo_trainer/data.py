@@ -72,7 +72,8 @@ class SourceStream:
         return self.read(self.val_start + j * self.seq_len, self.seq_len + 1)
 
 
-def open_sources(directory: Path, manifest: ShardManifest, seq_len: int, val_fraction: float) -> dict[str, SourceStream]:
+def open_sources(directory: Path, manifest: ShardManifest, seq_len: int,
+                 val_fraction: float) -> dict[str, SourceStream]:
     """Every source of a shard directory, memory-mapped (files in manifest order)."""
     sources = {}
     for name in sorted(manifest.sources):

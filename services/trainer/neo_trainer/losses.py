@@ -81,8 +81,8 @@ def _chunked_loss(hidden, weight, targets, rows, grads):
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, rows):
-        grads = (torch.empty_like(hidden), torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32),
-                                                       device=weight.device))
+        grad_dtype = torch.promote_types(weight.dtype, torch.float32)
+        grads = (torch.empty_like(hidden), torch.zeros(weight.shape, dtype=grad_dtype, device=weight.device))
         loss = _chunked_loss(hidden, weight, targets, rows, grads)
         ctx.save_for_backward(grads[0], grads[1])
         ctx.weight_dtype = weight.dtype

@@ -29,7 +29,8 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("chat-tokenizer")
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(SENTENCES * 20), encoding="utf-8")
-    return train_tokenizer([corpus], root / "tok", TokenizerConfig(vocab_size=500, num_threads=2), progress=False).parent
+    config = TokenizerConfig(vocab_size=500, num_threads=2)
+    return train_tokenizer([corpus], root / "tok", config, progress=False).parent
 
 
 @pytest.fixture(scope="session")

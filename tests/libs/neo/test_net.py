@@ -13,7 +13,8 @@ from neo.net import NotHealthy, free_port, wait_http
 
 def test_waits_for_a_server_that_starts_late_then_returns():
     port = free_port()
-    code = f"import time, http.server as h; time.sleep(1); h.test(h.SimpleHTTPRequestHandler, port={port}, bind='127.0.0.1')"
+    code = ("import time, http.server as h; time.sleep(1); "
+            f"h.test(h.SimpleHTTPRequestHandler, port={port}, bind='127.0.0.1')")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         start = time.monotonic()

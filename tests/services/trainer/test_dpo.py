@@ -71,7 +71,8 @@ def preference_rows(sft_files: dict[str, Path]) -> list[dict[str, Any]]:  # noqa
     chats = list(read_jsonl(sft_files["chat"]))
     for task in ("chat_en_zh", "chat_zh_en"):
         same = [r["messages"] for r in chats if r["task"] == task][:3]
-        rows += [{"prompt": m[:4], "chosen": [m[4]], "rejected": [other[4]]} for m, other in zip(same[:-1], same[1:], strict=True)]
+        rows += [{"prompt": m[:4], "chosen": [m[4]], "rejected": [other[4]]}
+                 for m, other in zip(same[:-1], same[1:], strict=True)]
     return rows
 
 

@@ -84,7 +84,8 @@ def test_two_nodes_train_one_model_and_checkpoint_once(launcher, make_config, tm
     assert set(exported) <= set(merged) and len(exported) == len(reference) > 20
     for name, weight in exported.items():
         assert torch.equal(weight, merged[name]), name
-        assert torch.allclose(weight, reference[name], rtol=0, atol=ATOL), (name, (weight - reference[name]).abs().max())
+        gap = (weight - reference[name]).abs().max()
+        assert torch.allclose(weight, reference[name], rtol=0, atol=ATOL), (name, gap)
 
 
 def test_node_rank_outside_the_nodes_is_one_line(make_config, tmp_path):

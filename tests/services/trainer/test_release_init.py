@@ -1,5 +1,5 @@
-"""SFT and pretraining starting from a checkpoint Neo did not write (MAP-Neo's released shape: sharded bf16 safetensors, a
-LLaMA-style SentencePiece model with pad/ChatML tokens added at ids >= 64000, 64256 embedding rows)."""
+"""SFT and pretraining starting from a checkpoint Neo did not write (MAP-Neo's released shape: sharded bf16
+safetensors, a LLaMA-style SentencePiece model with pad/ChatML tokens added at ids >= 64000, 64256 embedding rows)."""
 
 from __future__ import annotations
 

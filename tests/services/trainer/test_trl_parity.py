@@ -268,7 +268,8 @@ def test_sft_matches_trl_sft_trainer(tmp_path, base_model, sft_files, completion
     neo_logps0, neo_loss0 = neo_eval(base_model)
     neo_logps1, neo_loss1 = neo_eval(out)
     report = "\n".join([table("step-0 logp", neo_logps0, trl_logps0), table("step-1 logp", neo_logps1, trl_logps1),
-                        f"loss before: neo {neo_loss0:.7f} (train {neo_step['loss']:.7f}) trl {before['eval_loss']:.7f}",
+                        f"loss before: neo {neo_loss0:.7f} (train {neo_step['loss']:.7f}) "
+                        f"trl {before['eval_loss']:.7f}",
                         f"grad norm: neo {neo_step['grad_norm']:.6g} trl {trl_step['grad_norm']:.6g}",
                         f"loss after one step: neo {neo_loss1:.7f} trl {after['eval_loss']:.7f} "
                         f"Δ {neo_loss1 - after['eval_loss']:+.2e} (moved {neo_loss0 - neo_loss1:.4f})"])

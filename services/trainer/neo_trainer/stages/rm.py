@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 Pair = tuple[list[int], list[int]]
 
 
-def split_rows(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_rows(rows: list[dict[str, Any]], fraction: float,
+               seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, held-out): a seeded ``fraction`` of the rows (at least one when there are two or more)."""
     if fraction <= 0 or len(rows) < 2:
         return rows, []
@@ -102,8 +103,8 @@ def run_rm(cfg: RewardConfig, threads: int = 0) -> Path:
     rm = rm.to(env.device)
     before = evaluate_pairs(rm, held, tokenizer.pad_id, env.device, t.center_rewards_coefficient)
     engine = AlignEngine.build(rm, rm.backbone, micro_batch_size=per_rank, lr=t.lr, betas=t.betas,
-                               weight_decay=t.weight_decay, grad_clip=t.grad_clip, zero_stage=cfg.distributed.zero_stage,
-                               precision=cfg.distributed.precision, env=env)
+                               weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                               zero_stage=cfg.distributed.zero_stage, precision=cfg.distributed.precision, env=env)
     if env.is_main:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         (cfg.run_dir / "config.json").write_text(json.dumps(cfg.dump(), indent=2) + "\n")

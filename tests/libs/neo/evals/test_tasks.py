@@ -62,7 +62,8 @@ def test_bad_files_are_clear_errors(tmp_path):
 def tiny_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalmodel")
     text = root / "corpus.txt"
-    text.write_text("The answer is A. 答案是 B。 def add(a, b): return a + b\n" * 200 + "Question: 1 + 1? Answer: 2\n" * 50)
+    text.write_text("The answer is A. 答案是 B。 def add(a, b): return a + b\n" * 200
+                    + "Question: 1 + 1? Answer: 2\n" * 50)
     train_tokenizer([text], root / "tok", TokenizerConfig(vocab_size=340), progress=False)
     tok = NeoTokenizer.load(root / "tok")
     torch.manual_seed(0)
