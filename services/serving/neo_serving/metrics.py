@@ -5,8 +5,9 @@ What vLLM also measures has vLLM's name and labels with Neo's prefix (``vllm:tim
 one dashboard reads both (``monitoring/grafana/neo-serving.json``, prefix variable ``vllm`` or ``neo``):
 finished requests, prompt and generated tokens, time to first token, inter-token latency, end-to-end
 latency, queue time, per-request prompt and generation token counts, and, read from the engines at
-scrape time, running and waiting requests and KV-cache usage. What only Neo has is ``neo_*``: HTTP
-requests and latency by route and status, engine health, engine step counters, the registry watcher.
+scrape time, running and waiting requests, KV-cache usage and prefix-cache queries and hits (tokens).
+What only Neo has is ``neo_*``: HTTP requests and latency by route and status, engine health, engine step
+counters, the registry watcher.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class _EngineCollector(Collector):
         running = GaugeMetricFamily(f"{PREFIX}num_requests_running", "requests being generated", labels=[MODEL])
         usage = GaugeMetricFamily(f"{PREFIX}kv_cache_usage_perc", "KV-cache usage (1 = full), as vLLM's",
                                   labels=[MODEL])
+        # vLLM's v1 names: both count prompt tokens, so hits / queries is the token hit rate
+        queries = CounterMetricFamily(f"{PREFIX}prefix_cache_queries", "prompt tokens looked up in the prefix cache",
+                                      labels=[MODEL])
+        hits = CounterMetricFamily(f"{PREFIX}prefix_cache_hits", "prompt tokens found in the prefix cache",
+                                   labels=[MODEL])
         healthy = GaugeMetricFamily("neo_engine_healthy", "1 when the model's engine takes requests", labels=["model"])
         extra: dict[str, GaugeMetricFamily] = {}
         counters: dict[str, CounterMetricFamily] = {}
@@ -58,6 +64,9 @@ class _EngineCollector(Collector):
             healthy.add_metric([name], float(stats.healthy))
             if stats.kv_cache_usage is not None:
                 usage.add_metric([name], stats.kv_cache_usage)
+            if stats.prefix_cache_queries is not None:
+                queries.add_metric([name], stats.prefix_cache_queries)
+                hits.add_metric([name], stats.prefix_cache_hits or 0)
             for key, value in stats.extra.items():
                 family = extra.setdefault(key, GaugeMetricFamily(f"neo_engine_{key}", f"engine gauge {key}",
                                                                  labels=["model"]))
@@ -66,7 +75,7 @@ class _EngineCollector(Collector):
                 counter = counters.setdefault(key, CounterMetricFamily(f"neo_engine_{key}", f"engine total {key}",
                                                                        labels=["model"]))
                 counter.add_metric([name], value)
-        yield from (waiting, running, usage, healthy, *extra.values(), *counters.values())
+        yield from (waiting, running, usage, queries, hits, healthy, *extra.values(), *counters.values())
         if self.watcher is not None:
             state = self.watcher()
             yield GaugeMetricFamily("neo_registry_watcher_running", "1 while the registry watcher follows new "

@@ -52,6 +52,15 @@ class ServingSettings(NeoSettings):
     max_waiting: int = Field(
         default=1024, ge=1, description="sequences queued for a KV-cache row before new requests get a 503 "
                                         "(engine_overloaded) instead of an ever longer wait")
+    prefix_cache: bool = Field(
+        default=True, description="reuse the keys/values of prompt blocks seen before (vLLM's automatic prefix "
+                                  "caching); always off with batch_invariant, whose bitwise guarantee it would break")
+    prefix_cache_mb: float = Field(
+        default=512.0, ge=0, description="memory the prefix cache may fill (MiB); least recently used blocks that "
+                                         "no running request holds are evicted beyond it")
+    prefix_cache_block_size: int = Field(
+        default=16, ge=1, description="tokens per prefix-cache block (vLLM's default block size): only full "
+                                      "blocks are cached and reused")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="weights dtype (auto: the checkpoint's)")
     device: str = Field(default="cpu", description="torch device of the engine")

@@ -67,6 +67,8 @@ class EngineStats:
     extra: dict[str, float] = field(default_factory=dict)  # more gauges, exported as neo_engine_{key}
     counters: dict[str, float] = field(default_factory=dict)  # running totals, exported as neo_engine_{key}_total
     kv_cache_usage: float | None = None  # fraction of KV-cache rows in use (vLLM's kv_cache_usage_perc)
+    prefix_cache_queries: int | None = None  # prompt tokens looked up in the prefix cache (None: no cache)
+    prefix_cache_hits: int | None = None  # of those, tokens whose keys/values were reused
     replicas: list[dict] | None = None  # upstream engines: each replica's url, state, counts (for /health)
 
 

@@ -17,6 +17,10 @@ full cache plus an anchor row (the last, pinned to the last position), so every 
 attention runs on SDPA's math backend: a row's logits are then bitwise the same whatever its batch-mates
 and row are (checked on CPU in the tests); otherwise they agree to float rounding.
 
+With a ``PrefixCache`` (``prefix_cache.py``, off under ``batch_invariant``), step 2 first copies the longest
+cached block prefix of each admitted prompt into its row and prefills only the rest, at its own offset;
+a prompt's full blocks are stored after its prefill, its generated ones when it leaves.
+
 Outputs cross to the event loop once per step (``call_soon_threadsafe``), each request reading its own
 ``asyncio.Queue``; closing a request's stream aborts it.
 """
@@ -46,6 +50,7 @@ from neo_serving.engines.base import (
     ModelInfo,
     TokenLogprob,
 )
+from neo_serving.engines.prefix_cache import DEFAULT_BLOCK_SIZE, ROOT_HASH, PrefixCache, block_hashes
 from neo_serving.errors import (
     EngineOverloadedError,
     EngineUnavailableError,
@@ -76,6 +81,11 @@ class _Seq:
     generated: int = 0
     arrived: float = 0.0  # perf_counter when it was queued
     queue_time: float | None = None  # set when admitted, reported with its first output
+    start: int = 0  # prompt tokens whose keys/values came from the prefix cache (prefill starts here)
+    hashes: list[bytes] = field(default_factory=list)  # chained names of its full blocks (prefix cache)
+    held: list[bytes] = field(default_factory=list)  # prefix-cache blocks it references
+    looked_up: bool = False  # its prompt was matched against the prefix cache
+    prefilled: bool = False
 
 
 @dataclass
@@ -91,12 +101,17 @@ class TorchEngine:
     def __init__(
         self, info: ModelInfo, tokenizer: ServedTokenizer, max_batch_size: int = 16,
         max_prefill_tokens: int = 2048, batch_invariant: bool = False, device: str = "cpu",
-        dtype: str = "auto", max_waiting: int = 1024,
+        dtype: str = "auto", max_waiting: int = 1024, prefix_cache_mb: float = 0.0,
+        prefix_block_size: int = DEFAULT_BLOCK_SIZE,
     ):
         self.info, self.tokenizer = info, tokenizer
         self.max_batch_size, self.max_prefill_tokens = max_batch_size, max_prefill_tokens
         self.batch_invariant, self.device, self.dtype = batch_invariant, torch.device(device), dtype
         self.max_waiting = max_waiting  # sequences queued for a row before new ones are refused
+        # off in batch-invariant mode: a hit prefills a shorter suffix, whose rounding differs from a cold run
+        self.prefix_cache_mb = 0.0 if batch_invariant else prefix_cache_mb
+        self.prefix_block_size = prefix_block_size
+        self.prefix: PrefixCache | None = None
         self.model: NeoModel | None = None
         self.cache: KVCache | None = None
         self._cond = threading.Condition()
@@ -122,6 +137,11 @@ class TorchEngine:
         mib = sum(t.numel() * t.element_size() for t in self.cache.k + self.cache.v) / 2**20
         log.info("%s: %d KV-cache rows × %d positions (%.1f MiB, %s) on %s", self.info.name, rows,
                  self.info.max_model_len, mib, dtype, self.device)
+        if self.prefix_cache_mb > 0:
+            block_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * self.prefix_block_size * cfg.head_dim * dtype.itemsize
+            self.prefix = PrefixCache(int(self.prefix_cache_mb * 2**20 // block_bytes), self.prefix_block_size)
+            log.info("%s: prefix cache of %d blocks × %d tokens (%.0f MiB)", self.info.name, self.prefix.capacity,
+                     self.prefix_block_size, self.prefix_cache_mb)
         self._thread = threading.Thread(target=self._run, name=f"engine-{self.info.name}", daemon=True)
         self._thread.start()
 
@@ -141,9 +161,15 @@ class TorchEngine:
         return self._thread is not None and self._thread.is_alive() and self._error is None
 
     def stats(self) -> EngineStats:
-        return EngineStats(waiting=len(self._waiting), running=len(self._running), healthy=self.healthy(),
-                           counters={"decode_steps": float(self.steps), "prefill_forwards": float(self.prefills)},
-                           kv_cache_usage=len(self._running) / self.max_batch_size)
+        stats = EngineStats(waiting=len(self._waiting), running=len(self._running), healthy=self.healthy(),
+                            counters={"decode_steps": float(self.steps), "prefill_forwards": float(self.prefills)},
+                            kv_cache_usage=len(self._running) / self.max_batch_size)
+        if self.prefix is not None:
+            stats.prefix_cache_queries, stats.prefix_cache_hits = self.prefix.stats.queries, self.prefix.stats.hits
+            stats.extra |= {"prefix_cache_blocks": float(len(self.prefix)),
+                            "prefix_cache_blocks_in_use": float(self.prefix.blocks_in_use)}
+            stats.counters["prefix_cache_evictions"] = float(self.prefix.stats.evictions)
+        return stats
 
     # --- requests (event loop side) --------------------------------------------------------------------
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
@@ -230,6 +256,10 @@ class TorchEngine:
             admitted = self._take_waiting()
         if dropped:
             self._remove([s for s in dropped if s in self._running])
+            if self.prefix is not None:  # a waiting request may hold the blocks it matched
+                for s in dropped:
+                    self.prefix.release(s.held)
+                    s.held = []
             # usually nobody is listening any more; if someone is, they learn why the stream ended
             self._batch.items += [(s.queue, EngineUnavailableError(f"request {s.req.request_id} was aborted"))
                                   for s in dropped]
@@ -261,14 +291,43 @@ class TorchEngine:
         longest = 0
         free = self.max_batch_size - len(self._running)
         while self._waiting and len(taken) < free:
-            n = len(self._waiting[0].req.prompt_ids)
+            seq = self._waiting[0]
+            self._match_prefix(seq)
+            n = len(seq.req.prompt_ids) - seq.start
             if taken and (len(taken) + 1) * max(longest, n) > self.max_prefill_tokens:  # padded size
                 break
-            seq = self._waiting.popleft()
+            self._waiting.popleft()
             seq.queue_time = time.perf_counter() - seq.arrived
             taken.append(seq)
             longest = max(longest, n)
         return taken
+
+    def _match_prefix(self, seq: _Seq) -> None:
+        """Reference the longest cached block prefix of ``seq``'s prompt (leaving one token to prefill, whose
+        logits give the first sample); prompt-logprob requests need every position's logits: no lookup."""
+        if self.prefix is None or seq.looked_up:
+            return
+        seq.looked_up = True
+        prompt = seq.req.prompt_ids
+        seq.hashes = block_hashes(prompt, self.prefix.block_size)
+        if seq.req.prompt_logprobs is None:
+            seq.held = self.prefix.match(seq.hashes, (len(prompt) - 1) // self.prefix.block_size, len(prompt))
+            seq.start = len(seq.held) * self.prefix.block_size
+
+    def _store_blocks(self, seq: _Seq, upto: int) -> None:
+        """Put ``seq``'s full blocks of positions < ``upto`` (keys/values in its row) in the prefix cache."""
+        assert self.prefix is not None and self.cache is not None
+        size, row = self.prefix.block_size, seq.row
+        if upto > len(seq.hashes) * size + size - 1:  # generated tokens completed more blocks: name them
+            parent = seq.hashes[-1] if seq.hashes else ROOT_HASH
+            seq.hashes += block_hashes(seq.seen[:upto].tolist(), size, parent, len(seq.hashes) * size)
+        for j in range(len(seq.held), min(len(seq.hashes), upto // size)):
+            a, b = j * size, (j + 1) * size
+            kv = torch.stack([torch.stack((k[row, :, a:b], v[row, :, a:b]))
+                              for k, v in zip(self.cache.k, self.cache.v, strict=True)])
+            if not self.prefix.put(seq.hashes[j], kv):
+                break  # full of blocks that running requests hold
+            seq.held.append(seq.hashes[j])
 
     def _prefill_forward(self, seqs: list[_Seq]) -> torch.Tensor:
         """Put ``seqs`` in the next free rows and run their prompts through the model in one forward,
@@ -279,11 +338,19 @@ class TorchEngine:
         for i, seq in enumerate(seqs):
             seq.row = first + i
         self._running.extend(seqs)
-        ids = torch.zeros(len(seqs), max(len(seq.req.prompt_ids) for seq in seqs), dtype=torch.long)
+        for seq in seqs:  # a prefix-cache hit: its blocks' keys/values go to slots 0..start-1 of the row
+            if seq.start:
+                kv = self.prefix.gather(seq.held[:seq.start // self.prefix.block_size])
+                for layer, (k, v) in enumerate(zip(self.cache.k, self.cache.v, strict=True)):
+                    k[seq.row, :, :seq.start] = kv[layer, 0]
+                    v[seq.row, :, :seq.start] = kv[layer, 1]
+        ids = torch.zeros(len(seqs), max(len(seq.req.prompt_ids) - seq.start for seq in seqs), dtype=torch.long)
         for i, seq in enumerate(seqs):
-            ids[i, :len(seq.req.prompt_ids)] = torch.tensor(seq.req.prompt_ids)  # pads: token 0
+            ids[i, :len(seq.req.prompt_ids) - seq.start] = torch.tensor(seq.req.prompt_ids[seq.start:])  # pads: 0
         ids = ids.to(self.device)
-        positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
+        starts = torch.tensor([[seq.start] for seq in seqs], device=self.device)
+        # a pad past the cache's end writes to its last slot, which no real token of these rows reaches
+        positions = (starts + torch.arange(ids.shape[1], device=self.device)).clamp(max=self.info.max_model_len - 1)
         view = KVCache(k=[k[first:first + len(seqs)] for k in self.cache.k],
                        v=[v[first:first + len(seqs)] for v in self.cache.v])
         return self.model.hidden_states(ids, positions=positions, cache=view)
@@ -291,7 +358,7 @@ class TorchEngine:
     def _prefill_finish(self, seqs: list[_Seq], hidden: torch.Tensor) -> None:
         """Each prefilled request's prompt logprobs (if asked) and first token; finished ones leave."""
         assert self.model is not None
-        lengths = [len(seq.req.prompt_ids) for seq in seqs]
+        lengths = [len(seq.req.prompt_ids) - seq.start for seq in seqs]  # positions this forward computed
         lm_head = self.model.lm_head
         rows = torch.arange(len(seqs), device=hidden.device)
         last = lm_head(hidden[rows, torch.tensor(lengths, device=hidden.device) - 1])  # (n, V)
@@ -299,6 +366,9 @@ class TorchEngine:
         for i, seq in enumerate(seqs):
             prompt, prompt_lp = seq.req.prompt_ids, None
             seq.pos = len(prompt)
+            seq.prefilled = True
+            if self.prefix is not None:
+                self._store_blocks(seq, len(prompt))
             try:
                 if seq.req.prompt_logprobs is not None:  # position t predicts prompt token t + 1
                     prompt_lp = [None] + _logprobs(lm_head(hidden[i, :lengths[i] - 1]), prompt[1:],
@@ -363,6 +433,12 @@ class TorchEngine:
     def _remove(self, seqs: list[_Seq]) -> None:
         """Take finished or aborted requests out and pack the others into rows 0..R-1."""
         assert self.cache is not None
+        if self.prefix is not None:
+            for seq in seqs:
+                if seq.prefilled and seq in self._running:  # its row still holds its keys/values
+                    self._store_blocks(seq, seq.pos)  # slots 0..pos-1 are computed; `last` is not fed yet
+                self.prefix.release(seq.held)
+                seq.held = []
         gone = set(map(id, seqs))
         kept = [s for s in self._running if id(s) not in gone]
         for row, seq in enumerate(kept):  # rows only move down, so a source is never overwritten first
@@ -424,4 +500,6 @@ def build_torch_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings) ->
         torch.set_num_threads(settings.threads)
     return TorchEngine(info, tokenizer, max_batch_size=settings.max_batch_size,
                        max_prefill_tokens=settings.max_prefill_tokens, batch_invariant=settings.batch_invariant,
-                       device=settings.device, dtype=settings.dtype, max_waiting=settings.max_waiting)
+                       device=settings.device, dtype=settings.dtype, max_waiting=settings.max_waiting,
+                       prefix_cache_mb=settings.prefix_cache_mb if settings.prefix_cache else 0.0,
+                       prefix_block_size=settings.prefix_cache_block_size)
