@@ -100,12 +100,15 @@ async def health(request: Request) -> Response:
     for name, model in table.items():
         stats = model.engine.stats()
         models[name] = {"version": model.info.version, "healthy": stats.healthy}
+        if stats.error is not None:
+            models[name]["error"] = stats.error
         if stats.replicas is not None:
             models[name]["replicas"] = stats.replicas
     detail = {"models": models, "watcher": table.watcher.as_dict() if table.settings.watch_registry else None}
     if table.healthy():
         return JSONResponse({"status": "ok", **detail})
-    status, body = openai_error(EngineUnavailableError("an engine is not running"))
+    down = "; ".join(f"{name}: {m.get('error', 'not running')}" for name, m in models.items() if not m["healthy"])
+    status, body = openai_error(EngineUnavailableError(f"an engine is not running ({down})"))
     return JSONResponse({**body, **detail}, status_code=status)
 
 

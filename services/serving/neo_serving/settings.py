@@ -61,6 +61,9 @@ class ServingSettings(NeoSettings):
     prefix_cache_block_size: int = Field(
         default=16, ge=1, description="tokens per prefix-cache block (vLLM's default block size): only full "
                                       "blocks are cached and reused")
+    engine_restart_backoff_s: float = Field(
+        default=1.0, gt=0, description="delay before a torch engine that died is restarted (its requests get a "
+                                       "503 error); doubles while it keeps dying, up to 60 s")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="weights dtype (auto: the checkpoint's)")
     device: str = Field(default="cpu", description="torch device of the engine")

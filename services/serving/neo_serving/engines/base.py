@@ -69,6 +69,7 @@ class EngineStats:
     kv_cache_usage: float | None = None  # fraction of KV-cache rows in use (vLLM's kv_cache_usage_perc)
     prefix_cache_queries: int | None = None  # prompt tokens looked up in the prefix cache (None: no cache)
     prefix_cache_hits: int | None = None  # of those, tokens whose keys/values were reused
+    error: str | None = None  # why the engine is not running (shown by /health)
     replicas: list[dict] | None = None  # upstream engines: each replica's url, state, counts (for /health)
 
 

@@ -89,8 +89,9 @@ class PrefixCache:
         return torch.cat([self._blocks[h].kv for h in hashes], dim=3)
 
     def put(self, h: bytes, kv: torch.Tensor) -> bool:
-        """Store a block (a copy of ``kv``) referenced for the caller, evicting unreferenced LRU blocks for
-        room; False (nothing stored, nothing referenced) when every stored block is held or capacity is 0."""
+        """Store a block (``kv`` itself: pass a tensor nobody writes afterwards) referenced for the caller,
+        evicting unreferenced LRU blocks for room; False (nothing stored, nothing referenced) when every stored
+        block is held or capacity is 0."""
         block = self._blocks.get(h)
         if block is not None:  # another request stored it meanwhile: share theirs
             self._ref(h, block)
@@ -101,7 +102,7 @@ class PrefixCache:
                 return False
             del self._blocks[victim]
             self.stats.evictions += 1
-        self._blocks[h] = block = _Block(kv.clone())
+        self._blocks[h] = block = _Block(kv)
         self._ref(h, block)
         return True
 

@@ -62,6 +62,8 @@ from neo_serving.tokens import ServedTokenizer
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# a dead engine thread is restarted as the vllm engine restarts a replica: 1 s doubling to 60 s, reset once up 60 s
+RESTART_BASE_S, RESTART_MAX_S, STABLE_AFTER_S = 1.0, 60.0, 60.0
 
 
 @dataclass(eq=False)
@@ -102,7 +104,7 @@ class TorchEngine:
         self, info: ModelInfo, tokenizer: ServedTokenizer, max_batch_size: int = 16,
         max_prefill_tokens: int = 2048, batch_invariant: bool = False, device: str = "cpu",
         dtype: str = "auto", max_waiting: int = 1024, prefix_cache_mb: float = 0.0,
-        prefix_block_size: int = DEFAULT_BLOCK_SIZE,
+        prefix_block_size: int = DEFAULT_BLOCK_SIZE, restart_backoff_s: float = RESTART_BASE_S,
     ):
         self.info, self.tokenizer = info, tokenizer
         self.max_batch_size, self.max_prefill_tokens = max_batch_size, max_prefill_tokens
@@ -121,6 +123,11 @@ class TorchEngine:
         self._stopping = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self.restart_backoff_s = restart_backoff_s  # first restart's delay after a death; doubles while it keeps dying
+        self.restarts = 0  # times the engine thread was restarted after dying
+        self._deaths = 0  # consecutive early deaths (up less than STABLE_AFTER_S), which set the backoff
+        self._started_at = 0.0
+        self._restart_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batch = _Batch()
         self.steps = 0  # decode steps run, for tests and metrics
@@ -142,8 +149,40 @@ class TorchEngine:
             self.prefix = PrefixCache(int(self.prefix_cache_mb * 2**20 // block_bytes), self.prefix_block_size)
             log.info("%s: prefix cache of %d blocks × %d tokens (%.0f MiB)", self.info.name, self.prefix.capacity,
                      self.prefix_block_size, self.prefix_cache_mb)
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"engine-{self.info.name}", daemon=True)
         self._thread.start()
+
+    def _died(self) -> None:
+        """On the event loop, after the engine thread died of an exception: restart it after a backoff."""
+        if self._stopping or (self._restart_task is not None and not self._restart_task.done()):
+            return
+        up_for = time.monotonic() - self._started_at
+        self._deaths = 0 if up_for >= STABLE_AFTER_S else self._deaths + 1
+        delay = min(self.restart_backoff_s * 2 ** max(self._deaths - 1, 0), RESTART_MAX_S)
+        log.warning("engine %s died after %.0f s (%r); restarting it in %.1f s", self.info.name, up_for,
+                    self._error, delay)
+        self._restart_task = asyncio.get_running_loop().create_task(self._restart(delay))
+
+    async def _restart(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)  # its finally has failed every request it had
+        with self._cond:
+            if self._stopping:
+                return
+            # the weights are only read, so they stay; the rows' and prefix cache's contents are dropped
+            self._waiting.clear()
+            self._running, self._aborts, self._batch = [], set(), _Batch()
+            if self.prefix is not None:
+                self.prefix = PrefixCache(self.prefix.capacity, self.prefix.block_size, self.prefix.stats)
+            self.restarts += 1
+            self._error = None
+            self._start_thread()
+        log.warning("engine %s restarted (%d restarts)", self.info.name, self.restarts)
 
     def _load(self) -> NeoModel:
         dtype = None if self.dtype == "auto" else _DTYPES[self.dtype]
@@ -153,6 +192,8 @@ class TorchEngine:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        if self._restart_task is not None:
+            self._restart_task.cancel()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
         self.model = self.cache = None
@@ -162,8 +203,10 @@ class TorchEngine:
 
     def stats(self) -> EngineStats:
         stats = EngineStats(waiting=len(self._waiting), running=len(self._running), healthy=self.healthy(),
-                            counters={"decode_steps": float(self.steps), "prefill_forwards": float(self.prefills)},
-                            kv_cache_usage=len(self._running) / self.max_batch_size)
+                            counters={"decode_steps": float(self.steps), "prefill_forwards": float(self.prefills),
+                                      "restarts": float(self.restarts)},
+                            kv_cache_usage=len(self._running) / self.max_batch_size,
+                            error=None if self._error is None else self._why())
         if self.prefix is not None:
             stats.prefix_cache_queries, stats.prefix_cache_hits = self.prefix.stats.queries, self.prefix.stats.hits
             stats.extra |= {"prefix_cache_blocks": float(len(self.prefix)),
@@ -197,8 +240,12 @@ class TorchEngine:
 
     def check_available(self) -> None:
         if not self.healthy():
-            reason = f": {self._error!r}" if self._error else ""
+            reason = f": {self._why()}" if self._error else ""
             raise EngineUnavailableError(f"the engine for {self.info.name} is not running{reason}")
+
+    def _why(self) -> str:
+        restarting = self._restart_task is not None and not self._restart_task.done()
+        return f"it died of {self._error!r}" + ("; restarting" if restarting else "")
 
     def _admit_check(self, request: EngineRequest) -> _Seq:
         self.check_available()
@@ -242,6 +289,8 @@ class TorchEngine:
                 self._running = []
             self._batch.items += [(seq.queue, error) for seq in left]
             self._flush()
+            if self._error is not None and self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._died)
 
     def _iterate(self) -> bool:
         with self._cond:
@@ -323,7 +372,7 @@ class TorchEngine:
             seq.hashes += block_hashes(seq.seen[:upto].tolist(), size, parent, len(seq.hashes) * size)
         for j in range(len(seq.held), min(len(seq.hashes), upto // size)):
             a, b = j * size, (j + 1) * size
-            kv = torch.stack([torch.stack((k[row, :, a:b], v[row, :, a:b]))
+            kv = torch.stack([torch.stack((k[row, :, a:b], v[row, :, a:b]))  # a copy: the row changes
                               for k, v in zip(self.cache.k, self.cache.v, strict=True)])
             if not self.prefix.put(seq.hashes[j], kv):
                 break  # full of blocks that running requests hold
@@ -502,4 +551,5 @@ def build_torch_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings) ->
                        max_prefill_tokens=settings.max_prefill_tokens, batch_invariant=settings.batch_invariant,
                        device=settings.device, dtype=settings.dtype, max_waiting=settings.max_waiting,
                        prefix_cache_mb=settings.prefix_cache_mb if settings.prefix_cache else 0.0,
-                       prefix_block_size=settings.prefix_cache_block_size)
+                       prefix_block_size=settings.prefix_cache_block_size,
+                       restart_backoff_s=settings.engine_restart_backoff_s)
