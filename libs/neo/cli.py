@@ -69,13 +69,24 @@ def model_list(
 
 @model_app.command("info")
 def model_info(
-    preset: Annotated[str, typer.Argument(help=f"one of: {', '.join(PRESETS)}")],
+    preset: Annotated[str | None, typer.Argument(help=f"one of: {', '.join(PRESETS)} (default: all of them)")] = None,
     seq_len: Annotated[int | None, typer.Option(help="sequence length for FLOPs (default: the preset's)")] = None,
     vocab_size: Annotated[int | None, typer.Option(help="override the preset's vocabulary")] = None,
 ) -> None:
-    """Print a preset's shape, parameters, FLOPs per token and memory for weights + Adam."""
-    from neo.config import ModelConfig
+    """A preset's shape, parameters, FLOPs per token, memory for weights + Adam, and where its numbers come
+    from; without NAME, every preset's shape, parameter count and source."""
+    from neo.config import PRESET_SOURCES, ModelConfig
 
+    if preset is None:
+        table = Table("preset", "shape (L × d, heads/kv, d_ff, vocab, context)", "params", "source", show_lines=True)
+        for name in PRESETS:
+            c, src = ModelConfig.from_name(name), PRESET_SOURCES[name]
+            shape = (f"{c.n_layers} × {c.d_model}, {c.n_heads}/{c.n_kv_heads} {c.attention_kind}, {c.d_ff}, "
+                     f"{c.vocab_size}, {c.max_seq_len}")
+            ours = f"\nours, no source: {', '.join(src.ours)}" if src.ours else ""
+            table.add_row(name, shape, f"{c.num_params():,}", f"{src.ref}{ours}")
+        console.print(table)
+        return
     try:
         cfg = ModelConfig.from_name(preset, **({"vocab_size": vocab_size} if vocab_size else {}))
     except ValueError as exc:
@@ -95,6 +106,10 @@ def model_info(
         (f"forward FLOPs/token @ {t}", f"{cfg.flops_per_token(t, training=False):.3e}"),
     ]
     rows += [(f"memory: {k}", _gib(v)) for k, v in cfg.memory_bytes().items()]
+    source = PRESET_SOURCES[preset]
+    rows += [("source", source.ref), ("it says", source.says)]
+    if source.ours:
+        rows.append(("ours (no source found)", ", ".join(source.ours)))
     for row in rows:
         table.add_row(*row)
     console.print(table)

@@ -22,6 +22,19 @@ from typing import Any
 PAPER_VOCAB_SIZE = 64000
 #: MAP-Neo's released 7B checkpoint (m-a-p/neo_7b config.json) pads the embedding to 64256 rows.
 NEO_7B_EMBEDDING_ROWS = 64256
+
+
+def megatron_embedding_rows(tensor_parallel: int, pieces: int = PAPER_VOCAB_SIZE) -> int:
+    """Embedding rows of a MAP-Neo model trained by Megatron-LM-NEO: its SentencePieceTokenizer adds <CLS>, <SEP>,
+    <EOD>, <MASK> and <PAD> to the 64000 pieces (MAP-Neo's tokenizer.model has none of them), then pads to a
+    multiple of 128 x tensor-parallel size (megatron/tokenizer/tokenizer.py ``_vocab_size_with_padding``).
+    The 7B ran at TP 2 (pretrain_7b.sh): 64256 rows, as its released config.json says."""
+    multiple = 128 * tensor_parallel
+    return -(-(pieces + 5) // multiple) * multiple
+
+
+#: MAP-Neo 2B: pretrain_2b.sh runs at TP 1, so Megatron made 64128 embedding rows.
+NEO_2B_EMBEDDING_ROWS = megatron_embedding_rows(tensor_parallel=1)
 #: RoPE base used by MAP-Neo 7B (config.json ``rope_theta``) and LLaMA.
 DEFAULT_ROPE_THETA = 10000.0
 
@@ -130,17 +143,19 @@ class ModelConfig:
 
 
 # --- presets: data, not branches ------------------------------------------------------------------
-# Shapes for 250M/460M/980M follow the paper's scaling-law sizes (seed 001, NEO scaling law fits);
-# the paper does not list their layer shapes, so these are ours: LLaMA-like aspect ratios, MQA as the
-# paper's architecture section describes, SwiGLU width ≈ 2.5–2.9·d in multiples of 256, sized to land
-# within 2% of the named total parameter count (embeddings included, untied).
+#: MAP-Neo's released training code: the pretraining scripts ``neo/scripts/pretrain_{2b,7b,7b_phase2}.sh``
+#: of this repository (the MAP-NEO repository's ``Megatron-LM-NEO`` submodule, commit c2054d20).
+MEGATRON_NEO = "https://github.com/multimodal-art-projection/Megatron-LM-NEO/blob/c2054d20/neo/scripts"
+
 PRESETS: dict[str, dict[str, Any]] = {
     # For tests and the demo: trains in seconds on 2 CPU cores. GQA so that tests cover grouping.
     "tiny": dict(
         vocab_size=8000, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384,
         max_seq_len=512, tie_embeddings=True,
     ),
-    # The paper's first (smallest) scaling experiment size.
+    # Scaling-law sizes. MAP-Neo's shapes for them were not found (PRESET_SOURCES), so these are ours:
+    # LLaMA-like aspect ratios, MQA, SwiGLU width 2.5-2.9·d in multiples of 256, within 2% of the named total
+    # parameter count (embeddings included, untied).
     "neo-250m": dict(
         vocab_size=PAPER_VOCAB_SIZE, d_model=1024, n_layers=12, n_heads=16, n_kv_heads=1, d_ff=2560,
         max_seq_len=4096, tie_embeddings=False,
@@ -153,11 +168,58 @@ PRESETS: dict[str, dict[str, Any]] = {
         vocab_size=PAPER_VOCAB_SIZE, d_model=1792, n_layers=22, n_heads=28, n_kv_heads=1, d_ff=5120,
         max_seq_len=4096, tie_embeddings=False,
     ),
+    # MAP-Neo 2B as trained: pretrain_2b.sh (--num-layers 18 --hidden-size 2048 --ffn-hidden-size 16384
+    # --num-attention-heads 8 --num-query-groups 1 (MQA) --max-position-embeddings 8192 --norm-epsilon 1e-5
+    # --untie-embeddings-and-output-weights, Megatron's default rotary base 10000).
+    "neo-2b": dict(
+        vocab_size=NEO_2B_EMBEDDING_ROWS, d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, d_ff=16384,
+        max_seq_len=8192, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=False,
+    ),
     # MAP-Neo 7B as released: https://huggingface.co/m-a-p/neo_7b/blob/main/config.json
     # (hidden 3072, intermediate 24576, 28 layers, 16 heads with 16 kv heads, context 8192,
     # rms_norm_eps 1e-5, rope_theta 10000, untied, vocab rows 64256 for a 64000-piece tokenizer).
     "neo-7b": dict(
         vocab_size=NEO_7B_EMBEDDING_ROWS, d_model=3072, n_layers=28, n_heads=16, n_kv_heads=16,
         d_ff=24576, max_seq_len=8192, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=False,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PresetSource:
+    """Where a preset's numbers come from: ``ref`` (URL or file), what it ``says``, and the fields that are
+    ``ours`` (no source found: chosen by Neo, not MAP-Neo's)."""
+
+    ref: str
+    says: str
+    ours: tuple[str, ...] = ()
+
+
+_SCALING_LAW_SOURCE = (
+    "MAP-Neo released scaling-law checkpoints m-a-p/neo_scalinglaw_{250M,460M,980M} (MAP-NEO README, "
+    "'Model & DATA Downloads'); their hf_ckpt/*/config.json (662 bytes) could not be read with the tools "
+    "this project has (no network), and the paper gives no layer shapes. Only the size is MAP-Neo's "
+    "(the 980M's hf_ckpt/16.78B/model.safetensors is 1.96 GB, about 0.98B bf16 parameters)."
+)
+_SHAPE = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len")
+
+#: Each preset's source. ``neo model info NAME`` prints it.
+PRESET_SOURCES: dict[str, PresetSource] = {
+    "tiny": PresetSource("Neo (tests and the demo)", "a toy shape that trains in seconds on a CPU",
+                         ours=tuple(PRESETS["tiny"])),
+    "neo-250m": PresetSource("https://huggingface.co/m-a-p/neo_scalinglaw_250M", _SCALING_LAW_SOURCE, ours=_SHAPE),
+    "neo-460m": PresetSource("https://huggingface.co/m-a-p/neo_scalinglaw_460M", _SCALING_LAW_SOURCE, ours=_SHAPE),
+    "neo-980m": PresetSource("https://huggingface.co/m-a-p/neo_scalinglaw_980M", _SCALING_LAW_SOURCE, ours=_SHAPE),
+    "neo-2b": PresetSource(
+        f"{MEGATRON_NEO}/pretrain_2b.sh",
+        "18 layers, hidden 2048, ffn 16384, 8 heads, 1 query group (MQA), 8192 positions, RMSNorm eps 1e-5, "
+        "SwiGLU, RoPE, untied, no biases, tensor parallel 1, tokenizer neo/tokenizer.model (64000 pieces), so "
+        "Megatron made 64128 embedding rows (megatron_embedding_rows; the same rule gives the 7B's 64256 at TP 2). "
+        "m-a-p/neo_2b_general's config.json was not readable here to confirm the rows",
+    ),
+    "neo-7b": PresetSource(
+        "https://huggingface.co/m-a-p/neo_7b/blob/main/config.json",
+        "hidden 3072, intermediate 24576, 28 layers, 16 heads, 16 kv heads, 8192 positions, rms_norm_eps 1e-5, "
+        f"rope_theta 10000, untied, 64256 embedding rows; the same shape in {MEGATRON_NEO}/pretrain_7b.sh",
     ),
 }

@@ -34,6 +34,23 @@ def test_model_info_prints_the_preset_numbers():
     assert "28 × 3072" in out.stdout and "MHA" in out.stdout
 
 
+def test_model_info_shows_each_presets_source():
+    from neo.config import PRESET_SOURCES, PRESETS
+
+    out = neo("model", "info")
+    assert out.returncode == 0, out.stderr
+    for name in PRESETS:
+        cfg = ModelConfig.from_name(name)
+        assert name in out.stdout and f"{cfg.num_params():,}" in out.stdout
+        assert PRESET_SOURCES[name].ref in out.stdout
+    assert "18 × 2048, 8/1 MQA, 16384, 64128, 8192" in out.stdout
+    assert out.stdout.count("ours, no source: d_model, n_layers") == 3  # the scaling-law shapes
+    one = neo("model", "info", "neo-2b")
+    assert one.returncode == 0, one.stderr
+    assert "pretrain_2b.sh" in one.stdout and "ours (no source found)" not in one.stdout
+    assert "ours (no source found)" in neo("model", "info", "neo-460m").stdout
+
+
 def test_unknown_preset_is_a_clear_error():
     out = neo("model", "info", "gpt-5")
     assert out.returncode != 0

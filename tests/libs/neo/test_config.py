@@ -1,6 +1,13 @@
 import pytest
 
-from neo.config import PAPER_VOCAB_SIZE, PRESETS, ModelConfig
+from neo.config import (
+    NEO_7B_EMBEDDING_ROWS,
+    PAPER_VOCAB_SIZE,
+    PRESET_SOURCES,
+    PRESETS,
+    ModelConfig,
+    megatron_embedding_rows,
+)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -54,3 +61,51 @@ def test_flops_per_token_matches_6n_rule_when_attention_is_small():
     # at seq_len 1 the attention term is negligible: 6N within 0.1 %
     assert cfg.flops_per_token(seq_len=1) == pytest.approx(6 * n_matmul, rel=1e-3)
     assert cfg.flops_per_token(2048, training=False) == pytest.approx(cfg.flops_per_token(2048) / 3)
+
+
+@pytest.mark.parametrize("name", ["neo-2b", "neo-7b", "neo-250m"])
+def test_parameter_count_is_the_models_and_transformers_llamas(name):
+    """num_params() = the parameters NeoModel allocates = transformers' LlamaForCausalLM with the release's
+    config.json fields (meta tensors: nothing is allocated)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from neo.model import NeoModel
+
+    c = ModelConfig.from_name(name)
+    with torch.device("meta"):
+        ours = sum(p.numel() for p in NeoModel(c).parameters())
+        llama = LlamaForCausalLM(LlamaConfig(
+            vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layers,
+            num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, tie_word_embeddings=False))
+        theirs = sum(p.numel() for p in llama.parameters())
+    assert c.num_params() == ours == theirs
+
+
+def test_released_shapes_by_hand():
+    # MAP-Neo 7B (m-a-p/neo_7b config.json): 28 layers of q,k,v,o 3072² (16 kv heads = MHA) + SwiGLU 3·3072·24576
+    # + 2 norms, a final norm, untied 64256-row embedding and head. 7.79B, as the Hub lists it.
+    per_layer = 4 * 3072 * 3072 + 3 * 3072 * 24576 + 2 * 3072
+    assert ModelConfig.from_name("neo-7b").num_params() == 28 * per_layer + 3072 + 2 * 64256 * 3072 == 7_793_716_224
+    # MAP-Neo 2B (pretrain_2b.sh): MQA, 8 heads of 256 so k and v are 2048×256 each; 64128 rows at TP 1.
+    per_layer = 2 * 2048 * 2048 + 2 * 2048 * 256 + 3 * 2048 * 16384 + 2 * 2048
+    assert ModelConfig.from_name("neo-2b").num_params() == 18 * per_layer + 2048 + 2 * 64128 * 2048
+    two_b = ModelConfig.from_name("neo-2b")
+    assert (two_b.attention_kind, two_b.head_dim, two_b.max_seq_len) == ("MQA", 256, 8192)
+
+
+def test_megatron_padding_explains_the_released_embedding_rows():
+    assert megatron_embedding_rows(tensor_parallel=2) == NEO_7B_EMBEDDING_ROWS == 64256  # the 7B ran at TP 2
+    assert megatron_embedding_rows(tensor_parallel=1) == 64128 == ModelConfig.from_name("neo-2b").vocab_size
+    assert megatron_embedding_rows(tensor_parallel=1, pieces=64123) == 64128 < megatron_embedding_rows(1, 64124)
+
+
+def test_every_preset_names_its_source_and_what_is_ours():
+    assert set(PRESET_SOURCES) == set(PRESETS)
+    for name in ("neo-250m", "neo-460m", "neo-980m"):  # no released shape found: the shape is marked ours
+        src = PRESET_SOURCES[name]
+        assert src.ref.endswith(name.removeprefix("neo-").upper()) and "could not be read" in src.says
+        assert {"d_model", "n_layers", "n_kv_heads", "d_ff"} <= set(src.ours)
+    for name in ("neo-2b", "neo-7b"):
+        assert PRESET_SOURCES[name].ours == () and PRESET_SOURCES[name].ref.startswith("https://")
+    assert set(PRESET_SOURCES["tiny"].ours) == set(PRESETS["tiny"])
