@@ -92,7 +92,7 @@ def arrivals(n: int, rate: float, seed: int) -> list[float]:
 
 
 # --- Neo over HTTP --------------------------------------------------------------------------------------
-def serve(model_dir: str, port: int, max_batch_size: int, upstream: str | None, relay: bool,
+def serve(model_dir: str, port: int, max_batch_size: int | None, upstream: str | None, relay: bool,
           prefix_cache: bool = True) -> None:
     """Server mode (``--serve``): our app on the torch engine, or the gateway to ``upstream``, in this process."""
     import uvicorn
@@ -140,13 +140,14 @@ async def run_neo(url: str, prompts, schedule, output_len: int, concurrency: int
         return results, time.perf_counter() - start
 
 
-def start_server(model_dir: Path, max_batch_size: int, upstream: str | None = None,
+def start_server(model_dir: Path, max_batch_size: int | None, upstream: str | None = None,
                  relay: bool = True, prefix_cache: bool = True) -> tuple[subprocess.Popen, str]:
     from neo.net import free_port
 
     port = free_port()
-    command = [sys.executable, __file__, "--serve", str(model_dir), "--port", str(port),
-               "--max-batch-size", str(max_batch_size)] + (["--upstream", upstream] if upstream else [])
+    command = [sys.executable, __file__, "--serve", str(model_dir), "--port", str(port)]
+    command += (["--max-batch-size", str(max_batch_size)] if max_batch_size else []) + (
+        ["--upstream", upstream] if upstream else [])
     command += ([] if relay else ["--no-relay"]) + ([] if prefix_cache else ["--no-prefix-cache"])
     return _started(subprocess.Popen(command), port, 120)
 
@@ -398,7 +399,8 @@ def main() -> None:
     p.add_argument("--chat-user-len", type=int, default=24)
     p.add_argument("--chat-output-len", type=int, default=32, help="tokens generated per turn (and per "
                                                                   "assistant turn in the history)")
-    p.add_argument("--max-batch-size", type=int, default=16, help="the server's KV-cache rows")
+    p.add_argument("--max-batch-size", type=int, help="the server's KV-cache rows (default: its own, sized from "
+                                                       "NEO_KV_CACHE_GB)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vllm-python", type=Path, help="Python of the vLLM venv (default: the vllm_python setting)")
     p.add_argument("--no-vllm", action="store_true", help="leave out the vLLM rows")
@@ -479,7 +481,7 @@ def main() -> None:
     print(f"model: {args.model or args.preset} ({cfg['num_hidden_layers']} layers, d={cfg['hidden_size']}, "
           f"vocab {cfg['vocab_size']}), {args.num_prompts} requests per random workload, greedy, EOS ignored, "
           f"Poisson {args.request_rate} req/s, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"server max batch {args.max_batch_size}")
+          f"server max batch {args.max_batch_size or 'auto (NEO_KV_CACHE_GB)'}")
     if args.chat:
         print(f"chat: {args.chat_conversations} conversations × {args.chat_turns} turns, system prompt "
               f"{args.chat_system_len} tokens, user turns {args.chat_user_len}, answers {args.chat_output_len}")

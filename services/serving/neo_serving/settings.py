@@ -39,7 +39,12 @@ class ServingSettings(NeoSettings):
                                           "the folders of the checkpoints served at start")
 
     # --- torch engine ------------------------------------------------------------------------------
-    max_batch_size: int = Field(default=16, ge=1, description="KV-cache rows: requests decoded together")
+    max_batch_size: int | None = Field(
+        default=None, ge=1, description="KV-cache rows: requests decoded together (unset: as many as "
+                                        "NEO_KV_CACHE_GB holds, at most 128; at most 16 with batch_invariant)")
+    kv_cache_gb: float = Field(
+        default=1.0, gt=0, description="memory for the KV-cache rows when max_batch_size is unset (one row holds "
+                                       "max_model_len positions; the default matches NEO_VLLM_KV_CACHE_GB)")
     max_model_len: int | None = Field(
         default=None, ge=2, description="context length served (default: the model's max_seq_len)")
     max_prefill_tokens: int = Field(

@@ -20,7 +20,7 @@ def test_help_explains_defaults():
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for text in ("--model", "--upstream", "--api-key", "--engine", "(default: 8000; env NEO_SERVE_PORT)",
-                 "(default: 16; env NEO_MAX_BATCH_SIZE)", "register"):
+                 "as many as NEO_KV_CACHE_GB holds", "env NEO_MAX_BATCH_SIZE)", "register"):
         assert text in result.output, text
 
 

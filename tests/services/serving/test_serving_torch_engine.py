@@ -215,3 +215,25 @@ def test_a_failing_request_fails_alone(checkpoint, tokenizer):
     (ok, failed), healthy = asyncio.run(main())
     assert len(ok[0]) == 10 and isinstance(failed, ServingError) and "sampling failed" in failed.message
     assert healthy
+
+
+def test_an_unset_batch_size_is_sized_from_the_kv_cache_budget(checkpoint, tokenizer):
+    """max_batch_size=None: as many rows as kv_cache_gb holds (capped), 16 at most when batch-invariant."""
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    row = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * cfg["max_position_embeddings"] * 4
+
+    async def rows(**kw):
+        engine = make_engine(checkpoint, max_batch_size=None, **kw)
+        await engine.start()
+        try:
+            tokens, _, _ = await collect(engine, requests(tokenizer, 1, max_new=3)[0])
+            assert len(tokens) == 3
+            return engine.max_batch_size, engine.cache.k[0].shape[0]
+        finally:
+            await engine.shutdown()
+
+    assert asyncio.run(rows(kv_cache_gb=5 * row / 2**30)) == (5, 5)
+    assert asyncio.run(rows(kv_cache_gb=0.5 * row / 2**30)) == (1, 1)  # at least one row
+    assert asyncio.run(rows(kv_cache_gb=64)) == (128, 128)
+    assert asyncio.run(rows(kv_cache_gb=64, batch_invariant=True)) == (16, 17)  # + the anchor row

@@ -101,13 +101,15 @@ class TorchEngine:
     """Serves one checkpoint directory with ``NeoModel`` on ``device``."""
 
     def __init__(
-        self, info: ModelInfo, tokenizer: ServedTokenizer, max_batch_size: int = 16,
+        self, info: ModelInfo, tokenizer: ServedTokenizer, max_batch_size: int | None = 16,
         max_prefill_tokens: int = 2048, batch_invariant: bool = False, device: str = "cpu",
         dtype: str = "auto", max_waiting: int = 1024, prefix_cache_mb: float = 0.0,
         prefix_block_size: int = DEFAULT_BLOCK_SIZE, restart_backoff_s: float = RESTART_BASE_S,
+        kv_cache_gb: float = 1.0,
     ):
         self.info, self.tokenizer = info, tokenizer
         self.max_batch_size, self.max_prefill_tokens = max_batch_size, max_prefill_tokens
+        self.kv_cache_gb = kv_cache_gb  # sizes the rows when max_batch_size is None
         self.batch_invariant, self.device, self.dtype = batch_invariant, torch.device(device), dtype
         self.max_waiting = max_waiting  # sequences queued for a row before new ones are refused
         # off in batch-invariant mode: a hit prefills a shorter suffix, whose rounding differs from a cold run
@@ -138,8 +140,11 @@ class TorchEngine:
         self._loop = asyncio.get_running_loop()
         self.model = await asyncio.to_thread(self._load)
         cfg = self.model.config
-        rows = self.max_batch_size + int(self.batch_invariant)  # + the anchor row
         dtype = next(self.model.parameters()).dtype
+        if self.max_batch_size is None:
+            self.max_batch_size = auto_batch_size(cfg, self.info.max_model_len, dtype, self.kv_cache_gb,
+                                                  self.batch_invariant)
+        rows = self.max_batch_size + int(self.batch_invariant)  # + the anchor row
         self.cache = KVCache.empty(cfg, rows, self.info.max_model_len, dtype, self.device)
         mib = sum(t.numel() * t.element_size() for t in self.cache.k + self.cache.v) / 2**20
         log.info("%s: %d KV-cache rows × %d positions (%.1f MiB, %s) on %s", self.info.name, rows,
@@ -205,7 +210,7 @@ class TorchEngine:
         stats = EngineStats(waiting=len(self._waiting), running=len(self._running), healthy=self.healthy(),
                             counters={"decode_steps": float(self.steps), "prefill_forwards": float(self.prefills),
                                       "restarts": float(self.restarts)},
-                            kv_cache_usage=len(self._running) / self.max_batch_size,
+                            kv_cache_usage=len(self._running) / (self.max_batch_size or 1),
                             error=None if self._error is None else self._why())
         if self.prefix is not None:
             stats.prefix_cache_queries, stats.prefix_cache_hits = self.prefix.stats.queries, self.prefix.stats.hits
@@ -543,6 +548,18 @@ def _logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[TokenLogp
     return [TokenLogprob(t, c, top) for t, c, top in zip(tokens, chosen, tops, strict=True)]
 
 
+AUTO_MAX_ROWS = 128  # rows an unset max_batch_size grows to at most (the tiny model: 128 MiB at 512 tokens)
+AUTO_INVARIANT_ROWS = 16  # batch-invariant decode steps compute every row: the former fixed default
+
+
+def auto_batch_size(cfg, max_model_len: int, dtype: torch.dtype, kv_cache_gb: float, batch_invariant: bool) -> int:
+    """KV-cache rows that fit ``kv_cache_gb``: one row is keys and values of ``max_model_len`` positions in
+    every layer; at least 1, at most ``AUTO_MAX_ROWS`` (``AUTO_INVARIANT_ROWS`` when batch-invariant)."""
+    row = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * max_model_len * dtype.itemsize
+    cap = AUTO_INVARIANT_ROWS if batch_invariant else AUTO_MAX_ROWS
+    return max(1, min(cap, int(kv_cache_gb * 2**30 // row)))
+
+
 def build_torch_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings) -> TorchEngine:
     """The engine with the knobs of ``ServingSettings``."""
     if settings.threads:
@@ -552,4 +569,4 @@ def build_torch_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings) ->
                        device=settings.device, dtype=settings.dtype, max_waiting=settings.max_waiting,
                        prefix_cache_mb=settings.prefix_cache_mb if settings.prefix_cache else 0.0,
                        prefix_block_size=settings.prefix_cache_block_size,
-                       restart_backoff_s=settings.engine_restart_backoff_s)
+                       restart_backoff_s=settings.engine_restart_backoff_s, kv_cache_gb=settings.kv_cache_gb)
