@@ -79,7 +79,7 @@ def pretrain(
     seq_len: Annotated[int | None, typer.Option(help="quick form: tokens per row [256]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="quick form: rows per step [16]")] = None,
     lr: Annotated[float | None, typer.Option(help="quick form: peak learning rate [3e-3]")] = None,
-    schedule: Annotated[str | None, typer.Option(help="quick form: wsd | cosine | constant [wsd]")] = None,
+    schedule: Annotated[str | None, typer.Option(help="quick form: wsd | cosine | constant | map-neo [wsd]")] = None,
     seed: Annotated[int | None, typer.Option(help="quick form: seed [0]")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="quick form: tokens read per file")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="quick form: run directory")] = None,

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neo.configfile import ConfigError, validate
 from neo.configfile import read_config_file as neo_read_config_file
-from neo_trainer.schedule import PAPER_DECAY_FRACTION
+from neo_trainer.schedule import PAPER_DECAY_FRACTION, ScheduleKind
 
 
 class Section(BaseModel):
@@ -79,7 +79,8 @@ class TrainSection(Section):
     lr: float = Field(3e-3, gt=0, description="peak learning rate")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR = lr · min_lr_ratio")
     warmup_steps: int = Field(20, ge=0)
-    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
+    schedule: ScheduleKind = Field("wsd", description="wsd | cosine | constant | map-neo (MAP-Neo's released "
+                                   "scripts: cosine fundamental phase, exponential decay phase from the peak)")
     decay_fraction: float = Field(PAPER_DECAY_FRACTION, ge=0, le=1,
                                   description="share of the budget in the decay phase (paper: 778/(3726+778))")
     weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled decay, as LLaMA / MAP-Neo")
