@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -33,6 +34,16 @@ model_app = typer.Typer(help="Model presets, random init and checkpoints.", no_a
 tok_app = typer.Typer(help="Train, inspect and measure SentencePiece tokenizers.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(tok_app, name="tokenizer")
+
+
+class WhitespacePhase(StrEnum):
+    fundamental = "fundamental"
+    decay = "decay"
+
+
+class SampleUnit(StrEnum):
+    line = "line"
+    document = "document"
 
 
 def _gib(n: float) -> str:
@@ -205,24 +216,51 @@ def model_pull(
 
 
 # --- neo tokenizer ---------------------------------------------------------------------------------
+def _weights(items: list[str] | None) -> dict[str, float]:
+    """``SOURCE=WEIGHT`` options as a mapping (exit 2 naming a malformed one)."""
+    weights = {}
+    for item in items or []:
+        source, _, value = item.partition("=")
+        try:
+            weights[source] = float(value)
+        except ValueError:
+            console.print(f"[red]error:[/red] --weight {item!r}: expected SOURCE=WEIGHT, e.g. python-stdlib.code=3")
+            raise typer.Exit(2) from None
+    return weights
+
+
 @tok_app.command("train")
 def tokenizer_train(
-    inputs: Annotated[list[Path], typer.Argument(help="text, .jsonl or .jsonl.gz files (JSONL: a 'text' field)")],
+    inputs: Annotated[list[Path], typer.Argument(help="text or JSONL files, optionally .gz/.zst (JSONL: 'text')")],
     out: Annotated[Path, typer.Option(help="output directory")] = Path(".neo/tokenizers/neo"),
     vocab_size: Annotated[int, typer.Option(help="pieces in the vocabulary (MAP-Neo: 64000)")] = PAPER_VOCAB_SIZE,
-    remove_extra_whitespaces: Annotated[
-        bool, typer.Option(help="collapse whitespace runs (MAP-Neo turned this off: it hurt code)")
-    ] = False,
-    input_sentence_size: Annotated[int | None, typer.Option(help="sample at most this many lines")] = None,
+    whitespace: Annotated[WhitespacePhase, typer.Option(
+        help="SentencePiece's remove_extra_whitespaces as in MAP-Neo's pretraining phase: 'fundamental' collapses "
+             "runs of spaces (SentencePiece's default, which the paper found hurt code), 'decay' keeps all "
+             "whitespace (the paper's fix; MAP-Neo's released tokenizer)")] = WhitespacePhase.decay,
+    sample_unit: Annotated[SampleUnit, typer.Option(
+        help="training sentence: a 'line', or a whole 'document' up to --max-sentence-bytes (MAP-Neo: long "
+             "documents, so pieces can span newlines)")] = SampleUnit.line,
+    max_sentence_bytes: Annotated[int | None, typer.Option(
+        help="longer sentences are cut (default: 4192 for lines, MAP-Neo's 64000 for documents)")] = None,
+    weight: Annotated[list[str] | None, typer.Option(
+        help="SOURCE=WEIGHT: sample a source's documents WEIGHT times (its file name without extensions; "
+             "repeatable; MAP-Neo weighted code, math and academic text up)")] = None,
+    input_sentence_size: Annotated[int | None, typer.Option(help="sample at most this many sentences")] = None,
 ) -> None:
     """Train a SentencePiece BPE tokenizer with MAP-Neo's settings and write SentencePiece + HF files.
 
     Defaults follow the paper: vocab 64000, max piece length 16, whitespace kept, byte fallback,
-    digits split, chat markers <|im_start|>/<|im_end|> as special tokens.
+    digits split, chat markers <|im_start|>/<|im_end|> as special tokens. The directory also gets
+    training_sample.json: the settings and the documents and bytes fed per source.
     """
-    from neo.tokenizer import TokenizerConfig, train_tokenizer
+    from neo.tokenizer import MAP_NEO_MAX_SENTENCE_BYTES, WHITESPACE_PHASES, TokenizerConfig, train_tokenizer
 
-    overrides = {"vocab_size": vocab_size, "remove_extra_whitespaces": remove_extra_whitespaces}
+    default_bytes = MAP_NEO_MAX_SENTENCE_BYTES if sample_unit is SampleUnit.document else None
+    overrides = {"vocab_size": vocab_size, "remove_extra_whitespaces": WHITESPACE_PHASES[whitespace.value],
+                 "sample_unit": sample_unit.value, "source_weights": _weights(weight)}
+    if max_sentence_bytes or default_bytes:
+        overrides["max_sentence_length"] = max_sentence_bytes or default_bytes
     if input_sentence_size:
         overrides["input_sentence_size"] = input_sentence_size
     try:
@@ -235,20 +273,38 @@ def tokenizer_train(
 
 @tok_app.command("stats")
 def tokenizer_stats_cmd(
-    files: Annotated[list[Path], typer.Argument(help="text/JSONL files to measure")],
+    files: Annotated[list[Path], typer.Argument(help="text/JSONL(.gz/.zst) files to measure, e.g. one EN, ZH, code")],
     tokenizer: Annotated[list[Path], typer.Option(help="tokenizer dir; repeat to compare several")],
+    max_documents: Annotated[int | None, typer.Option(help="read at most this many documents per file")] = None,
 ) -> None:
-    """Bytes per token for each file (higher = better compression), to compare tokenizer settings."""
+    """Bytes per token for each file and tokenizer (higher = better compression), the share of byte-fallback
+    tokens, and the share of documents that decode back to exactly their text (lossless %: a tokenizer that
+    collapses whitespace loses code indentation); with several tokenizers, a bytes-per-token comparison."""
     from neo.tokenizer import NeoTokenizer, tokenizer_stats
 
-    table = Table("tokenizer", "file", "docs", "bytes", "tokens", "bytes/token", "byte-fallback %")
+    table = Table("tokenizer", "file", "docs", "bytes", "tokens", "bytes/token", "byte-fallback %", "lossless %")
+    by_file: dict[str, dict[str, float]] = {}
     for tok_dir in tokenizer:
-        for row in tokenizer_stats(NeoTokenizer.load(tok_dir), files):
+        try:
+            rows = tokenizer_stats(NeoTokenizer.load(tok_dir), files, max_documents=max_documents)
+        except (ValueError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        for row in rows:
             table.add_row(
-                tok_dir.name, Path(row["file"]).name, f"{row['documents']:,}", f"{row['bytes']:,}",
+                str(tok_dir), Path(row["file"]).name, f"{row['documents']:,}", f"{row['bytes']:,}",
                 f"{row['tokens']:,}", f"{row['bytes_per_token']:.3f}", f"{100 * row['byte_fallback_rate']:.2f}",
+                f"{100 * row['lossless_rate']:.1f}",
             )
+            by_file.setdefault(Path(row["file"]).name, {})[str(tok_dir)] = row["bytes_per_token"]
     console.print(table)
+    if len(tokenizer) > 1:
+        names = [str(t) for t in tokenizer]
+        compare = Table("file", *(f"{n}\nbytes/token" for n in names), title="bytes per token, compared")
+        for name, values in by_file.items():
+            best = max(values.values())
+            compare.add_row(name, *(f"{'[bold]' if values[n] == best else ''}{values[n]:.3f}" for n in names))
+        console.print(compare)
 
 
 @tok_app.command("encode")

@@ -1,7 +1,9 @@
 """Neo's tokenizer: a SentencePiece BPE trained with MAP-Neo's settings, and its exact Hugging Face twin.
 
 MAP-Neo (arXiv 2405.19327, §3 "Tokenizer"): 64,000-piece SentencePiece BPE, pieces of at most 16
-characters, ``remove_extra_whitespaces`` off (collapsing whitespace hurt code). A tokenizer directory::
+characters, ``remove_extra_whitespaces`` off (collapsing whitespace hurt code: on in the fundamental phase, off in
+the decay phase, ``WHITESPACE_PHASES``), trained on whole documents up to 64K sampled with per-source weights
+(``TokenizerConfig.map_neo``). A tokenizer directory::
 
     tokenizer.model  tokenizer.vocab                               SentencePiece model: the reference
     tokenizer.json  tokenizer_config.json  special_tokens_map.json  HF fast tokenizer, same ids
@@ -26,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import random
 import re
 import sys
 import tempfile
@@ -37,7 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sentencepiece as spm
 from jinja2.exceptions import TemplateError
@@ -46,7 +50,7 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE
 
-from neo.textio import InputError, iter_documents
+from neo.textio import InputError, iter_documents, source_name
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,17 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-_SP_ONLY = ("seed", "text_field", "add_bos_token", "add_eos_token")  # TokenizerConfig fields SentencePiece lacks
+# TokenizerConfig fields SentencePiece lacks
+_SP_ONLY = ("seed", "text_field", "add_bos_token", "add_eos_token", "sample_unit", "source_weights")
+
+#: SentencePiece's ``remove_extra_whitespaces`` in MAP-Neo's two pretraining phases (paper §3 "Tokenizer", and
+#: its summary in shared/seeds/001): the fundamental phase kept SentencePiece's default, on, which collapses runs
+#: of spaces (code indentation) and made code metrics fluctuate; the decay phase's data was tokenized with it off.
+#: The released tokenizer (Megatron-LM-NEO neo/tokenizer.model, normalizer_spec) has it off.
+WHITESPACE_PHASES: dict[str, bool] = {"fundamental": True, "decay": False}
+#: Longest training sentence of MAP-Neo's tokenizer: whole documents up to 64,000 bytes (paper §3: "the maximum
+#: length is 64K"; the released tokenizer.model's trainer_spec: max_sentence_length 64000).
+MAP_NEO_MAX_SENTENCE_BYTES = 64000
 
 
 @dataclass
@@ -93,8 +107,26 @@ class TokenizerConfig:
     num_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
     seed: int = 0  # SentencePiece's random generator (sampling, shuffling)
     text_field: str = "text"  # JSONL field holding a document
+    # "line": every line of a document is a training sentence (newlines are never learned; they byte-fall back).
+    # "document": a whole document is one (cut at max_sentence_length bytes), as MAP-Neo trained its tokenizer
+    # (use max_sentence_length=MAP_NEO_MAX_SENTENCE_BYTES): pieces can hold newlines ("):\n", "\n\n").
+    sample_unit: Literal["line", "document"] = "line"
+    # Sampling weight per source (a file's name without its extensions, as the trainer names sources): each of
+    # its documents is fed int(w) times plus once more with probability frac(w) (seeded), so its share of the
+    # sample is proportional to weight x size. MAP-Neo (paper §3) weighted code, math and academic text up.
+    source_weights: dict[str, float] = field(default_factory=dict)
     add_bos_token: bool = True  # HF export: tokenizer(text) prepends <s>, as LLaMA/MAP-Neo
     add_eos_token: bool = False
+
+    @classmethod
+    def map_neo(cls, whitespace: str = "decay", **overrides: Any) -> TokenizerConfig:
+        """MAP-Neo's tokenizer settings for one pretraining ``whitespace`` phase (WHITESPACE_PHASES): whole
+        documents up to 64,000 bytes as sentences and character coverage 0.9999 (the released tokenizer.model's
+        trainer_spec), plus Neo's defaults (64000 pieces, BPE, max piece 16, digits split, byte fallback)."""
+        if whitespace not in WHITESPACE_PHASES:
+            raise ValueError(f"whitespace={whitespace!r}: choose one of {', '.join(WHITESPACE_PHASES)}")
+        return cls(**{"remove_extra_whitespaces": WHITESPACE_PHASES[whitespace], "sample_unit": "document",
+                      "max_sentence_length": MAP_NEO_MAX_SENTENCE_BYTES, "character_coverage": 0.9999} | overrides)
 
     def trainer_kwargs(self) -> dict[str, Any]:
         if self.model_type != "bpe":
@@ -102,6 +134,9 @@ class TokenizerConfig:
         min_vocab = len(SPECIAL_TOKENS) + 256 * self.byte_fallback + 1
         if self.vocab_size < min_vocab:
             raise ValueError(f"vocab_size={self.vocab_size} is below the {min_vocab} special + byte pieces")
+        for source, weight in self.source_weights.items():
+            if not (weight >= 0 and math.isfinite(weight)):
+                raise ValueError(f"source_weights.{source}: weight must be a finite number >= 0, got {weight}")
         kwargs = {k: v for k, v in asdict(self).items() if k not in _SP_ONLY}
         return kwargs | dict(unk_id=0, bos_id=1, eos_id=2, pad_id=3, unk_piece=UNK, bos_piece=BOS, eos_piece=EOS,
                              pad_piece=PAD, user_defined_symbols=[IM_START, IM_END], hard_vocab_limit=True)
@@ -156,13 +191,14 @@ def _rich_progress() -> Iterator[ProgressCallback]:
 
 
 class _Feeder:
-    """Training lines for SentencePiece's ``sentence_iterator``. An exception raised inside it would
-    reach Python as a bare RuntimeError from the C++ trainer, so it is kept and re-raised afterwards."""
+    """Training sentences for SentencePiece's ``sentence_iterator``, weighted by source. An exception raised inside
+    it would reach Python as a bare RuntimeError from the C++ trainer, so it is kept and re-raised afterwards."""
 
     def __init__(self, paths: Sequence[Path], config: TokenizerConfig, report: ProgressCallback | None):
         self.paths, self.config, self.report = paths, config, report
         self.state = TrainProgress("reading")
         self.error: Exception | None = None
+        self.sources: dict[str, Counter[str]] = {}  # per source: documents read, documents and bytes fed
 
     def emit(self, stage: str | None = None) -> None:
         if stage is not None:
@@ -170,18 +206,29 @@ class _Feeder:
         if self.report is not None:
             self.report(replace(self.state))
 
+    def _sentences(self, text: str) -> Iterator[str]:
+        max_bytes = self.config.max_sentence_length
+        for unit in (text,) if self.config.sample_unit == "document" else text.split("\n"):
+            yield from _chunks(unit, max_bytes) if unit else ()
+
     def __iter__(self) -> Iterator[str]:
-        s, max_bytes = self.state, self.config.max_sentence_length
+        s, rng = self.state, random.Random(self.config.seed)
         try:
             for path in self.paths:
                 s.file = path
+                weight = self.config.source_weights.get(source_name(path), 1.0)
+                counts = self.sources.setdefault(source_name(path), Counter())
                 for text in iter_documents(path, self.config.text_field):
                     s.documents += 1
+                    counts["documents"] += 1
+                    copies = int(weight) + (rng.random() < weight - int(weight))
+                    counts["documents_fed"] += copies
+                    counts["bytes_fed"] += copies * len(text.encode("utf-8"))
                     s.bytes += len(text.encode("utf-8"))
-                    for line in text.split("\n"):
-                        for chunk in _chunks(line, max_bytes) if line else ():
+                    for _ in range(copies):
+                        for sentence in self._sentences(text):
                             s.sentences += 1
-                            yield chunk
+                            yield sentence
                     if s.documents % 2000 == 0:
                         self.emit()
             self.emit("training")
@@ -203,9 +250,12 @@ def _explain(err: RuntimeError, config: TokenizerConfig) -> Exception:
 
 def train_tokenizer(inputs: Sequence[str | Path], out_dir: str | Path, config: TokenizerConfig | None = None,
                     progress: bool | ProgressCallback = True) -> Path:
-    """Train on text/JSONL(.gz) files; write ``out_dir/tokenizer.model`` (returned), ``.vocab`` and the HF files.
+    """Train on text/JSONL(.gz/.zst) files; write ``out_dir/tokenizer.model`` (returned), ``.vocab``, the HF files
+    and ``training_sample.json`` (the config, and per source the documents read and fed).
 
-    Lines are streamed to SentencePiece, which keeps a uniform sample of ``input_sentence_size`` of them.
+    Sentences (lines or whole documents, ``config.sample_unit``; each source's documents repeated or thinned by
+    ``config.source_weights``) are streamed to SentencePiece, which keeps a uniform sample of
+    ``input_sentence_size`` of them.
     ``progress``: True for a rich progress display on stdout, False for none, or a callback.
     """
     config = config or TokenizerConfig()
@@ -213,6 +263,9 @@ def train_tokenizer(inputs: Sequence[str | Path], out_dir: str | Path, config: T
     paths, out_dir = [Path(p) for p in inputs], Path(out_dir)
     if not paths:
         raise ValueError("no tokenizer training inputs given")
+    if unknown := sorted(set(config.source_weights) - {source_name(p) for p in paths}):
+        raise ValueError(f"source_weights: no input is named {', '.join(map(repr, unknown))} (sources: "
+                         f"{', '.join(sorted({source_name(p) for p in paths}))})")
     for path in paths:  # fail fast: missing, empty or undecodable at the start
         docs = iter_documents(path, config.text_field)
         if next(docs, None) is None:
@@ -236,6 +289,9 @@ def train_tokenizer(inputs: Sequence[str | Path], out_dir: str | Path, config: T
         tok = NeoTokenizer.load(out_dir / "tokenizer.model")
         tok.add_bos_token, tok.add_eos_token = config.add_bos_token, config.add_eos_token
         tok.save_hf(out_dir)
+        sample = {"config": {k: v for k, v in asdict(config).items() if k != "num_threads"},
+                  "sources": {name: dict(c) for name, c in feeder.sources.items()}}
+        (out_dir / "training_sample.json").write_text(json.dumps(sample, indent=2, ensure_ascii=False) + "\n")
         feeder.emit("done")
     s = feeder.state
     log.info("trained %d-piece tokenizer on %d documents (%d lines) from %d files -> %s",
@@ -555,8 +611,9 @@ class NeoTokenizer:
 
 def tokenizer_stats(tokenizer: NeoTokenizer, files: Sequence[str | Path], text_field: str = "text",
                     max_documents: int | None = None, batch: int = 256) -> list[dict[str, Any]]:
-    """Per file: documents, UTF-8 bytes, tokens, bytes/token, and the share of tokens that are byte-fallback
-    pieces or ``<unk>`` (text the vocabulary does not cover). Text files: one document per line."""
+    """Per file: documents, UTF-8 bytes, tokens, bytes/token, the share of tokens that are byte-fallback
+    pieces or ``<unk>`` (text the vocabulary does not cover), and ``lossless_rate``, the share of documents
+    that decode back to exactly their text (collapsed whitespace fails it). Text files: one document per line."""
     rows = []
     for path in files:
         c: Counter[str] = Counter()
@@ -564,14 +621,15 @@ def tokenizer_stats(tokenizer: NeoTokenizer, files: Sequence[str | Path], text_f
         while chunk := list(islice(docs, batch)):
             c["documents"] += len(chunk)
             c["bytes"] += sum(len(text.encode("utf-8")) for text in chunk)
-            for ids in tokenizer.encode_batch(chunk):
+            for text, ids in zip(chunk, tokenizer.encode_batch(chunk), strict=True):
                 c["tokens"] += len(ids)
                 c["byte_tokens"] += sum(map(tokenizer.is_byte, ids))
                 c["unk_tokens"] += ids.count(tokenizer.unk_id)
+                c["lossless"] += tokenizer.decode(ids) == text
         n = max(c["tokens"], 1)
         rows.append({"file": str(path), "documents": c["documents"], "bytes": c["bytes"], "tokens": c["tokens"],
                      "bytes_per_token": c["bytes"] / n, "byte_fallback_rate": c["byte_tokens"] / n,
-                     "unk_rate": c["unk_tokens"] / n})
+                     "unk_rate": c["unk_tokens"] / n, "lossless_rate": c["lossless"] / max(c["documents"], 1)})
     return rows
 
 

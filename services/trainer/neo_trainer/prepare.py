@@ -13,20 +13,12 @@ from pathlib import Path
 
 from neo.schemas import ShardManifest, SourceCounts
 from neo.shards import ShardWriter, dtype_for_vocab, read_manifest, write_manifest
-from neo.textio import iter_documents
+from neo.textio import iter_documents, source_name
 from neo.tokenizer import NeoTokenizer, tokenizer_digest
 
 log = logging.getLogger(__name__)
 
-_TEXT_SUFFIXES = (".gz", ".zst", ".jsonl", ".json", ".txt")
 _TOKENS_PER_SHARD = 2**22  # 4 Mi tokens per file: small corpora stay a handful of files
-
-
-def source_name(path: Path) -> str:
-    name = Path(path).name
-    while name.endswith(_TEXT_SUFFIXES):
-        name = name[: name.rfind(".")]
-    return name or "text"
 
 
 def _fingerprint(files: Sequence[Path], tokenizer_sha: str, max_tokens: int | None) -> dict:

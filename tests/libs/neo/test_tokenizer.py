@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -317,3 +318,149 @@ def test_tokenizer_digest_is_the_reference_file_and_ignores_neighbours(tmp_path)
     assert tokenizer_digest(tmp_path) != before
     with pytest.raises(FileNotFoundError):
         tokenizer_digest(tmp_path / "nowhere")
+
+
+# --- #21: MAP-Neo's tokenizer options: whitespace per phase, whole documents, per-source sampling, .zst ---
+def _code_docs(n: int = 300, seed: int = 3) -> list[str]:
+    r = random.Random(seed)
+    return ["".join(r.choice(_CODE).format(w=r.choice(_EN), W=r.choice(_EN).title(), n=r.randint(0, 999))
+                    for _ in range(r.randint(3, 8))) for _ in range(n)]
+
+
+def test_map_neo_config_per_whitespace_phase():
+    from neo.tokenizer import MAP_NEO_MAX_SENTENCE_BYTES, WHITESPACE_PHASES
+
+    assert WHITESPACE_PHASES == {"fundamental": True, "decay": False}  # SentencePiece's default, then the fix
+    fundamental, decay = TokenizerConfig.map_neo("fundamental"), TokenizerConfig.map_neo()
+    assert fundamental.remove_extra_whitespaces and not decay.remove_extra_whitespaces
+    for c in (fundamental, decay):
+        assert (c.sample_unit, c.max_sentence_length, c.character_coverage) == ("document", 64000, 0.9999)
+        assert (c.vocab_size, c.max_sentencepiece_length, c.split_digits, c.byte_fallback) == (64000, 16, True, True)
+    assert MAP_NEO_MAX_SENTENCE_BYTES == 64000
+    assert "remove_extra_whitespaces" in fundamental.trainer_kwargs()
+    assert "sample_unit" not in decay.trainer_kwargs() and "source_weights" not in decay.trainer_kwargs()
+    with pytest.raises(ValueError, match="whitespace='middle'"):
+        TokenizerConfig.map_neo("middle")
+    with pytest.raises(ValueError, match="source_weights.code: weight must be a finite number"):
+        _config(source_weights={"code": -1}).trainer_kwargs()
+
+
+def test_documents_as_sentences_learn_newline_pieces_and_keep_parity(tmp_path: Path) -> None:
+    """Whole documents (MAP-Neo) let pieces span newlines, which line sentences never can; the HF export still
+    gives SentencePiece's ids."""
+    code = _write_jsonl_gz(tmp_path / "code.jsonl.gz", _code_docs())
+    lines = NeoTokenizer.load(train_tokenizer([code], tmp_path / "lines", _config(vocab_size=500), progress=False))
+    docs_dir = tmp_path / "docs"
+    train_tokenizer([code], docs_dir, _config(vocab_size=500, sample_unit="document", max_sentence_length=64000),
+                    progress=False)
+    docs = NeoTokenizer.load(docs_dir)
+
+    def newline_pieces(tok: NeoTokenizer) -> list[str]:
+        return [p for i in range(tok.vocab_size) if "\n" in (p := tok.id_to_piece(i)) and not tok.is_byte(i)]
+
+    assert newline_pieces(lines) == [] and len(newline_pieces(docs)) >= 3, newline_pieces(docs)
+    sample = _code_docs(5, seed=9)
+    assert tokenizer_stats(docs, [code])[0]["bytes_per_token"] > tokenizer_stats(lines, [code])[0]["bytes_per_token"]
+    hf_only = tmp_path / "hf_only"
+    hf_only.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(docs_dir / name, hf_only / name)
+    hf = NeoTokenizer.load(hf_only)
+    assert hf.backend == "tokenizers" and docs.backend == "sentencepiece"
+    for text in [*sample, CASES["code"], CASES["newlines"]]:
+        assert hf.encode(text) == docs.encode(text) and docs.decode(docs.encode(text)) == text
+
+
+def test_source_weights_set_the_sample(tmp_path: Path) -> None:
+    en = _write_jsonl_gz(tmp_path / "web.en.jsonl.gz", [d for d in _documents(800) if d.isascii()][:150])
+    code = _write_jsonl_gz(tmp_path / "stdlib.code.jsonl.gz", _code_docs(100))
+    zh = tmp_path / "news.zh.txt"
+    zh.write_text("\n".join(_sentence(random.Random(i), True) for i in range(200)) + "\n", encoding="utf-8")
+    out = tmp_path / "weighted"
+    train_tokenizer([en, code, zh], out, _config(vocab_size=600, source_weights={"stdlib.code": 3, "web.en": 0.5,
+                                                                                  "news.zh": 0}), progress=False)
+    sample = json.loads((out / "training_sample.json").read_text())
+    src = sample["sources"]
+    assert src["stdlib.code"]["documents"] == 100 and src["stdlib.code"]["documents_fed"] == 300
+    assert src["news.zh"]["documents"] == 200 and src["news.zh"].get("documents_fed", 0) == 0
+    assert 50 <= src["web.en"]["documents_fed"] <= 100  # each document kept with probability 0.5 (seeded)
+    assert sample["config"]["source_weights"] == {"stdlib.code": 3, "web.en": 0.5, "news.zh": 0}
+    tok = NeoTokenizer.load(out)
+    assert tokenizer_stats(tok, [zh])[0]["byte_fallback_rate"] > 0.3  # no Chinese was fed: bytes
+    with pytest.raises(ValueError, match=r"no input is named 'code' \(sources: news.zh, stdlib.code, web.en\)"):
+        train_tokenizer([en, code, zh], tmp_path / "x", _config(source_weights={"code": 2}), progress=False)
+
+
+def test_zst_inputs_read_like_gzip(tmp_path: Path) -> None:
+    import zstandard
+
+    from neo.textio import iter_documents, open_text, source_name
+
+    docs = _documents(200)
+    gz = _write_jsonl_gz(tmp_path / "part.jsonl.gz", docs)
+    zst = tmp_path / "clean.jsonl.zst"  # what dataproc writes (clean/*.jsonl.zst)
+    zst.write_bytes(zstandard.ZstdCompressor().compress(gzip.decompress(gz.read_bytes())))
+    assert list(iter_documents(zst)) == list(iter_documents(gz)) == docs
+    assert source_name(zst) == "clean" and source_name("a/b/python-stdlib.code.jsonl.gz") == "python-stdlib.code"
+    with open_text(zst) as f:
+        assert json.loads(f.readline())["text"] == docs[0]
+    bad = tmp_path / "bad.jsonl.zst"
+    bad.write_bytes(zstandard.ZstdCompressor().compress(b'{"text": "ok"}\n{"text": "\xc3\x28"}\n'))
+    with pytest.raises(ValueError, match=r"bad\.jsonl\.zst: invalid UTF-8 at byte offset 25 \(decompressed\), line 2"):
+        list(iter_documents(bad))
+    assert train_tokenizer([zst], tmp_path / "tok", _config(vocab_size=700), progress=False).is_file()
+
+
+def test_fundamental_whitespace_loses_code_and_stats_compare_both(corpus: list[Path], tmp_path: Path) -> None:
+    """The paper's reason for the change: with remove_extra_whitespaces on, code does not decode back to itself;
+    `neo tokenizer stats` shows it (lossless %) and compares bytes per token across tokenizers."""
+    import subprocess
+    import sys
+
+    code = _write_jsonl_gz(tmp_path / "code.jsonl.gz", _code_docs(120))
+    english = [d for d in _documents(400) if d.isascii() and "\n" not in d and "  " not in d][:80]
+    prose = _write_jsonl_gz(tmp_path / "prose.en.jsonl.gz", english)
+    dirs = {}
+    for phase in ("fundamental", "decay"):
+        dirs[phase] = tmp_path / phase
+        train_tokenizer(corpus, dirs[phase], TokenizerConfig.map_neo(phase, vocab_size=VOCAB, num_threads=2),
+                        progress=False)
+    fundamental, decay = (NeoTokenizer.load(dirs[p]) for p in ("fundamental", "decay"))
+    assert model_spec((dirs["fundamental"] / "tokenizer.model").read_bytes())["remove_extra_whitespaces"]
+    f_code, d_code = tokenizer_stats(fundamental, [code])[0], tokenizer_stats(decay, [code])[0]
+    assert d_code["lossless_rate"] == 1.0 and f_code["lossless_rate"] < 0.1
+    assert tokenizer_stats(fundamental, [prose])[0]["lossless_rate"] == 1.0  # single spaces: nothing lost
+    out = subprocess.run([sys.executable, "-m", "neo.cli", "tokenizer", "stats", str(code), str(prose),
+                          "--tokenizer", str(dirs["fundamental"]), "--tokenizer", str(dirs["decay"])],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
+    assert out.returncode == 0, out.stderr
+    assert "bytes per token, compared" in out.stdout and "lossless %" in out.stdout
+    assert f"{d_code['bytes_per_token']:.3f}" in out.stdout and f"{f_code['bytes_per_token']:.3f}" in out.stdout
+    assert f"{100 * f_code['lossless_rate']:.1f}" in out.stdout
+
+
+def test_tokenizer_train_cli_options(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import zstandard
+
+    zst = tmp_path / "mixed.jsonl.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(
+        "".join(json.dumps({"text": d}) + "\n" for d in _documents(600)).encode()))
+
+    def neo(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "neo.cli", "tokenizer", "train", *args], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+
+    out = neo(str(zst), "--out", str(tmp_path / "t"), "--vocab-size", "900", "--whitespace", "fundamental",
+              "--sample-unit", "document", "--weight", "mixed=2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    sample = json.loads((tmp_path / "t" / "training_sample.json").read_text())
+    assert sample["sources"]["mixed"] == {"documents": 600, "documents_fed": 1200,
+                                          "bytes_fed": 2 * sum(len(d.encode()) for d in _documents(600))}
+    c = sample["config"]
+    assert (c["remove_extra_whitespaces"], c["sample_unit"], c["max_sentence_length"]) == (True, "document", 64000)
+    assert model_spec((tmp_path / "t" / "tokenizer.model").read_bytes())["remove_extra_whitespaces"]
+    bad = neo(str(zst), "--out", str(tmp_path / "u"), "--weight", "mixed:2")
+    assert bad.returncode == 2 and "expected SOURCE=WEIGHT" in bad.stdout
