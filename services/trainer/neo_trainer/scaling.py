@@ -7,6 +7,11 @@ Fitted as Chinchilla's Approach 3: parameters in log space (A = e^a, B = e^b, E 
 (δ = 1e-3) between predicted and observed log L, minimised with L-BFGS from a grid of starting points,
 the best optimum kept. Held-out points (by default the ones with the most compute 6·N·D, i.e. an
 extrapolation) are not fitted; their relative prediction error is reported for both laws.
+
+MAP-Neo's own (N, D, loss) points and fitted NEO-law constants were not found in any source this project could
+read (#21: the paper's text is not available here; the released m-a-p/neo_scalinglaw_{250M,460M,980M}
+repositories hold checkpoints, not loss tables), so no test checks that a fit recovers the paper's constants; the
+CPU sweep (tests/services/trainer/test_scaling.py) checks the pipeline.
 """
 
 from __future__ import annotations
