@@ -375,11 +375,14 @@ class TorchEngine:
         if upto > len(seq.hashes) * size + size - 1:  # generated tokens completed more blocks: name them
             parent = seq.hashes[-1] if seq.hashes else ROOT_HASH
             seq.hashes += block_hashes(seq.seen[:upto].tolist(), size, parent, len(seq.hashes) * size)
-        for j in range(len(seq.held), min(len(seq.hashes), upto // size)):
-            a, b = j * size, (j + 1) * size
-            kv = torch.stack([torch.stack((k[row, :, a:b], v[row, :, a:b]))  # a copy: the row changes
-                              for k, v in zip(self.cache.k, self.cache.v, strict=True)])
-            if not self.prefix.put(seq.hashes[j], kv):
+        first, end = len(seq.held), min(len(seq.hashes), upto // size)
+        if end <= first:
+            return
+        a, b = first * size, end * size  # the new blocks side by side, then one copy each (exact memory bound)
+        kv = torch.stack([torch.stack((k[row, :, a:b], v[row, :, a:b]))
+                          for k, v in zip(self.cache.k, self.cache.v, strict=True)])
+        for j in range(first, end):
+            if not self.prefix.put(seq.hashes[j], kv[:, :, :, (j - first) * size:(j - first + 1) * size].clone()):
                 break  # full of blocks that running requests hold
             seq.held.append(seq.hashes[j])
 
