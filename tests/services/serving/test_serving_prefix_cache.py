@@ -15,6 +15,7 @@ from contextlib import aclosing
 
 import httpx
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from neo.generate import SamplingParams
 from neo_serving.engines.base import EngineRequest, ModelInfo
@@ -213,3 +214,39 @@ def test_metrics_have_vllms_prefix_cache_names(server):
     assert series(after, "neo:prefix_cache_queries_total") - series(before, "neo:prefix_cache_queries_total") == 98
     assert series(after, "neo:prefix_cache_hits_total") - series(before, "neo:prefix_cache_hits_total") == 48
     assert series(after, "neo_engine_prefix_cache_blocks_in_use") == 0
+
+
+def test_a_client_disconnect_lets_go_of_the_blocks(server):
+    """Over HTTP: a streaming request that hit the cache holds its blocks until the client hangs up."""
+    ids = prompt(31, 2 * BLOCK + 1)
+    body = {"model": "tiny", "prompt": ids, "max_tokens": 1, "temperature": 0}
+
+    def in_use(client: httpx.Client) -> float:
+        text = client.get("/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith('neo_engine_prefix_cache_blocks_in_use{model="tiny"}'))
+        return float(line.rsplit(" ", 1)[1])
+
+    def aborted(client: httpx.Client) -> float:
+        families = text_string_to_metric_families(client.get("/metrics").text)
+        return sum(s.value for f in families for s in f.samples if s.name == "neo:request_success_total"
+                   and s.labels == {"model_name": "tiny", "finished_reason": "abort"})
+
+    with httpx.Client(base_url=server.url, timeout=60) as client, \
+            httpx.Client(base_url=server.url, timeout=60) as streamer:
+        assert client.post("/v1/completions", json=body).status_code == 200  # stores the prompt's 2 blocks
+        assert in_use(client) == 0
+        aborts = aborted(client)
+        stream_body = {**body, "max_tokens": 240 - len(ids), "ignore_eos": True, "stream": True}
+        with streamer.stream("POST", "/v1/completions", json=stream_body) as response:
+            chunks = 0
+            for line in response.iter_lines():
+                chunks += line.startswith("data: {")
+                if chunks == 3:
+                    break
+            held = in_use(client)
+        streamer.close()  # hang up mid-stream
+        deadline = time.monotonic() + 10
+        while (in_use(client) or server.running()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held == 2 and in_use(client) == 0 and server.running() == 0
+        assert aborted(client) == aborts + 1  # it ended by the hang-up, not by finishing its tokens
