@@ -240,7 +240,8 @@ def tokenizer_train(
              "whitespace (the paper's fix; MAP-Neo's released tokenizer)")] = WhitespacePhase.decay,
     sample_unit: Annotated[SampleUnit, typer.Option(
         help="training sentence: a 'line', or a whole 'document' up to --max-sentence-bytes (MAP-Neo: long "
-             "documents, so pieces can span newlines)")] = SampleUnit.line,
+             "documents, so pieces can span newlines; SentencePiece holds --input-sentence-size of them in "
+             "memory)")] = SampleUnit.line,
     max_sentence_bytes: Annotated[int | None, typer.Option(
         help="longer sentences are cut (default: 4192 for lines, MAP-Neo's 64000 for documents)")] = None,
     weight: Annotated[list[str] | None, typer.Option(
