@@ -199,7 +199,7 @@ _SCALING_LAW_SOURCE = (
     "MAP-Neo released scaling-law checkpoints m-a-p/neo_scalinglaw_{250M,460M,980M} (MAP-NEO README, "
     "'Model & DATA Downloads'); their hf_ckpt/*/config.json (662 bytes) could not be read with the tools "
     "this project has (no network), and the paper gives no layer shapes. Only the size is MAP-Neo's "
-    "(the 980M's hf_ckpt/16.78B/model.safetensors is 1.96 GB, about 0.98B bf16 parameters)."
+    "(model.safetensors of the 980M is 1.96 GB, of the 460M 923 MB: about 0.98B and 0.46B bf16 parameters)."
 )
 _SHAPE = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len")
 
