@@ -213,7 +213,7 @@ PRESET_SOURCES: dict[str, PresetSource] = {
     "neo-2b": PresetSource(
         f"{MEGATRON_NEO}/pretrain_2b.sh",
         "18 layers, hidden 2048, ffn 16384, 8 heads, 1 query group (MQA), 8192 positions, RMSNorm eps 1e-5, "
-        "SwiGLU, RoPE, untied, no biases, tensor parallel 1, tokenizer neo/tokenizer.model (64000 pieces), so "
+        "SwiGLU, RoPE, untied, no biases, TP_SIZE default 1, tokenizer neo/tokenizer.model (64000 pieces), so "
         "Megatron made 64128 embedding rows (megatron_embedding_rows; the same rule gives the 7B's 64256 at TP 2). "
         "m-a-p/neo_2b_general's config.json was not readable here to confirm the rows",
     ),
