@@ -83,10 +83,10 @@ class ModelTable:
     async def start(self) -> None:
         try:
             for spec in self.settings.models:
-                name, path, version = await self._resolve(spec)
+                name, path, version, registered = await self._resolve(spec)
                 if name in self._models:
                     raise ValueError(f"two --model values are named {name!r}; name them NAME=DIR")
-                self._models[name] = await self._load(name, path, version)
+                self._models[name] = await self._load(name, path, version, registered)
                 self._start_roots.append(Path(path).resolve().parent)
         except BaseException:
             await self.shutdown()  # the ones already loaded
@@ -98,7 +98,7 @@ class ModelTable:
         """Resolve every ``--model`` value and check it is a checkpoint directory, before anything loads:
         ``neo serve`` turns a ``ValueError`` here into one line instead of a failed server start."""
         for spec in self.settings.models:
-            name, path, _ = await self._resolve(spec)
+            name, path, _, _ = await self._resolve(spec)
             if not (Path(path) / "config.json").is_file():
                 raise ValueError(f"--model {spec!r}: {path} is not a checkpoint directory (no config.json)")
 
@@ -151,7 +151,7 @@ class ModelTable:
         """Serve ``path`` (or the registry's latest version of ``name``) under ``name`` from now on."""
         async with self._reload_lock:
             old = self.get(name)
-            version = "local"
+            version, registered = "local", None
             if path is None and _pinned(name):
                 raise InvalidRequestError(f"{name!r} is pinned to a registered version; give a path to serve "
                                           f"something else under this id", param="path")
@@ -159,12 +159,12 @@ class ModelTable:
                 latest = await self._latest(name)
                 if latest is None:
                     raise InvalidRequestError(f"{name!r} is not in the model registry; give a path", param="path")
-                path, version = latest.path, latest.version
+                path, version, registered = latest.path, latest.version, latest
             else:
                 self._check_inside_roots(Path(path))
             if not (Path(path) / "config.json").is_file():
                 raise InvalidRequestError(f"{path} is not a checkpoint directory (no config.json)", param="path")
-            new = await self._load(name, Path(path), version)
+            new = await self._load(name, Path(path), version, registered)
             self._models[name] = new
             old.retired = True
             if old.leases == 0:
@@ -227,11 +227,11 @@ class ModelTable:
         task.add_done_callback(self._retiring.discard)
 
     # --- loading ---------------------------------------------------------------------------------------
-    async def _load(self, name: str, path: Path, version: str) -> ServedModel:
+    async def _load(self, name: str, path: Path, version: str, registered: ModelVersion | None = None) -> ServedModel:
         path = Path(path).resolve()
         try:
             tokenizer = await asyncio.to_thread(ServedTokenizer.load, path)
-            info = _model_info(name, path, version, self.settings.max_model_len)
+            info = _model_info(name, path, version, self.settings.max_model_len, registered)
             engine = build_engine(info, tokenizer, self.settings)
             try:
                 await engine.start()
@@ -247,20 +247,20 @@ class ModelTable:
         log.info("serving %s (%s) from %s, context %d", name, version, path, info.max_model_len)
         return ServedModel(info, engine)
 
-    async def _resolve(self, spec: str) -> tuple[str, Path, str]:
-        """``--model`` value → (name, directory, version)."""
+    async def _resolve(self, spec: str) -> tuple[str, Path, str, ModelVersion | None]:
+        """``--model`` value → (name, directory, version, its registry entry or None for a directory)."""
         name, sep, rest = spec.partition("=")
         if sep:
-            return name, Path(rest), "local"
+            return name, Path(rest), "local", None
         if Path(spec).is_dir():
             info = NeoCheckpointInfo.read(Path(spec))
-            return (info.name if info else Path(spec).resolve().name), Path(spec), "local"
+            return (info.name if info else Path(spec).resolve().name), Path(spec), "local", None
         try:
             found = await self._registry_call(lambda r: r.resolve(spec))  # NAME → latest, NAME:vN → that version
         except KeyError as exc:
             raise ValueError(f"--model {spec!r} is neither a directory nor a model in the registry: "
                              f"{exc.args[0]}") from None
-        return spec, Path(found.path), found.version
+        return spec, Path(found.path), found.version, found
 
     async def _latest(self, name: str) -> ModelVersion | None:
         return await self._registry_call(lambda r: r.latest(name))
@@ -285,10 +285,16 @@ def _pinned(name: str) -> bool:
     return bool(sep and base and version[:1] == "v" and version[1:].isdigit())
 
 
-def _model_info(name: str, path: Path, version: str, max_model_len: int | None) -> ModelInfo:
+def _model_info(name: str, path: Path, version: str, max_model_len: int | None,
+                registered: ModelVersion | None = None) -> ModelInfo:
+    """A registered version's stage and parent (``name:vN``) are the registry's; a directory's, its neo.json's."""
     config = json.loads((path / "config.json").read_text())
     context = int(config.get("max_position_embeddings", 2048))
     neo = NeoCheckpointInfo.read(path)
+    if registered is not None:
+        parent, stage = registered.parent, registered.stage
+    else:
+        parent, stage = (neo.parent, neo.stage) if neo else (None, None)
     return ModelInfo(name=name, version=version, path=path,
                      max_model_len=min(max_model_len or context, context), created=int(time.time()),
-                     parent=neo.parent if neo else None, stage=neo.stage if neo else None)
+                     parent=parent, stage=stage)

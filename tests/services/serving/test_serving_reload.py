@@ -40,7 +40,8 @@ def test_reload_switches_new_requests_and_finishes_in_flight_ones(checkpoint, se
     settings = ServingSettings(models=["chat"], redis_url=REDIS_URL, redis_prefix=registry.prefix, max_batch_size=4)
     with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=30) as http:
         card = http.get("/v1/models").json()["data"][0]
-        assert (card["id"], card["version"], card["stage"]) == ("chat", "v1", "random")
+        # a registered version's card carries the registry's stage and parent (its neo.json says "random")
+        assert (card["id"], card["version"], card["stage"], card["parent"]) == ("chat", "v1", "sft", None)
         old_text = completion(http)
         old_engine = live.models.get("chat").engine
 
@@ -54,6 +55,9 @@ def test_reload_switches_new_requests_and_finishes_in_flight_ones(checkpoint, se
             registry.register("chat", second_version, stage="dpo", parent="chat:v1")
             card = http.post("/v1/admin/reload", json={"model": "chat"}).json()
             assert (card["version"], card["root"]) == ("v2", str(second_version.resolve()))
+            assert (card["stage"], card["parent"]) == ("dpo", "chat:v1")
+            listed = http.get("/v1/models").json()["data"][0]
+            assert [listed[k] for k in ("object", "version", "stage", "parent")] == ["model", "v2", "dpo", "chat:v1"]
             new_text = completion(http)  # served by v2 while the stream still runs on v1
             assert old_engine.healthy()
             rest = [json.loads(line[5:]) for line in lines if line.startswith("data:") and "[DONE]" not in line]
@@ -77,6 +81,7 @@ def test_reload_errors(checkpoint, registry):
         assert r.status_code == 400 and "no config.json" in r.json()["error"]["message"]
         card = http.post("/v1/admin/reload", json={"model": "chat", "path": str(checkpoint)}).json()
         assert card["version"] == "local" and completion(http)
+        assert (card["stage"], card["parent"]) == ("random", None)  # a directory: its neo.json's stage
 
 
 def test_watcher_follows_the_registry(checkpoint, second_version, registry):
@@ -101,6 +106,8 @@ def test_a_registry_ref_pins_its_version_beside_the_latest(checkpoint, second_ve
                                watch_registry=True, watch_interval_s=0.1, max_batch_size=2)
     with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=30) as http:
         cards = {c["id"]: c for c in http.get("/v1/models").json()["data"]}
+        assert {k: (c["stage"], c["parent"]) for k, c in cards.items()} == {
+            "chat": ("dpo", "chat:v1"), "chat:v1": ("sft", None)}
         assert {k: (c["version"], c["root"]) for k, c in cards.items()} == {
             "chat": ("v2", str(second_version.resolve())), "chat:v1": ("v1", str(checkpoint.resolve()))}
         assert completion(http, model="chat") != completion(http, model="chat:v1")
