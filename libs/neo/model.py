@@ -99,6 +99,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, kv_dim, bias=False)
         self.v_proj = nn.Linear(d, kv_dim, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
+        self.qkv_weight: torch.Tensor | None = None  # q/k/v stacked, set by NeoModel.fuse_projections
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -106,9 +107,14 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, h, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, kv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv_weight is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:  # one matmul instead of three (inference: the weights are views of this one tensor)
+            kv_dim = self.n_kv_heads * self.head_dim
+            q, k, v = F.linear(x, self.qkv_weight).split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
+        q = q.reshape(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, h, T, hd)
+        k = k.reshape(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, kv, T, hd)
+        v = v.reshape(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         if cache is not None:
@@ -136,9 +142,13 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.gate_up_weight: torch.Tensor | None = None  # gate/up stacked, set by NeoModel.fuse_projections
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_weight is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -189,6 +199,26 @@ class NeoModel(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers))
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
+
+    @torch.no_grad()
+    def fuse_projections(self) -> None:
+        """Inference: q/k/v and gate/up each become one matmul (fewer, larger kernels per decode step). The
+        separate weights become frozen views of the stacked ones, so memory and ``state_dict`` stay as they
+        were. For inference only: the stacked tensors are what the forward uses, and nothing trains them."""
+        for block in self.layers:
+            attn, mlp = block.attn, block.mlp
+            projections = [(attn, "qkv_weight", (attn.q_proj, attn.k_proj, attn.v_proj)),
+                           (mlp, "gate_up_weight", (mlp.gate_proj, mlp.up_proj))]
+            for module, name, linears in projections:
+                if getattr(module, name) is not None:
+                    continue
+                stacked = torch.cat([lin.weight for lin in linears])
+                start = 0
+                for lin in linears:
+                    rows = lin.weight.shape[0]
+                    lin.weight = nn.Parameter(stacked[start:start + rows], requires_grad=False)
+                    start += rows
+                setattr(module, name, stacked)
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,

@@ -131,3 +131,28 @@ def test_activation_checkpointing_gives_the_same_gradients():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_fused_projections_give_the_same_logits_and_state_dict(n_kv_heads):
+    """fuse_projections (the serving engine's): q/k/v and gate/up as one matmul each; on CPU the logits are
+    bitwise those of the separate matmuls, for prefill and cached decode, and state_dict is unchanged."""
+    plain, fused = tiny(n_kv_heads=n_kv_heads), tiny(n_kv_heads=n_kv_heads)
+    fused.fuse_projections()
+    assert fused.layers[0].attn.qkv_weight is not None and fused.layers[0].mlp.gate_up_weight is not None
+    attn = fused.layers[0].attn  # the separate weights are views of the stacked one: no second copy
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == attn.qkv_weight.untyped_storage().data_ptr()
+    for key, value in plain.state_dict().items():
+        assert torch.equal(fused.state_dict()[key], value), key
+    ids = torch.randint(0, 300, (3, 20))
+    with torch.inference_mode():
+        assert torch.equal(fused(ids), plain(ids))
+        caches = [KVCache.empty(m.config, 3, 32) for m in (plain, fused)]
+        positions = torch.arange(20).expand(3, 20)
+        for model, cache in zip((plain, fused), caches, strict=True):
+            model(ids, positions=positions, cache=cache)
+        step = torch.randint(0, 300, (3, 1))
+        out = [m(step, positions=torch.full((3, 1), 20), cache=c) for m, c in zip((plain, fused), caches, strict=True)]
+        assert torch.equal(out[0], out[1])
+    fused.fuse_projections()  # idempotent
+    assert torch.equal(fused(ids), plain(ids))

@@ -191,7 +191,9 @@ class TorchEngine:
 
     def _load(self) -> NeoModel:
         dtype = None if self.dtype == "auto" else _DTYPES[self.dtype]
-        return load_hf(Path(self.info.path), device=self.device, dtype=dtype)
+        model = load_hf(Path(self.info.path), device=self.device, dtype=dtype)
+        model.fuse_projections()  # q/k/v and gate/up as one matmul each: +2-12% tok/s at c=16 (tiny, CPU)
+        return model
 
     async def shutdown(self) -> None:
         with self._cond:
