@@ -460,22 +460,29 @@ class TorchEngine:
             view = KVCache(k=[k[:n] for k in self.cache.k], v=[v[:n] for v in self.cache.v])
             logits = self.model(last, positions=pos, cache=view)[:, 0]  # (R, V)
         self.steps += 1
+        # greedy rows without a repetition penalty: one argmax for all of them (the same ids, first max on ties)
+        greedy = [i for i, s in enumerate(self._running)
+                  if s.req.params.temperature == 0 and s.req.params.repetition_penalty == 1.0]
+        picks = dict(zip(greedy, logits[greedy].argmax(-1).tolist(), strict=True)) if len(greedy) > 1 else {}
         done = []
         for i, seq in enumerate(self._running):
             seq.pos += 1
-            if self._sample(seq, logits[i]):
+            if self._sample(seq, logits[i], token=picks.get(i)):
                 done.append(seq)
         if done:
             self._remove(done)
 
-    def _sample(self, seq: _Seq, logits: torch.Tensor, prompt_lp: list | None = None) -> bool:
-        """Sample ``seq``'s next token from its logits row (V,), emit it; True when the request is done.
+    def _sample(self, seq: _Seq, logits: torch.Tensor, prompt_lp: list | None = None,
+                token: int | None = None) -> bool:
+        """Sample ``seq``'s next token from its logits row (V,) (or take ``token``, picked by the batch's greedy
+        argmax), emit it; True when the request is done.
 
         A failure here is this request's alone (its parameters): it gets the error, the batch goes on.
         """
         params = seq.req.params
         try:
-            token = sample_next(logits, params, seq.generator, seen=seq.seen[:seq.n_seen])
+            if token is None:
+                token = sample_next(logits, params, seq.generator, seen=seq.seen[:seq.n_seen])
         except (RuntimeError, ValueError) as exc:
             log.exception("sampling failed for %s (%s)", seq.req.request_id, params)
             self._batch.items.append((seq.queue, ServingError(f"sampling failed for this request: {exc}")))
