@@ -7,12 +7,14 @@ escapes it for the browser. Sampling settings arrive from the side panel with ev
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 
-from neo_ui.chatlog import ChatLog, ChatTurnLog, Feedback, feedback_id
-from neo_ui.client import Sampling, ServingClient, ServingUnavailable
+from neo_ui.chatlog import ChatLog, ChatTurnLog, Feedback, feedback_id, prompt_row
+from neo_ui.client import Sampling, ServedModel, ServingClient, ServingUnavailable
+from neo_ui.prompts import PromptQueue
 from neo_ui.render import safe_markdown
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,31 @@ def without_last_answer(conv: list[Turn]) -> list[Turn]:
     return out
 
 
+def last_model(conv: list[Turn]) -> str | None:
+    """The model of the newest answer (None before any)."""
+    return next((t["model"] for t in reversed(conv) if t["role"] == "assistant" and t["model"]), None)
+
+
+def export_json(conv: list[Turn], system: str) -> str:
+    """The conversation as an OpenAI chat request body: ``{"model", "messages"}`` (errors left out), so it can
+    be sent to ``/v1/chat/completions`` again."""
+    return json.dumps({"model": last_model(conv), "messages": request_messages(conv, system)}, ensure_ascii=False,
+                      indent=2) + "\n"
+
+
+def export_markdown(conv: list[Turn], system: str) -> str:
+    """The conversation as Markdown: a heading per turn (the answering model named), the raw text under it."""
+    lines = ["# Neo chat", ""]
+    if system.strip():
+        lines += ["## System", "", system.strip(), ""]
+    for turn in conv:
+        if not turn["ok"]:
+            continue
+        head = "User" if turn["role"] == "user" else f"Assistant ({turn['model']})" if turn["model"] else "Assistant"
+        lines += [f"## {head}", "", turn["content"], ""]
+    return "\n".join(lines)
+
+
 def undo(conv: list[Turn]) -> tuple[list[Turn], str]:
     """Drop the last user turn and its answer; returns the rest and that user text (back in the box)."""
     out = without_last_answer(conv)
@@ -55,12 +82,29 @@ def undo(conv: list[Turn]) -> tuple[list[Turn], str]:
 class ChatService:
     """Streams answers from serving into a conversation and records turns and feedback."""
 
-    def __init__(self, client: ServingClient, chatlog: ChatLog):
-        self.client, self.chatlog = client, chatlog
+    def __init__(self, client: ServingClient, chatlog: ChatLog, prompts: PromptQueue | None = None):
+        self.client, self.chatlog, self.prompts = client, chatlog, prompts
 
-    def models(self) -> list[str]:
-        """Served model names (raises ServingUnavailable with a readable message)."""
-        return [m.id for m in self.client.models()]
+    def models(self) -> list[ServedModel]:
+        """Served models with their version, stage and parent (raises ServingUnavailable, readable)."""
+        return self.client.models()
+
+    def to_labeling(self, conv: list[Turn], system: str) -> str:
+        """Queue the conversation up to its last user turn (with the system prompt and history) as a labeling
+        prompt, as the labeling app's "take prompts from chat" does: the same conversation is queued once.
+        Returns a sentence for the user."""
+        if self.prompts is None:
+            return "⚠️ This chat app has no labeling queue."
+        base = without_last_answer(conv)
+        if not base:
+            return "⚠️ Nothing to send yet: ask something first."
+        report = self.prompts.add_rows([prompt_row(request_messages(base, system), last_model(conv))], source="chat")
+        if report.errors:
+            return f"⚠️ Not sent: {report.errors[0]}"
+        waiting = self.prompts.open_count()
+        if report.added:
+            return f"Sent to labeling: the prompt is queued ({waiting} waiting for labels)."
+        return f"Already in the labeling queue ({waiting} waiting for labels)."
 
     def send(self, conv: list[Turn], text: str, model: str | None, system: str,
              sampling: Sampling, user: str | None = None) -> Iterator[list[Turn]]:

@@ -60,6 +60,13 @@ def feedback_id(session: str | None, index: int, answer: str) -> str:
     return hashlib.sha256(f"{session}\x00{index}\x00{answer}".encode()).hexdigest()[:16]
 
 
+def prompt_row(messages: list[dict[str, str]], model: str | None, chat_turn: str | None = None) -> dict[str, Any]:
+    """A chat conversation (system prompt first, last turn the user's) as a row for the labeling queue
+    (``PromptQueue.add_rows(rows, source="chat")``): the queue's id is a hash of the messages, so the same
+    conversation sent from the chat app and taken from the log is one prompt."""
+    return {"messages": messages, "chat_model": model} | ({"chat_turn": chat_turn} if chat_turn else {})
+
+
 class ChatLog:
     """The chat log and feedback on one Redis client (``decode_responses=True``) and prefix."""
 
@@ -87,8 +94,7 @@ class ChatLog:
 
     def prompts_from_log(self, n: int = 100) -> list[dict[str, Any]]:
         """The newest ``n`` logged conversations as prompt rows for the labeling queue."""
-        return [{"messages": [m.model_dump() for m in turn.messages], "chat_turn": turn.id, "chat_model": turn.model}
-                for turn in self.recent(n)]
+        return [prompt_row([m.model_dump() for m in turn.messages], turn.model, turn.id) for turn in self.recent(n)]
 
     def save_feedback(self, feedback: Feedback) -> None:
         self.redis.hset(self.key("feedback"), feedback.id, feedback.model_dump_json())

@@ -24,12 +24,21 @@ class ServingUnavailable(Exception):
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One ``/v1/models`` entry; ``version``/``stage``/``root`` are Neo's extras (None elsewhere)."""
+    """One ``/v1/models`` entry; ``version``/``stage``/``root``/``parent`` are Neo's extras (None elsewhere)."""
 
     id: str
     version: str | None = None
     stage: str | None = None
     root: str | None = None
+    parent: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How pickers show it: ``chat · v2 · dpo · from chat:v1`` (what serving told; just the id elsewhere)."""
+        version = self.version if self.version and self.version != "local" and not self.id.endswith(
+            f":{self.version}") else None
+        parts = [p for p in (version, self.stage, f"from {self.parent}" if self.parent else None) if p]
+        return " · ".join([self.id, *parts])
 
     @property
     def ref(self) -> str:
@@ -105,7 +114,7 @@ class ServingClient:
         for card in page.data:
             extra = card.model_dump()
             out.append(ServedModel(id=card.id, version=extra.get("version"), stage=extra.get("stage"),
-                                   root=extra.get("root")))
+                                   root=extra.get("root"), parent=extra.get("parent")))
         return out
 
     def stream_chat(self, messages: list[dict[str, str]], model: str, sampling: Sampling) -> Iterator[str]:

@@ -75,7 +75,7 @@ def build_app(settings: UISettings, parts: Parts | None = None) -> FastAPI:
     warning = parts.store.persistence_warning()
     if warning:
         log.warning(warning)
-    chat = build_chat_app(settings, ChatService(parts.client, parts.chatlog)).queue(
+    chat = build_chat_app(settings, ChatService(parts.client, parts.chatlog, parts.prompts)).queue(
         default_concurrency_limit=CONCURRENCY)
     labeler = Labeler(settings, parts.store, parts.prompts, parts.client)
     callbacks = LabelCallbacks(settings, labeler, parts.store, parts.prompts, parts.chatlog, parts.queue, parts.client)

@@ -8,9 +8,19 @@ import time
 
 import pytest
 
-from neo_ui.chat import ChatService, add_user, display, request_messages, undo, without_last_answer
+from neo_ui.chat import (
+    ChatService,
+    add_user,
+    display,
+    export_json,
+    export_markdown,
+    request_messages,
+    undo,
+    without_last_answer,
+)
 from neo_ui.chatlog import ChatLog
 from neo_ui.client import Sampling, ServedModel, ServingClient, ServingUnavailable
+from neo_ui.prompts import PromptQueue
 
 from .conftest import make_settings
 
@@ -109,6 +119,45 @@ def test_feedback_is_stored_once_per_answer(service):
     assert first.id == second.id and len(stored) == 1 and stored[0].rating == "down"
     assert stored[0].answer == conv[1]["content"] and stored[0].messages[-1].content == "你好"
     assert add_user([], "x")[0]["ok"]
+
+
+def test_picker_labels_show_version_stage_and_parent(settings):
+    assert [m.label for m in ServingClient(settings).models()] == ["tiny · random", "tiny2 · random"]
+    assert ServedModel("chat", version="v2", stage="dpo", parent="chat:v1").label == "chat · v2 · dpo · from chat:v1"
+    assert ServedModel("chat:v1", version="v1", stage="sft").label == "chat:v1 · sft"  # pinned: no repeat
+    assert ServedModel("gpt").label == "gpt"  # another server: the id only
+
+
+def test_send_this_exchange_to_labeling_queues_it_once(service, settings, rds):
+    prompts = PromptQueue(rds, settings.redis_prefix)
+    service = ChatService(service.client, service.chatlog, prompts)
+    assert service.to_labeling([], "sys").startswith("⚠️ Nothing to send")
+    conv = list(service.send([], "first 你好", "tiny", "sys", SAMPLING))[-1]
+    conv = list(service.send(conv, "second", "tiny2", "sys", SAMPLING))[-1]
+    assert service.to_labeling(conv, "sys") == "Sent to labeling: the prompt is queued (1 waiting for labels)."
+    [pid] = rds.zrange(prompts.key("queue"), 0, -1)
+    prompt = prompts.get(pid)
+    assert [(m.role, m.content) for m in prompt.messages] == [
+        ("system", "sys"), ("user", "first 你好"), ("assistant", conv[1]["content"]), ("user", "second")]
+    assert (prompt.source, prompt.meta["chat_model"]) == ("chat", "tiny2")
+    assert service.to_labeling(conv[:3], "sys").startswith("Already in the labeling queue (1 waiting")  # no answer yet
+    # the labeling app's "take prompts from chat" finds the same conversation in the log: still one prompt
+    rows = service.chatlog.prompts_from_log(10)
+    report = prompts.add_rows(rows, source="chat")
+    assert (report.added, report.duplicates, prompts.open_count()) == (1, 1, 2)  # "first" is new, "second" is not
+
+
+def test_conversation_exports(service):
+    conv = list(service.send([], "写一首诗 <b>now</b>", "tiny", "You are Neo.", SAMPLING))[-1]
+    conv = [*conv, {"role": "user", "content": "more", "ok": True, "model": None},
+            {"role": "assistant", "content": "⚠️ boom", "ok": False, "model": None}]
+    body = json.loads(export_json(conv, "You are Neo."))
+    assert body == {"model": "tiny", "messages": [
+        {"role": "system", "content": "You are Neo."}, {"role": "user", "content": "写一首诗 <b>now</b>"},
+        {"role": "assistant", "content": conv[1]["content"]}, {"role": "user", "content": "more"}]}
+    md = export_markdown(conv, "You are Neo.")
+    assert md.startswith("# Neo chat\n\n## System\n\nYou are Neo.\n\n## User\n\n写一首诗 <b>now</b>\n\n## Assistant (tiny)")
+    assert conv[1]["content"] in md and "boom" not in md and md.rstrip().endswith("## User\n\nmore")
 
 
 def test_label_refs_of_followed_pinned_and_local_models():

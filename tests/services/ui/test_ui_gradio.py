@@ -36,7 +36,8 @@ def label(live_ui) -> Client:
 
 def test_model_picker_is_filled_from_serving(chat):
     update, status = chat.predict(None, api_name="/models")
-    assert [c[0] for c in update["choices"]] == ["tiny", "tiny2"] and update["value"] == "tiny"
+    assert [tuple(c) for c in update["choices"]] == [("tiny · random", "tiny"), ("tiny2 · random", "tiny2")]
+    assert update["value"] == "tiny"
     assert "2 model(s) served" in status
 
 
