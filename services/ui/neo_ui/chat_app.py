@@ -131,6 +131,7 @@ def build_chat_app(settings: UISettings, service: ChatService) -> gr.Blocks:
             retry_btn = gr.Button("↻ Retry", size="sm", elem_id="retry")
             undo_btn = gr.Button("↶ Undo", size="sm", elem_id="undo")
             clear_btn = gr.Button("Clear", size="sm", elem_id="clear")
+        with gr.Row():
             label_btn = gr.Button("➜ Send this exchange to labeling", size="sm", elem_id="to-labeling")
             json_btn = gr.Button("⬇ JSON", size="sm", elem_id="export-json")
             md_btn = gr.Button("⬇ Markdown", size="sm", elem_id="export-md")

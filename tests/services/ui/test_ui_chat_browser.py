@@ -18,7 +18,7 @@ from neo.registry import ModelRegistry
 from neo_ui.prompts import PromptQueue
 
 from .conftest import LiveUI, make_settings, stop
-from .test_ui_arena_browser import sign_in
+from .test_ui_arena_browser import screenshot, sign_in
 from .test_ui_browser import send, wait_for
 
 pytestmark = pytest.mark.slow
@@ -76,6 +76,7 @@ def test_picker_labeling_and_export_in_the_browser(page, versions_served, tmp_pa
         page.wait_for_selector("#models-status :text('2 model(s) served')")
         # the picker shows each served version's stage and parent (serving's cards, from the registry)
         assert picker_options(page) == ["chat · v2 · dpo · from chat:v1", "chat:v1 · sft"]
+        screenshot(page, "chat-versions", tmp_path)
         page.locator('[data-testid="dropdown-option"][aria-label="chat:v1 · sft"]').click()
         assert page.locator("#model-picker input").input_value() == "chat:v1 · sft"
 
