@@ -68,18 +68,8 @@ class Arena:
 
     def contenders(self) -> list[Contender]:
         """What serving serves now, with parents (registry first, then serving's card)."""
-        try:
-            cards = [card.model_dump() for card in self.client.client.models.list().data]
-        except Exception as exc:  # noqa: BLE001 — the client's own call says why, readably
-            log.info("raw model cards unavailable (%s): falling back to the plain list", exc)
-            cards = []
-        card_parent = {c.get("id"): c.get("parent") for c in cards}
         registered = self.parents()
-        out = []
-        for model in self.client.models():
-            parent = registered.get(model.ref) or card_parent.get(model.id)
-            out.append(Contender(model, parent))
-        return out
+        return [Contender(model, registered.get(model.ref) or model.parent) for model in self.client.models()]
 
     def default_matchup(self, contenders: list[Contender] | None = None) -> tuple[str, str] | None:
         """Served ids of (newest version, its parent) when both are served, else the first two; None if <2."""

@@ -198,8 +198,8 @@ class LabelCallbacks:
                 "Type a prompt and press Battle.", gr.Tabs(selected="arena"))
 
     # --- arena ---------------------------------------------------------------------------------------------
-    def _arena_choices(self) -> list[str]:
-        return [c.id for c in self.arena.contenders()]
+    def _arena_choices(self) -> list[tuple[str, str]]:
+        return [(c.model.label, c.id) for c in self.arena.contenders()]
 
     def arena_setup(self) -> tuple[Any, Any, str]:
         """The served versions, preselected as newest vs its parent."""
@@ -207,7 +207,7 @@ class LabelCallbacks:
             contenders = self.arena.contenders()
         except ServingUnavailable as exc:
             return gr.skip(), gr.skip(), f"⚠️ {exc}"
-        choices = [c.id for c in contenders]
+        choices = [(c.model.label, c.id) for c in contenders]
         matchup = self.arena.default_matchup(contenders)
         if matchup is None:
             return (gr.update(choices=choices), gr.update(choices=choices),

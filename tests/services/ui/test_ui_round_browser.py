@@ -44,8 +44,9 @@ def test_a_new_round_is_served_then_battled_against_its_parent(page, tmp_path, r
             page.locator("#round-battle").click()
             page.wait_for_selector("#arena-status :text('Arena set up')")
             assert "tiny:v2" in page.locator("#arena-status").inner_text()
-            assert page.locator("#arena-model-1 input").input_value() == "tiny"  # the new version, as served
-            assert page.locator("#arena-model-2 input").input_value() == "tiny:v1"  # its parent, pinned
+            # the new version (served as `tiny`) against its parent (pinned `tiny:v1`), shown with stage and parent
+            assert page.locator("#arena-model-1 input").input_value() == "tiny · v2 · dpo · from tiny:v1"
+            assert page.locator("#arena-model-2 input").input_value() == "tiny:v1 · sft"
 
             page.locator("#arena-prompt textarea").fill("Which answer is better? 哪个回答更好？")
             page.locator("#arena-battle").click()
