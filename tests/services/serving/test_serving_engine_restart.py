@@ -7,6 +7,7 @@ The failure is real: an exception raised inside the running engine thread (CPyth
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import threading
@@ -14,7 +15,12 @@ import time
 
 import httpx
 
+from neo.generate import SamplingParams
+from neo_serving.engines.base import EngineRequest, ModelInfo
+from neo_serving.engines.torch_engine import TorchEngine
+from neo_serving.errors import EngineUnavailableError
 from neo_serving.settings import ServingSettings
+from neo_serving.tokens import ServedTokenizer
 
 from .helpers import LiveServer
 
@@ -81,3 +87,34 @@ def test_a_dead_engine_fails_its_requests_says_503_and_restarts(checkpoint):
         again = client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 8})
         assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 8
         assert client.get("/health").json()["models"]["tiny"]["healthy"] is True
+
+
+def test_the_restart_backoff_doubles_while_the_engine_keeps_dying(checkpoint):
+    """Two deaths within a minute: the second restart waits twice the first's backoff."""
+    info = ModelInfo("tiny", "local", checkpoint, 256, 0)
+
+    async def die_and_wait(engine, n: int) -> float:
+        """Kill the engine thread while it decodes; seconds until it takes requests again."""
+        request = EngineRequest(f"long{n}", [5] * 8, SamplingParams(max_new_tokens=240, temperature=0))
+        try:
+            async for _ in engine.generate(request):
+                if engine.healthy():
+                    kill(engine._thread)
+        except EngineUnavailableError as exc:
+            assert "EngineKilled" in str(exc)
+        died = time.monotonic()
+        while not engine.healthy():
+            await asyncio.sleep(0.02)
+        return time.monotonic() - died
+
+    async def main():
+        engine = TorchEngine(info, ServedTokenizer.load(checkpoint), max_batch_size=2, restart_backoff_s=0.5)
+        await engine.start()
+        try:
+            return [await die_and_wait(engine, n) for n in range(2)], engine.restarts
+        finally:
+            await engine.shutdown()
+
+    (first, second), restarts = asyncio.run(main())
+    assert restarts == 2
+    assert first >= 0.45 and second >= 0.95  # 0.5 s, then 1 s (without the doubling: 0.5 s again)
