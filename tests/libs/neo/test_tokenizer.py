@@ -37,7 +37,8 @@ _EN = ("the of and to in is that for it as with was on be by this are from at or
        "large english chinese corpus paper result method we our use using based show table figure code function "
        "return value number time first new work also two used such each between than other these into only when "
        "would may could should very well performance evaluation benchmark dataset quality filter document").split()
-_ZH = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所"
+_ZH = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同"
+       "工也能下过子说产种面而方后多定行学法所"
        "民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那"
        "社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并"
        "模型语言训练数据开源中文英文介绍自己助手请写代码函数")
@@ -72,7 +73,8 @@ def _documents(n: int = 1600, seed: int = 0) -> list[str]:
 def _write_jsonl_gz(path: Path, texts: list[str]) -> Path:
     with gzip.open(path, "wt", encoding="utf-8") as f:
         for i, text in enumerate(texts):
-            f.write(json.dumps({"id": str(i), "text": text, "source": "test", "lang": "mixed"}, ensure_ascii=False) + "\n")
+            row = {"id": str(i), "text": text, "source": "test", "lang": "mixed"}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
 
 
@@ -224,7 +226,8 @@ def test_hf_files(tok_dir: Path, sp_tok: NeoTokenizer, tmp_path: Path) -> None:
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and config["model_max_length"] == 4096
     assert [config[f"{k}_token"] for k in ("bos", "eos", "pad", "unk")] == [BOS, EOS, PAD, UNK]
     assert config["chat_template"] == CHAT_TEMPLATE and config["add_bos_token"] and not config["add_eos_token"]
-    assert json.loads((tmp_path / "special_tokens_map.json").read_text())["additional_special_tokens"] == [IM_START, IM_END]
+    special = json.loads((tmp_path / "special_tokens_map.json").read_text())
+    assert special["additional_special_tokens"] == [IM_START, IM_END]
     assert (tmp_path / "tokenizer.model").read_bytes() == (tok_dir / "tokenizer.model").read_bytes()
     assert (tmp_path / "tokenizer.json").read_text() == (tok_dir / "tokenizer.json").read_text()
     hf_only = NeoTokenizer.load(tmp_path / "tokenizer.json")

@@ -19,7 +19,8 @@ def backends(server, checkpoint):
 ])
 def test_loglikelihood_matches(backends, context, continuation):
     local, api = backends
-    assert api.loglikelihood(context, continuation) == pytest.approx(local.loglikelihood(context, continuation), abs=1e-4)
+    expected = local.loglikelihood(context, continuation)
+    assert api.loglikelihood(context, continuation) == pytest.approx(expected, abs=1e-4)
 
 
 def test_multiple_choice_predictions_match(backends):

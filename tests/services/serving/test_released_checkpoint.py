@@ -76,7 +76,8 @@ def test_export_of_a_released_model_round_trips(released, tmp_path):
     ids = torch.tensor([[1, 64001, 42, 64002]])
     with torch.no_grad():
         assert torch.equal(again(ids), model(ids))
-    assert tok2.encode_chat([{"role": "user", "content": "你好"}]) == tok.encode_chat([{"role": "user", "content": "你好"}])
+    hello = [{"role": "user", "content": "你好"}]
+    assert tok2.encode_chat(hello) == tok.encode_chat(hello)
     assert (tok2.pad_id, tok2.im_end_id, tok2.vocab_size) == (64000, 64002, 64003)
 
 

@@ -188,5 +188,6 @@ def test_health_and_metrics(server, client):
     assert registry.get_sample_value("neo:request_success_total",
                                      {"model_name": "tiny", "finished_reason": "length"}) >= 1
     assert missing_dashboard_series(text, "neo") == []  # monitoring/grafana's dashboard reads Neo's engine
-    generated = [line for line in text.splitlines() if line.startswith('neo:generation_tokens_total{model_name="tiny"}')]
+    series = 'neo:generation_tokens_total{model_name="tiny"}'
+    generated = [line for line in text.splitlines() if line.startswith(series)]
     assert float(generated[0].split()[-1]) >= 3

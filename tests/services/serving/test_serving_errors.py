@@ -87,7 +87,8 @@ def test_invalid_fields_are_400(http, path, body, param):
 
 
 def test_malformed_json_and_unknown_routes(http):
-    assert_openai_error(http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    bad_json = http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert_openai_error(bad_json, 400)
     assert_openai_error(http.get("/v1/nothing"), 404)
     assert_openai_error(http.get("/v1/completions"), 405)
 

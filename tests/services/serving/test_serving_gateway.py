@@ -158,7 +158,8 @@ def test_failover_when_a_replica_dies_then_503_when_none_is_left(checkpoint):
             httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {GW_KEY}"}) as http:
         r = http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
         assert r.status_code == 503
-        assert r.json()["error"]["code"] == "engine_unavailable" and "no healthy upstream" in r.json()["error"]["message"]
+        error = r.json()["error"]
+        assert error["code"] == "engine_unavailable" and "no healthy upstream" in error["message"]
         assert http.get("/health").status_code == 503
 
 
@@ -249,7 +250,8 @@ async def _dies_after_headers(reader: asyncio.StreamReader, writer: asyncio.Stre
         await writer.drain()
         writer.close()
         return
-    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                 % (len(body), body))
     await writer.drain()
     writer.close()
 

@@ -172,7 +172,8 @@ def test_chatml_markers_in_messages_are_refused(server, message):
 def test_one_request_cannot_ask_for_unbounded_sequences(server):
     with httpx.Client(base_url=server.url, timeout=30) as http:
         r = http.post("/v1/completions", json={"model": "tiny", "prompt": ["hi"] * 1000, "n": 2, "max_tokens": 1})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt" and "2000" in r.json()["error"]["message"]
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == "prompt" and "2000" in error["message"]
         ok = http.post("/v1/completions", json={"model": "tiny", "prompt": ["hi"] * 8, "n": 2, "max_tokens": 1})
         assert ok.status_code == 200 and len(ok.json()["choices"]) == 16
 

@@ -34,7 +34,8 @@ async def collect(engine, request):
 
 
 def requests(tokenizer, n, max_new=20, **params):
-    texts = ["Hello", "你好，世界", "The quick brown fox jumps", "def add(a, b):", "北京是中国的首都", "Neo", "12", "请"]
+    texts = ["Hello", "你好，世界", "The quick brown fox jumps", "def add(a, b):", "北京是中国的首都", "Neo", "12",
+             "请"]
     return [EngineRequest(f"r{i}", tokenizer.encode(texts[i % len(texts)], add_bos=True),
                           SamplingParams(max_new_tokens=max_new, seed=1000 + i, **params), logprobs=2)
             for i in range(n)]
@@ -79,7 +80,8 @@ def test_concurrent_equals_sequential(checkpoint, tokenizer, invariant):
     if invariant:  # bitwise: the logprobs too
         assert [lp for _, lp, _ in concurrent] == [lp for _, lp, _ in sequential]
     else:
-        torch.testing.assert_close([lp for _, lp, _ in concurrent], [lp for _, lp, _ in sequential], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close([lp for _, lp, _ in concurrent], [lp for _, lp, _ in sequential],
+                                   rtol=1e-5, atol=1e-5)
     assert conc_steps <= seq_steps / 4  # 8 requests really decoded together
 
 
