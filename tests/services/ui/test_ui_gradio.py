@@ -59,6 +59,21 @@ def test_send_streams_then_retry_undo_clear(chat, rds, settings):
     assert chat.predict(api_name="/clear") == ([], "")
 
 
+def test_send_to_labeling_and_exports_through_the_api(chat, rds, settings):
+    assert chat.predict("You are Neo.", api_name="/to_labeling").startswith("⚠️ Nothing to send yet")
+    assert chat.predict("You are Neo.", api_name="/export_json") == ""  # nothing to download
+    history, _ = chat.predict("写一首诗", "tiny", *KNOBS, api_name="/send")
+    assert chat.predict("You are Neo.", api_name="/to_labeling").startswith("Sent to labeling")
+    assert chat.predict("You are Neo.", api_name="/to_labeling").startswith("Already in the labeling queue")
+    assert rds.zcard(f"{settings.redis_prefix}prefs:queue") == 1
+    payload = json.loads(chat.predict("You are Neo.", api_name="/export_json"))
+    assert payload["name"].endswith(".json") and payload["type"] == "application/json"
+    body = json.loads(payload["text"])
+    assert body["model"] == "tiny" and [m["role"] for m in body["messages"]] == ["system", "user", "assistant"]
+    markdown = json.loads(chat.predict("You are Neo.", api_name="/export_markdown"))
+    assert markdown["type"] == "text/markdown" and "## User\n\n写一首诗" in markdown["text"]
+
+
 def test_server_down_is_a_message_in_the_chat(tmp_path, redis_prefix):
     settings = make_settings(tmp_path, redis_prefix, "http://127.0.0.1:9")
     with LiveUI(settings) as ui:
