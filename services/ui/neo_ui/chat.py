@@ -12,6 +12,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import redis
+
 from neo_ui.chatlog import ChatLog, ChatTurnLog, Feedback, feedback_id, prompt_row
 from neo_ui.client import Sampling, ServedModel, ServingClient, ServingUnavailable
 from neo_ui.prompts import PromptQueue
@@ -82,8 +84,12 @@ def undo(conv: list[Turn]) -> tuple[list[Turn], str]:
 class ChatService:
     """Streams answers from serving into a conversation and records turns and feedback."""
 
-    def __init__(self, client: ServingClient, chatlog: ChatLog, prompts: PromptQueue | None = None):
+    def __init__(self, client: ServingClient, chatlog: ChatLog, prompts: PromptQueue | None = None,
+                 auto_queue: bool = False):
+        """``auto_queue``: every logged conversation also joins the labeling queue (``prompts``), deduplicated
+        (the ``chat_to_labeling`` setting; only while the chat log is on)."""
         self.client, self.chatlog, self.prompts = client, chatlog, prompts
+        self.auto_queue = auto_queue and prompts is not None and chatlog.enabled
 
     def models(self) -> list[ServedModel]:
         """Served models with their version, stage and parent (raises ServingUnavailable, readable)."""
@@ -155,8 +161,21 @@ class ChatService:
 
     def _log(self, messages: list[dict[str, str]], turn: Turn, model: str, sampling: Sampling, finish: str,
              user: str | None) -> None:
-        self.chatlog.log_turn(ChatTurnLog(model=model, messages=messages, answer=turn["content"],  # type: ignore[arg-type]
-                                          sampling=sampling.request_args(), finish=finish, user=user))  # type: ignore[arg-type]
+        entry = ChatTurnLog(model=model, messages=messages, answer=turn["content"],  # type: ignore[arg-type]
+                            sampling=sampling.request_args(), finish=finish, user=user)  # type: ignore[arg-type]
+        self.chatlog.log_turn(entry)
+        if self.auto_queue:
+            self._queue(messages, model, entry.id)
+
+    def _queue(self, messages: list[dict[str, str]], model: str, turn_id: str) -> None:
+        """The conversation into the labeling queue; a Redis outage costs the queue entry, not the chat."""
+        try:
+            report = self.prompts.add_rows([prompt_row(messages, model, turn_id)], source="chat")  # type: ignore[union-attr]
+        except redis.RedisError as exc:
+            log.error("chat conversation not queued for labeling: Redis error: %s", exc)
+            return
+        if report.errors:
+            log.warning("chat conversation not queued for labeling: %s", report.errors[0])
 
     def feedback(self, conv: list[Turn], index: int, liked: bool, system: str, session: str | None,
                  user: str | None = None) -> Feedback | None:

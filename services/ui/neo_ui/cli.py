@@ -81,7 +81,8 @@ def ui(
              "`ps`, as env NEO_UI_USERS='[\"alice:pw\"]' does)")] = None,
     admin: Annotated[list[str] | None, typer.Option(help=_help(
         "ui_admins", "account allowed to start DPO rounds (repeat; must be one of the accounts)"))] = None,
-    label_model: Annotated[list[str] | None, typer.Option(help=_help("label_models", "model to label (repeat)"))] = None,
+    label_model: Annotated[list[str] | None,
+                           typer.Option(help=_help("label_models", "model to label (repeat)"))] = None,
     redis_url: Annotated[str | None, typer.Option(help=_help("redis_url"))] = None,
     redis_prefix: Annotated[str | None, typer.Option(help=_help("redis_prefix"))] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
@@ -118,7 +119,8 @@ def _store(settings: UISettings) -> Any:
 
 @prefs_app.command("export")
 def prefs_export(
-    out: Annotated[Path | None, typer.Argument(help="JSONL to write [default: $NEO_HOME/data/prefs/prefs.jsonl]")] = None,
+    out: Annotated[Path | None,
+                   typer.Argument(help="JSONL to write [default: $NEO_HOME/data/prefs/prefs.jsonl]")] = None,
     keep_ties: Annotated[bool, typer.Option("--keep-ties/--drop-ties", help="keep ties (A as chosen)")] = False,
     keep_both_bad: Annotated[bool, typer.Option("--keep-both-bad/--drop-both-bad",
                                                 help="keep both-bad labels (A as chosen)")] = False,
@@ -179,6 +181,8 @@ def prefs_mark_round(
 @prefs_app.command("import")
 def prefs_import(
     files: Annotated[list[Path], typer.Argument(help="JSONL files: {\"prompt\": ...} or {\"messages\": [...]}")],
+    source: Annotated[str | None, typer.Option(help="where the prompts come from, as the labeling app shows it "
+                                                    "(default: each file's name without suffix, e.g. 'seed')")] = None,
 ) -> None:
     """Queue prompts for labeling."""
     import redis
@@ -189,7 +193,7 @@ def prefs_import(
     queue = PromptQueue(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings.redis_prefix)
     failed = False
     for path in files:
-        report = queue.add_jsonl(path.read_text(encoding="utf-8"), source="cli")
+        report = queue.add_jsonl(path.read_text(encoding="utf-8"), source=source or path.name.split(".")[0])
         typer.echo(f"{path}: {report.summary()}")
         failed |= bool(report.errors)
     if failed:

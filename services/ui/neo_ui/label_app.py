@@ -99,7 +99,8 @@ class LabelCallbacks:
             log.error("next pair: Redis error: %s", exc)
             return _task_outputs(None, f"⚠️ {STORE_DOWN}")
         if view is None:
-            return _task_outputs(None, "The queue has nothing left for you: upload prompts or take them from chat logs.")
+            return _task_outputs(None, "The queue has nothing left for you: upload prompts or take them from chat "
+                                       "logs.")
         return _task_outputs(view, "Read both answers, pick one, then submit.")
 
     def submit(self, task_id: str, choice: str | None, comment: str, edit: str, name: str,
@@ -138,7 +139,11 @@ class LabelCallbacks:
 
     # --- prompts --------------------------------------------------------------------------------------
     def queue_info(self) -> str:
-        return f"{self.prompts.open_count()} prompts waiting for labels."
+        """How many prompts wait, and where the queue's prompts came from."""
+        sources = self.prompts.sources()
+        origin = (" Queued so far: " + ", ".join(f"{n} from {name}" for name, n in sources.items()) + "."
+                  if sources else "")
+        return f"{self.prompts.open_count()} prompts waiting for labels.{origin}"
 
     def add_prompts(self, jsonl: str) -> str:
         return self.prompts.add_jsonl(jsonl or "", source="upload").summary() + ". " + self.queue_info()
@@ -170,7 +175,8 @@ class LabelCallbacks:
             return f"⚠️ {exc}"
         if who not in self.settings.ui_admins:
             log.warning("%s tried to start a DPO round without being an admin", who)
-            return f"⚠️ Only admins ({', '.join(self.settings.ui_admins) or 'none configured: NEO_UI_ADMINS'}) start rounds."
+            admins = ", ".join(self.settings.ui_admins) or "none configured: NEO_UI_ADMINS"
+            return f"⚠️ Only admins ({admins}) start rounds."
         try:
             started = start_dpo_round(self.settings, self.store, self.queue, self.client)
         except (RoundError, ServingUnavailable) as exc:
@@ -193,7 +199,8 @@ class LabelCallbacks:
         if not progress.battle_ready:
             return gr.skip(), gr.skip(), "⚠️ The new version or its parent is not served (yet).", gr.skip()
         choices = self._arena_choices()
-        return (gr.update(choices=choices, value=progress.served), gr.update(choices=choices, value=progress.parent_served),
+        return (gr.update(choices=choices, value=progress.served),
+                gr.update(choices=choices, value=progress.parent_served),
                 f"Arena set up: **{progress.registered}** (new) against **{progress.parent}** (its parent). "
                 "Type a prompt and press Battle.", gr.Tabs(selected="arena"))
 

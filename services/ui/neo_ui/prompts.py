@@ -36,6 +36,7 @@ PAGE = 200  # queue entries read per round trip while looking for an annotator's
 _ADD = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
+  redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
   return 1
 end
 return 0
@@ -106,8 +107,9 @@ class PromptQueue:
 
     def add(self, prompt: Prompt) -> bool:
         """Queue ``prompt``; False when it was queued before."""
-        added = self._add(keys=[self.key("prompt", prompt.id), self.key("queue"), self.key("queue", "seq")],
-                          args=[prompt.model_dump_json(), prompt.id])
+        added = self._add(keys=[self.key("prompt", prompt.id), self.key("queue"), self.key("queue", "seq"),
+                                self.key("queue", "sources")],
+                          args=[prompt.model_dump_json(), prompt.id, prompt.source])
         return bool(added)
 
     def _add_row(self, row: Any, source: str, where: str, report: ImportReport) -> None:
@@ -150,6 +152,11 @@ class PromptQueue:
     def open_count(self) -> int:
         """Prompts still waiting for labels."""
         return int(self.redis.zcard(self.key("queue")))
+
+    def sources(self) -> dict[str, int]:
+        """Prompts ever queued, by where they came from (``seed`` file, ``chat``, ``upload``, ...), most first."""
+        counts = {name: int(n) for name, n in self.redis.hgetall(self.key("queue", "sources")).items()}
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def next_for(self, annotator: str, labels_per_prompt: int) -> Prompt | None:
         """The oldest open prompt ``annotator`` has not labeled or skipped, or None."""

@@ -75,8 +75,8 @@ def build_app(settings: UISettings, parts: Parts | None = None) -> FastAPI:
     warning = parts.store.persistence_warning()
     if warning:
         log.warning(warning)
-    chat = build_chat_app(settings, ChatService(parts.client, parts.chatlog, parts.prompts)).queue(
-        default_concurrency_limit=CONCURRENCY)
+    service = ChatService(parts.client, parts.chatlog, parts.prompts, auto_queue=settings.chat_to_labeling)
+    chat = build_chat_app(settings, service).queue(default_concurrency_limit=CONCURRENCY)
     labeler = Labeler(settings, parts.store, parts.prompts, parts.client)
     callbacks = LabelCallbacks(settings, labeler, parts.store, parts.prompts, parts.chatlog, parts.queue, parts.client)
     label = build_label_app(settings, callbacks).queue(default_concurrency_limit=CONCURRENCY)

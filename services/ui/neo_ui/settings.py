@@ -31,6 +31,10 @@ class UISettings(NeoSettings):
                                                             "gets the same answer (demos, tests); empty = random")
     chat_log: bool = Field(default=True, description="keep chat turns in Redis (the labeling queue can use them)")
     chat_log_max: int = Field(default=10_000, ge=1, description="chat turns kept (oldest dropped)")
+    chat_to_labeling: bool = Field(
+        default=True, description="every logged chat conversation also joins the labeling queue (deduplicated: "
+                                  "a conversation is one prompt); false = only the chat's 'send to labeling' "
+                                  "button and the labeling app's 'take prompts from chat'. Needs chat_log")
 
     # --- labeling app -------------------------------------------------------------------------------
     ui_users: list[str] = Field(

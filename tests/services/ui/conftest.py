@@ -90,8 +90,10 @@ def serving(checkpoints) -> Iterator[str]:
 def make_settings(home: Path, prefix: str, api_url: str, **overrides) -> UISettings:
     # seed: chat answers of the random models are the same every run (unseeded, about one answer in 200
     # is empty: EOS first), so tests that need a streamed answer never meet an empty one by chance
+    # chat_to_labeling off: the tests count the labeling queue after chatting; the automatic flow (on by default)
+    # has its own tests (test_ui_chat, test_ui_gradio::test_chats_join_the_labeling_queue_by_default)
     base = dict(home=home, redis_url=REDIS_URL, redis_prefix=prefix, api_url=api_url, temperature=1.0, seed=0,
-                max_tokens=48, label_max_tokens=12, request_timeout_s=30, connect_timeout_s=2)
+                max_tokens=48, label_max_tokens=12, request_timeout_s=30, connect_timeout_s=2, chat_to_labeling=False)
     return UISettings(**(base | overrides))
 
 
@@ -147,7 +149,9 @@ class UIProcess:
         s = self.settings
         return {**os.environ, "NEO_HOME": str(s.home), "NEO_REDIS_URL": s.redis_url, "NEO_REDIS_PREFIX": s.redis_prefix,
                 "NEO_API_URL": s.api_url, "NEO_TEMPERATURE": str(s.temperature), "NEO_MAX_TOKENS": str(s.max_tokens),
-                "NEO_LABEL_MAX_TOKENS": str(s.label_max_tokens), **({"NEO_SEED": str(s.seed)} if s.seed is not None else {})}
+                "NEO_LABEL_MAX_TOKENS": str(s.label_max_tokens),
+                "NEO_CHAT_TO_LABELING": str(s.chat_to_labeling).lower(),
+                **({"NEO_SEED": str(s.seed)} if s.seed is not None else {})}
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:

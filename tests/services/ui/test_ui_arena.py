@@ -80,7 +80,8 @@ def test_round_progress_running_done_and_failed(settings, rds, tmp_path, checkpo
     rds.hset(key, mapping={"state": "done", "step": 10, "export_dir": str(checkpoints["tiny2"])})
     progress = round_progress(store, queue, registry, client)
     assert progress.registered == new.ref and progress.parent == base.ref and not progress.battle_ready
-    assert f"New version **{new.ref}**" in progress_markdown(progress) and "Not served yet" in progress_markdown(progress)
+    shown = progress_markdown(progress)
+    assert f"New version **{new.ref}**" in shown and "Not served yet" in shown
 
     rds.hset(key, mapping={"state": "failed", "error": "ValueError: no preference pairs"})
     text = progress_markdown(round_progress(store, queue, registry, client))

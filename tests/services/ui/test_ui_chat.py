@@ -84,7 +84,8 @@ def test_errors_are_sentences_not_tracebacks(tmp_path, redis_prefix, rds):
     service = ChatService(ServingClient(down), ChatLog(rds, redis_prefix))
     conv = list(service.send([], "hello", "tiny", "", SAMPLING))[-1]
     assert conv[-1]["ok"] is False
-    assert conv[-1]["content"] == f"Cannot reach the model server at http://127.0.0.1:{port}/v1. Is `neo serve` running there?"
+    assert conv[-1]["content"] == (f"Cannot reach the model server at http://127.0.0.1:{port}/v1. "
+                                   "Is `neo serve` running there?")
     assert display(conv)[-1]["content"].startswith("⚠️ Cannot reach")
     assert request_messages(conv, "") == [{"role": "user", "content": "hello"}]  # the error is not sent back
     with pytest.raises(ServingUnavailable, match="Cannot reach"):
@@ -147,6 +148,28 @@ def test_send_this_exchange_to_labeling_queues_it_once(service, settings, rds):
     assert (report.added, report.duplicates, prompts.open_count()) == (1, 1, 2)  # "first" is new, "second" is not
 
 
+def test_chats_flow_into_the_labeling_queue_once_unless_the_deployment_opts_out(service, settings, rds):
+    prompts = PromptQueue(rds, settings.redis_prefix)
+    auto = ChatService(service.client, service.chatlog, prompts, auto_queue=True)
+    conv = list(auto.send([], "first 你好", "tiny", "sys", SAMPLING))[-1]
+    assert prompts.open_count() == 1
+    [pid] = rds.zrange(prompts.key("queue"), 0, -1)
+    prompt = prompts.get(pid)
+    assert [(m.role, m.content) for m in prompt.messages] == [("system", "sys"), ("user", "first 你好")]
+    assert (prompt.source, prompt.meta["chat_model"], prompt.meta["chat_turn"]) == (
+        "chat", "tiny", service.chatlog.recent()[0].id)
+    list(auto.retry(conv, "tiny2", "sys", SAMPLING))  # a second answer to the same conversation: the same prompt
+    assert prompts.open_count() == 1 and len(service.chatlog.recent()) == 2
+    assert auto.to_labeling(conv, "sys").startswith("Already in the labeling queue (1 waiting")
+    # opted out (chat_to_labeling=false), or the chat log off (nothing of the chat is kept): nothing queued
+    manual = ChatService(service.client, service.chatlog, prompts, auto_queue=False)
+    list(manual.send(conv, "second", "tiny", "sys", SAMPLING))
+    unlogged = ChatService(service.client, ChatLog(rds, settings.redis_prefix, enabled=False), prompts,
+                           auto_queue=True)
+    list(unlogged.send(conv, "third", "tiny", "sys", SAMPLING))
+    assert prompts.open_count() == 1
+
+
 def test_conversation_exports(service):
     conv = list(service.send([], "写一首诗 <b>now</b>", "tiny", "You are Neo.", SAMPLING))[-1]
     conv = [*conv, {"role": "user", "content": "more", "ok": True, "model": None},
@@ -156,7 +179,8 @@ def test_conversation_exports(service):
         {"role": "system", "content": "You are Neo."}, {"role": "user", "content": "写一首诗 <b>now</b>"},
         {"role": "assistant", "content": conv[1]["content"]}, {"role": "user", "content": "more"}]}
     md = export_markdown(conv, "You are Neo.")
-    assert md.startswith("# Neo chat\n\n## System\n\nYou are Neo.\n\n## User\n\n写一首诗 <b>now</b>\n\n## Assistant (tiny)")
+    assert md.startswith("# Neo chat\n\n## System\n\nYou are Neo.\n\n## User\n\n写一首诗 <b>now</b>\n\n"
+                         "## Assistant (tiny)")
     assert conv[1]["content"] in md and "boom" not in md and md.rstrip().endswith("## User\n\nmore")
 
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from neo.schemas import PreferencePair
 from neo_ui.cli import prefs_app
 from neo_ui.export import export, to_pair, to_pairs
+from neo_ui.prompts import PromptQueue
 from neo_ui.store import PreferenceStore
 
 from .records import record
@@ -80,6 +81,12 @@ def test_cli_export_import_stats(store, redis_prefix, tmp_path, monkeypatch):
     prompts.write_text('{"prompt": "你好"}\n{"prompt": "hi"}\n{"oops": 1}\n', encoding="utf-8")
     result = runner.invoke(prefs_app, ["import", str(prompts)])
     assert result.exit_code == 1 and "2 prompts added" in result.output and "line 3" in result.output
+    more = tmp_path / "seed.jsonl"
+    more.write_text('{"prompt": "hi"}\n{"prompt": "new"}\n', encoding="utf-8")
+    assert runner.invoke(prefs_app, ["import", str(more)]).exit_code == 0
+    assert runner.invoke(prefs_app, ["import", str(more), "--source", "team"]).exit_code == 0  # all duplicates
+    queue = PromptQueue(store.redis, store.prefix)
+    assert queue.sources() == {"prompts": 2, "seed": 1}  # named after their files; duplicates count once
 
     result = runner.invoke(prefs_app, ["stats", "--json"])
     stats = json.loads(result.output)

@@ -10,6 +10,8 @@ import httpx
 import pytest
 from gradio_client import Client
 
+from neo_ui.settings import UISettings
+
 from .conftest import LiveUI, make_settings
 
 KNOBS = ("You are Neo.", 1.0, 1.0, 24)  # system prompt, temperature, top-p, max tokens
@@ -174,6 +176,22 @@ def test_chat_logs_feed_the_labeling_queue(chat, label):
     label.predict("zoe", api_name="/sign_in")
     prompt = label.predict(api_name="/next_pair")[1]
     assert prompt == "**system**\n\nYou are Neo.\n\n---\n\n**user**\n\n从聊天记录来的问题"
+
+
+def test_chats_join_the_labeling_queue_by_default(tmp_path, redis_prefix, serving, rds):
+    settings = make_settings(tmp_path, redis_prefix, serving, chat_to_labeling=True)
+    assert UISettings.model_fields["chat_to_labeling"].default is True  # a deployment opts out
+    with LiveUI(settings) as ui:
+        chat, label = Client(f"{ui.url}/chat/", verbose=False), Client(f"{ui.url}/label/", verbose=False)
+        list(chat.submit("不用按按钮的问题", "tiny", *KNOBS, api_name="/send"))
+        list(chat.submit("tiny2", *KNOBS, api_name="/retry"))  # the same conversation again: one prompt
+        assert rds.zcard(f"{redis_prefix}prefs:queue") == 1
+        assert chat.predict("You are Neo.", api_name="/to_labeling").startswith("Already in the labeling queue")
+        label.predict("zoe", api_name="/sign_in")
+        prompt = label.predict(api_name="/next_pair")[1]  # no "take prompts from chat" pressed
+        assert prompt == "**system**\n\nYou are Neo.\n\n---\n\n**user**\n\n不用按按钮的问题"
+        info = label.predict('{"prompt": "uploaded"}', api_name="/add_prompts")  # says where prompts came from
+        assert info.endswith("2 prompts waiting for labels. Queued so far: 1 from chat, 1 from upload."), info
 
 
 def test_health_and_root(live_ui):
