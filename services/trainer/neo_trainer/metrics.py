@@ -106,7 +106,7 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, *, total_steps: int, start_step: int, log_every: int,
                  tensorboard: bool, progress: bool, enabled: bool = True):
-        self.enabled, self.log_every = enabled, log_every
+        self.enabled, self.log_every, self.total_steps = enabled, log_every, total_steps
         self.path = Path(run_dir) / "metrics.jsonl"
         self._file = self._tb = self._progress = None
         if not enabled:
@@ -140,7 +140,8 @@ class MetricsLogger:
         step = record["step"]
         if force or step % self.log_every == 0 or any(k.startswith("val_") for k in record):
             assert self._file is not None
-            self._file.write(json.dumps(record) + "\n")
+            # total_steps on every line: the trainer worker mirrors it into the job's status (step/total)
+            self._file.write(json.dumps(record | {"total_steps": self.total_steps}) + "\n")
             self._file.flush()
             log.info("step %d [%s] loss %.4f lr %.3e grad_norm %.3f %.0f tok/s%s%s", step, record.get("phase"),
                      record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"],

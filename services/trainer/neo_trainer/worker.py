@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "neo_trainer.run_job"
 #: job kind → the module each training process runs (``python -m MODULE CONFIG [--resume]``)
-JOB_KINDS = {"pretrain": "neo_trainer.launch", "sft": "neo_trainer.stages.sft", "dpo": "neo_trainer.stages.dpo"}
-_PROGRESS_KEYS = ("step", "loss", "val_loss", "tokens", "lr", "phase")
+JOB_KINDS = {"pretrain": "neo_trainer.launch", "sft": "neo_trainer.stages.sft", "dpo": "neo_trainer.stages.dpo",
+             "rm": "neo_trainer.stages.rm"}
+#: what the worker copies from the run's metrics.jsonl into the job hash (total_steps: the step the run ends at)
+_PROGRESS_KEYS = ("step", "total_steps", "loss", "val_loss", "tokens", "lr", "phase")
 
 
 def _now() -> str:

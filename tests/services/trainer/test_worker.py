@@ -13,6 +13,8 @@ from neo_trainer.settings import TrainerSettings
 from neo_trainer.worker import JobStore, execute_job, submit_job
 
 from .helpers import REPO, losses, trainer_env
+from .test_reward import planted_rows, rm_config, write_rows
+from .test_sft import base_model, sft_files  # noqa: F401  (session fixtures)
 
 pytestmark = pytest.mark.slow
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -62,8 +64,21 @@ def test_jobs_run_one_at_a_time_and_report_status(settings, worker, make_config,
     assert done["state"] == "done", done.get("error")
     assert done["started"] >= failed["finished"]  # strictly one after the other
     assert int(done["step"]) == 4 and float(done["loss"]) == pytest.approx(losses(Path(good["run_dir"]))[4])
+    assert int(done["total_steps"]) == 4  # the UI's round panel shows step/total from the job hash
     assert (Path(done["export_dir"]) / "config.json").exists()
     assert [row["id"] for row in store.recent()] == [second, first]
+    store.close()
+
+
+def test_a_reward_model_job_trains_from_the_queue(settings, worker, tmp_path, base_model, sft_files):  # noqa: F811
+    """``rm`` is a job kind: a queued Bradley-Terry job runs on the worker and reports its steps and loss."""
+    store = JobStore.from_settings(settings)
+    prefs = write_rows(tmp_path / "prefs.jsonl", planted_rows(sft_files)[:16])
+    job = submit_job(settings, "rm", rm_config(tmp_path, base_model, prefs, steps=3, micro_batch_size=4))
+    done = _wait(store, job, worker, timeout=300)
+    assert done["state"] == "done", done.get("error")
+    assert (done["kind"], int(done["step"]), int(done["total_steps"])) == ("rm", 3, 3)
+    assert float(done["loss"]) > 0 and (tmp_path / "rm" / "metrics.jsonl").is_file()
     store.close()
 
 
