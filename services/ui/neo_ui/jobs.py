@@ -9,7 +9,8 @@ The contract, as ``neo_trainer.worker`` defines it (its module docstring)::
     broker NEO_REDIS_URL with every broker key under the same prefix (global_keyprefix).
 
 A round: export the labels since the last round to ``$NEO_HOME/data/prefs/round-NNN.jsonl``, record a
-``dpo`` job (config below) and send the task, then move the round marker. Assumed ``dpo`` job config
+``dpo`` job (config below) and send the task, and keep the round "in progress"; the round marker moves when the
+job is ``done`` (``settle_round``, run by the live panel and by the next round's start). Assumed ``dpo`` job config
 (the trainer's DPO stage is not written yet; ``run_dir`` is what the worker itself reads)::
 
     {"name": "dpo-round-NNN", "stage": "dpo", "run_dir": "$NEO_HOME/runs/dpo-round-NNN",
@@ -35,7 +36,7 @@ from neo.registry import ModelRegistry
 from neo_ui.client import ServingClient, ServingUnavailable
 from neo_ui.export import ExportReport, export
 from neo_ui.settings import UISettings
-from neo_ui.store import PreferenceStore
+from neo_ui.store import PreferenceStore, RoundMoved
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,43 @@ class RoundStarted:
     marker: dict[str, Any]
 
 
+def settle_round(store: PreferenceStore, queue: TrainerQueue) -> dict[str, Any] | None:
+    """Move the round marker once the round in progress has trained: its job ``done`` (the DPO stage has then
+    registered the new version) → ``mark_round`` up to the round's cut-off, so a failed or lost round leaves its
+    labels for the next one. Returns the new marker, or None when nothing was settled."""
+    pending = store.round_in_progress()
+    job = pending.get("job")
+    if not job:
+        return None
+    status = queue.status(job)
+    if status is None:  # the trainer's record is gone: nothing will ever finish it
+        log.warning("round %s: job %s has no record in Redis; its labels stay for the next round",
+                    pending["round"], job)
+        store.end_round_in_progress(job)
+        return None
+    if status.get("state") != "done":
+        return None
+    try:
+        marker = store.mark_round(labels=int(pending["labels"]), path=pending["path"], job=job,
+                                  at_ts=float(pending["at_ts"]), expect_round=int(pending["expect_round"]))
+    except RoundMoved as exc:
+        log.warning("round %s trained but is not marked: %s", pending["round"], exc)
+        marker = None
+    store.end_round_in_progress(job)
+    return marker
+
+
 def start_dpo_round(settings: UISettings, store: PreferenceStore, queue: TrainerQueue,
                     client: ServingClient) -> RoundStarted:
-    """Export the labels since the last round, queue a DPO job on them and move the round marker."""
+    """Export the labels since the last round and queue a DPO job on them. The round marker moves when the job is
+    done (``settle_round``), not now: a round that fails leaves its labels for the next one."""
+    settle_round(store, queue)
+    pending = store.round_in_progress()
+    if pending:
+        state = (queue.status(pending["job"]) or {}).get("state")
+        if state in ("queued", "running"):
+            raise RoundError(f"Round {pending['round']} is still {state} (job `{pending['job']}`): wait for it to "
+                             "finish before starting the next.")
     round_no = int(store.last_round().get("round", 0)) + 1
     base = base_model(settings, client, ModelRegistry(store.redis, settings.redis_prefix))
     path = settings.prefs_dir / f"round-{round_no:03d}.jsonl"
@@ -140,8 +175,8 @@ def start_dpo_round(settings: UISettings, store: PreferenceStore, queue: Trainer
         path.unlink(missing_ok=True)
         raise RoundError(f"No preference pairs since the last round ({report.summary()}): label more first.")
     job = queue.submit(DPO_KIND, dpo_job_config(settings, round_no, path, base))
-    marker = store.mark_round(labels=report.labels, path=str(path), job=job, at_ts=report.until_ts)
-    return RoundStarted(job=job, export=report, marker=marker)
+    started = store.start_round(round_no, labels=report.labels, path=str(path), job=job, at_ts=report.until_ts)
+    return RoundStarted(job=job, export=report, marker=started)
 
 
 def status_markdown(job: str | None, status: dict[str, Any] | None) -> str:
@@ -217,8 +252,10 @@ class RoundProgress:
 
 def round_progress(store: PreferenceStore, queue: TrainerQueue, registry: ModelRegistry,
                    client: ServingClient) -> RoundProgress:
-    """Read the last round's job hash, the registry and serving's model list (each may be missing)."""
-    marker = store.last_round()
+    """Read the current round's job hash, the registry and serving's model list (each may be missing); settles
+    a finished round first (the round marker moves)."""
+    settle_round(store, queue)
+    marker = store.current_round()
     job = marker.get("job") or None
     status = queue.status(job) if job else None
     if status is None:

@@ -271,7 +271,7 @@ class LabelCallbacks:
 
     def plots(self) -> tuple[Any, Any, Any, Any, Any, str]:
         labels = list(self.store.iter_labels())
-        job = self.store.last_round().get("job") or None
+        job = self.store.current_round().get("job") or None
         status = self.queue.status(job) if job else None
         curves = plots.dpo_curves(read_metrics((status or {}).get("run_dir")))
         note = (f"DPO curves of round job `{job}`." if len(curves) else

@@ -8,6 +8,8 @@ Redis keys, under the settings prefix (default ``neo:``)::
     {prefix}prefs:label:{id}           string  JSON neo.schemas.PreferenceRecord; id = task id; SET NX: once
     {prefix}prefs:labels               zset    label id -> created (unix seconds)
     {prefix}prefs:last_round           hash    round, at, at_ts, labels, path, job: the last DPO round's marker
+    {prefix}prefs:round_in_progress    hash    the same fields plus expect_round: a round queued from the UI whose
+                                               job has not finished; the marker moves when it is done
 
 A label is written by one Lua script: the record (only if absent), its index entry, the prompt's label
 count and the annotator's done set, atomically. A second submit of the same task (a double click, a
@@ -33,6 +35,7 @@ from pydantic import BaseModel, Field
 from neo.schemas import PreferenceAnswer, PreferenceRecord
 
 log = logging.getLogger(__name__)
+_ROUND_NUMBERS = ("round", "labels", "at_ts", "expect_round")  # JSON-encoded fields of the round hashes
 
 BATCH = 500  # records fetched per MGET when reading every label
 
@@ -162,7 +165,7 @@ class PreferenceStore:
     def last_round(self) -> dict[str, Any]:
         """The last round's marker (empty before the first round)."""
         raw = self.redis.hgetall(self.key("last_round"))
-        return {k: json.loads(v) if k in ("round", "labels", "at_ts") else v for k, v in raw.items()}
+        return {k: json.loads(v) if k in _ROUND_NUMBERS else v for k, v in raw.items()}
 
     def mark_round(self, labels: int, path: str, job: str | None = None, at_ts: float | None = None,
                    expect_round: int | None = None) -> dict[str, Any]:
@@ -184,14 +187,48 @@ class PreferenceStore:
             marker = {"round": current + 1, "labels": labels, "path": path, "job": job or "", "at_ts": at_ts,
                       "at": datetime.fromtimestamp(at_ts, UTC).isoformat()}
             pipe.multi()
-            pipe.hset(key, mapping={k: json.dumps(v) if k in ("round", "labels", "at_ts") else v
-                                    for k, v in marker.items()})
+            pipe.hset(key, mapping={k: json.dumps(v) if k in _ROUND_NUMBERS else v for k, v in marker.items()})
             try:
                 pipe.execute()
             except redis.exceptions.WatchError as exc:
                 raise RoundMoved("another DPO round was marked at the same moment: not marking this one") from exc
         log.info("DPO round %d marked: %d labels, %s", marker["round"], labels, path)
         return marker
+
+    def round_in_progress(self) -> dict[str, Any]:
+        """A round queued from the UI and not settled yet (its job not done): empty when there is none."""
+        raw = self.redis.hgetall(self.key("round_in_progress"))
+        return {k: json.loads(v) if k in _ROUND_NUMBERS else v for k, v in raw.items()}
+
+    def start_round(self, round_no: int, labels: int, path: str, job: str, at_ts: float) -> dict[str, Any]:
+        """Record a queued round (the marker itself moves only when its job is done: ``mark_round``)."""
+        pending = {"round": round_no, "labels": labels, "path": path, "job": job, "at_ts": at_ts,
+                   "at": datetime.fromtimestamp(at_ts, UTC).isoformat(), "expect_round": round_no - 1}
+        key = self.key("round_in_progress")
+        with self.redis.pipeline() as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping={k: json.dumps(v) if k in _ROUND_NUMBERS else v for k, v in pending.items()})
+            pipe.execute()
+        return pending
+
+    def end_round_in_progress(self, job: str) -> None:
+        """Forget the round in progress if it is still ``job``'s (settled, or its job record is gone)."""
+        key = self.key("round_in_progress")
+        with self.redis.pipeline() as pipe:
+            pipe.watch(key)
+            if pipe.hget(key, "job") != job:
+                pipe.unwatch()
+                return
+            pipe.multi()
+            pipe.delete(key)
+            try:
+                pipe.execute()
+            except redis.exceptions.WatchError:
+                log.info("round in progress changed while ending job %s's: left as it is", job)
+
+    def current_round(self) -> dict[str, Any]:
+        """What the live panel follows: the round in progress, else the last marked round."""
+        return self.round_in_progress() or self.last_round()
 
     def since_last_round(self) -> float | None:
         """Unix time of the last round's marker, or None before the first round."""

@@ -140,7 +140,8 @@ def _run_job(rds, prefix: str, job: str, out: dict) -> None:
     out["state"] = execute_job(JobStore(rds, prefix), job, poll_s=0.5)
 
 
-def _start_round_and_run_it(page, ui_url: str, settings, rds, monkeypatch) -> tuple[threading.Thread, dict]:
+def _start_round_and_run_it(page, ui_url: str, settings, rds,
+                            monkeypatch) -> tuple[threading.Thread, dict]:
     """Label pairs, press 'Start DPO round' as the admin, and run the queued job as the trainer worker does."""
     store = PreferenceStore(rds, settings.redis_prefix)
     for i in range(8):
@@ -150,7 +151,7 @@ def _start_round_and_run_it(page, ui_url: str, settings, rds, monkeypatch) -> tu
     page.get_by_role("tab", name="Export & DPO").click()
     page.locator("#start-round").click()
     page.wait_for_selector("#round-status :text('Round 1')")
-    job = store.last_round()["job"]
+    job = store.round_in_progress()["job"]  # the marker itself moves once the job is done
     monkeypatch.setenv("NEO_REDIS_URL", settings.redis_url)  # the training child registers the new version here
     monkeypatch.setenv("NEO_REDIS_PREFIX", settings.redis_prefix)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -190,3 +191,4 @@ def test_the_round_panel_shows_why_a_round_failed(page, tmp_path, redis_prefix, 
         assert out["state"] == "failed"
         text = page.locator("#round-status").inner_text()
         assert "no-such-checkpoint" in text  # the job log's last lines name the missing checkpoint
+        assert PreferenceStore(rds, redis_prefix).last_round() == {}  # not marked: its labels go to the next round

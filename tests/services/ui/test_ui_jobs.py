@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from neo_ui.client import ServingClient
-from neo_ui.jobs import RoundError, TrainerQueue, start_dpo_round, status_markdown
+from neo_ui.jobs import RoundError, TrainerQueue, settle_round, start_dpo_round, status_markdown
 from neo_ui.store import PreferenceStore
 
 from .records import record
@@ -49,6 +49,20 @@ def test_round_exports_queues_a_job_and_moves_the_marker(parts, rds, settings, c
     args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
     assert args == [started.job]
 
+    # the marker moves when the round has trained, not when it is queued: a failed round keeps its labels
+    assert store.last_round() == {} and store.current_round()["job"] == started.job
+    with pytest.raises(RoundError, match=f"Round 1 is still queued \\(job `{started.job}`\\)"):
+        start_dpo_round(settings, store, queue, client)
+    job_key = f"{settings.redis_prefix}train:job:{started.job}"
+    rds.hset(job_key, mapping={"state": "failed", "error": "boom"})  # as the trainer worker writes it
+    assert settle_round(store, queue) is None and store.last_round() == {}
+    retried = start_dpo_round(settings, store, queue, client)  # the same labels again, as round 1
+    assert retried.marker["round"] == 1 and retried.export.rows == 2 and retried.job != started.job
+
+    rds.hset(f"{settings.redis_prefix}train:job:{retried.job}", "state", "done")
+    marker = settle_round(store, queue)
+    assert marker["round"] == 1 and marker["job"] == retried.job and store.round_in_progress() == {}
+    assert store.last_round()["round"] == 1 and settle_round(store, queue) is None  # settled once
     assert store.label_count(since_ts=store.since_last_round()) == 0
     with pytest.raises(RoundError, match="No preference pairs since the last round"):
         start_dpo_round(settings, store, queue, client)

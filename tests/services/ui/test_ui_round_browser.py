@@ -35,6 +35,10 @@ def test_a_new_round_is_served_then_battled_against_its_parent(page, tmp_path, r
             assert out["state"] == "done"
             new = registry.latest("tiny")
             assert (new.ref, new.parent, new.stage) == ("tiny:v2", base.ref, "dpo")
+            # the labels' round marker moves once the job is done (the panel settles it), not when it was queued
+            store = PreferenceStore(rds, redis_prefix)
+            wait_for(lambda: store.last_round().get("round") == 1, what="round 1 marked after training")
+            assert store.round_in_progress() == {}
 
             # the panel follows serving: once the watcher serves v2 as `tiny`, the battle is offered
             page.wait_for_selector("#round-status :text('Ready for an arena battle')", timeout=60_000)
