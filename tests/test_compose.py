@@ -66,7 +66,8 @@ def test_environment_matches_settings_fields(name, svc):
     env = svc.get("environment", {})
     for key in env:
         assert key.startswith("NEO_"), key
-        assert key.removeprefix("NEO_").lower() in settings.model_fields, f"{name}: {key} is not a {settings.__name__} field"
+        assert key.removeprefix("NEO_").lower() in settings.model_fields, (
+            f"{name}: {key} is not a {settings.__name__} field")
 
 
 def test_wiring():
@@ -74,7 +75,8 @@ def test_wiring():
         for dep, cond in svc.get("depends_on", {}).items():
             assert dep in SERVICES, f"{name} depends on unknown {dep}"
             if cond["condition"] == "service_healthy":
-                assert "healthcheck" in SERVICES[dep], f"{name} waits for {dep} to be healthy, but it has no healthcheck"
+                assert "healthcheck" in SERVICES[dep], (
+                    f"{name} waits for {dep} to be healthy, but it has no healthcheck")
         for volume in svc.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("./"):  # a bind mount of a file or folder in this repository

@@ -119,10 +119,12 @@ def main() -> None:
         rows["neo"] = (time.time() - t0, cpu_seconds() - c0, cleaned, final)
     if args.only in (None, "datatrove"):
         c0, t0 = cpu_seconds(), time.time()
-        cleaned, final = run_datatrove(input_dir, args.work, args.workers, tasks=len(list(input_dir.glob("*.jsonl.gz"))))
+        tasks = len(list(input_dir.glob("*.jsonl.gz")))
+        cleaned, final = run_datatrove(input_dir, args.work, args.workers, tasks=tasks)
         rows["datatrove"] = (time.time() - t0, cpu_seconds() - c0, cleaned, final)
     print(f"\ninput: {n:,} documents ({len(truth):,} planted near-duplicates), {args.workers} workers each\n")
-    print("| pipeline | wall s | docs/s | docs/s per core | after cleaning | after dedup | dedup precision | dedup recall |")
+    print("| pipeline | wall s | docs/s | docs/s per core | after cleaning | after dedup | dedup precision "
+          "| dedup recall |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rate = {}
     for name, (wall, _cpu, cleaned, final) in rows.items():

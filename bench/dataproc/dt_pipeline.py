@@ -61,7 +61,8 @@ class OnlyFor(BaseFilter):
         return self.inner.filter(doc)
 
 
-def run(input_dir: Path, work: Path, workers: int, tasks: int, num_buckets: int = 20, hashes_per_bucket: int = 10) -> None:
+def run(input_dir: Path, work: Path, workers: int, tasks: int, num_buckets: int = 20,
+        hashes_per_bucket: int = 10) -> None:
     minhash = MinhashConfig(n_grams=5, num_buckets=num_buckets, hashes_per_bucket=hashes_per_bucket)
     clean = [
         JsonlReader(str(input_dir), glob_pattern="*.jsonl.gz"),

@@ -142,7 +142,8 @@ def score(truth: dict[str, dict], clean: dict, final: dict) -> dict[str, Any]:
         if cat.startswith("moji_"):
             orig_chars = set(t["text"])
             repaired = bool(out) and len(text.strip()) > 0 and sum(
-                1 for c in text if ord(c) > 127 and c not in orig_chars) <= 0.01 * max(1, sum(1 for c in text if ord(c) > 127))
+                1 for c in text if ord(c) > 127 and c not in orig_chars) <= 0.01 * max(
+                1, sum(1 for c in text if ord(c) > 127))
             ok = (repaired or out is None) if t["lossy"] else repaired
             count("mojibake", ok)
             count(f"mojibake.{t['moji']}", ok)
@@ -177,7 +178,8 @@ TABLE = [  # (metric, goal)
     ("precision.raw_wrapped", None), ("precision.html", None),
     ("junk", 0.98), ("junk.en", None), ("junk.zh", 0.98), ("code_junk", None),
     ("mojibake", 0.95), ("mojibake.cp1252", None), ("mojibake.cp1252_twice", None), ("mojibake.latin1", None),
-    ("mojibake.gbk_file", None), ("mojibake.cp1252_file", None), ("mojibake.lossy_replace", None), ("mojibake.lossy_gbk", None),
+    ("mojibake.gbk_file", None), ("mojibake.cp1252_file", None), ("mojibake.lossy_replace", None),
+    ("mojibake.lossy_gbk", None),
     ("code", 0.95), ("code.py_file", None), ("code.jsonl_record", None), ("code.jsonl_function", None),
     ("code.docs_with_code", None),
     ("pii.email", 0.95), ("pii.phone", 0.95), ("pii.ip", 0.95), ("pii.ipv4", None), ("pii.ipv6", None),

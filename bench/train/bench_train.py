@@ -205,7 +205,8 @@ def run_sgemm(args: argparse.Namespace) -> dict:
 
     Each shape's time is the least CPU time of this thread over ``--sgemm-repeats`` calls in each of
     ``--sgemm-passes`` passes over all shapes (with one torch thread the product runs on the calling thread;
-    CPU time leaves out the time other processes held the core, as the trainers' tokens per CPU-second do). The peak is the FLOP-weighted rate of
+    CPU time leaves out the time other processes held the core, as the trainers' tokens per CPU-second do). The
+    peak is the FLOP-weighted rate of
     all of them: model FLOPs of a step ÷ the time its GEMMs take standalone, so MFU against it is the share of
     a step that would remain if everything but the matmuls cost nothing. The best single shape's rate (about
     the core's FMA peak) is kept as a stricter reference. The attention products are counted as full S×S bmm

@@ -38,7 +38,8 @@ def _settings(home: Path | None) -> DataprocSettings:
 @app.command("run")
 def run(
     config: Annotated[Path, typer.Argument(help="job config, YAML or JSON (see neo_dataproc/config.py)")],
-    eager: Annotated[bool, typer.Option("--eager", help="run in this process, no worker needed (small inputs)")] = False,
+    eager: Annotated[bool, typer.Option("--eager",
+                                        help="run in this process, no worker needed (small inputs)")] = False,
     workers: Annotated[int, typer.Option(
         "--workers", "-w",
         help="start N local `celery worker` processes for this run; 0 (default) uses workers already "
@@ -103,7 +104,8 @@ def status(
     settings = _settings(home)
     st = JobStore.from_settings(settings, job).status()
     if st is None:
-        console.print(f"no job {job!r} in Redis (prefix {settings.job_prefix!r}); finished long ago? try `neo data report`")
+        console.print(f"no job {job!r} in Redis (prefix {settings.job_prefix!r}); finished long ago? "
+                      "try `neo data report`")
         raise typer.Exit(1)
     if as_json:
         print(json.dumps(st, indent=1))
@@ -119,7 +121,8 @@ def status(
     drops = Table("stage", "seen", "kept", "dropped", "reasons")
     for stage, c in st["stages"].items():
         reasons = ", ".join(f"{r} {int(n):,}" for r, n in sorted(drop_reasons(c).items(), key=lambda kv: -kv[1]))
-        drops.add_row(stage, f"{int(c.get('seen', 0)):,}", f"{int(c.get('kept', 0)):,}", f"{int(c.get('dropped', 0)):,}", reasons)
+        drops.add_row(stage, f"{int(c.get('seen', 0)):,}", f"{int(c.get('kept', 0)):,}",
+                      f"{int(c.get('dropped', 0)):,}", reasons)
     console.print(drops)
 
 
@@ -146,7 +149,8 @@ def report(
 @app.command("worker")
 def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="processes (default: CPU cores)")] = 0,
-    pool: Annotated[str, typer.Option(help="Celery pool: prefork (processes) or solo (one, in this process)")] = "prefork",
+    pool: Annotated[str, typer.Option(
+        help="Celery pool: prefork (processes) or solo (one, in this process)")] = "prefork",
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "info",
     home: HomeOpt = None,
 ) -> None:

@@ -45,8 +45,10 @@ class _Section(BaseModel):
 
 class InputSpec(_Section):
     path: str = Field(description="a file, a directory (read recursively) or a glob; relative to the config file")
-    source: str | None = Field(default=None, description="source name (default: the record's 'source', else the file stem)")
-    format: InputFormat = Field(default="auto", description="auto: from the extension (.jsonl, .html, .py, .parquet, .arrow, .warc[.gz] …)")
+    source: str | None = Field(default=None,
+                               description="source name (default: the record's 'source', else the file stem)")
+    format: InputFormat = Field(
+        default="auto", description="auto: from the extension (.jsonl, .html, .py, .parquet, .arrow, .warc[.gz] …)")
 
 
 class LangIdSection(_Section):
@@ -62,19 +64,24 @@ class EnQualitySection(_Section):
     gopher_repetition: dict[str, Any] | None = Field(default_factory=dict)
     gopher_quality: dict[str, Any] | None = Field(default_factory=dict)
     c4: dict[str, Any] | None = Field(default_factory=dict)
-    matrix: dict[str, Any] | None = Field(default=None, description="MatrixEnglishFilter keywords (MAP-Neo's English rule set; the matrix profile)")
+    matrix: dict[str, Any] | None = Field(
+        default=None, description="MatrixEnglishFilter keywords (MAP-Neo's English rule set; the matrix profile)")
 
 
 class ZhQualitySection(_Section):
     matrix: dict[str, Any] | None = Field(default_factory=dict, description="ZhQualityFilter keywords")
-    similar_lines: dict[str, Any] | None = Field(default=None, description="ZhSimilarLineDedup keywords (Matrix's within-document similar-sentence dedup)")
-    opencc: str | None = Field(default="tw2sp", description="OpenCC conversion config (tw2sp: Traditional → Simplified with Taiwan phrases, 軟體 → 软件; t2s: characters only); null: keep Traditional")
+    similar_lines: dict[str, Any] | None = Field(
+        default=None, description="ZhSimilarLineDedup keywords (Matrix's within-document similar-sentence dedup)")
+    opencc: str | None = Field(
+        default="tw2sp", description="OpenCC conversion config (tw2sp: Traditional → Simplified with Taiwan phrases, "
+                                     "軟體 → 软件; t2s: characters only); null: keep Traditional")
 
 
 class UrlBlocklistSection(_Section):
     domains: list[str] = Field(default_factory=list)
     files: list[str] = Field(default_factory=list, description="one domain or URL prefix a line")
-    words: list[str] = Field(default_factory=list, description="substrings of a URL that block it (Matrix's bad_url_words)")
+    words: list[str] = Field(default_factory=list,
+                             description="substrings of a URL that block it (Matrix's bad_url_words)")
 
 
 class SensitiveWordsSection(_Section):
@@ -89,9 +96,11 @@ class SensitiveWordsSection(_Section):
 class ParagraphDedupSection(_Section):
     """Corpus-wide exact dedup of lines (Matrix's paragraph dedup), after the document dedup."""
 
-    min_doc_chars: int = Field(default=20, ge=0, description="documents shorter after it are dropped (Matrix: min_len=20)")
+    min_doc_chars: int = Field(default=20, ge=0,
+                               description="documents shorter after it are dropped (Matrix: min_len=20)")
     min_line_chars: int = Field(default=0, ge=0, description="shorter lines are never removed (Matrix: 0)")
-    langs: list[str] = Field(default_factory=lambda: ["en", "zh"], description="documents it applies to (code is left alone)")
+    langs: list[str] = Field(default_factory=lambda: ["en", "zh"],
+                             description="documents it applies to (code is left alone)")
     partitions: int = Field(default=4, ge=1, description="units of the dedup_paragraphs phase (hash ranges)")
 
 
@@ -112,7 +121,8 @@ class DedupSection(_Section):
     min_similarity: float = Field(default=0.7, ge=0, le=1, description="signature agreement for a candidate pair")
     seed: int = 1
     bands_per_task: int = Field(default=5, ge=1)
-    en_shingle: Literal["word", "char"] = Field(default="word", description="English/code shingles: word n-grams or character n-grams (Matrix)")
+    en_shingle: Literal["word", "char"] = Field(
+        default="word", description="English/code shingles: word n-grams or character n-grams (Matrix)")
 
 
 class TokenizeSection(_Section):
@@ -124,7 +134,8 @@ class TokenizeSection(_Section):
 
 class JobConfig(_Section):
     name: str = Field(description="job name: outputs go to NEO_HOME/data/<name>/")
-    profile: ProfileName = Field(default="default", description="default: Neo's rules; matrix: MAP-Neo's Matrix settings")
+    profile: ProfileName = Field(default="default",
+                                 description="default: Neo's rules; matrix: MAP-Neo's Matrix settings")
     inputs: list[InputSpec] = Field(min_length=1)
     docs_per_shard: int = Field(default=2000, ge=1, description="documents per pass-1 task")
     extract: dict[str, Any] | None = Field(default_factory=dict, description="ExtractStep keywords")
@@ -136,7 +147,8 @@ class JobConfig(_Section):
     code_quality: dict[str, Any] | None = Field(default_factory=dict, description="CodeQualityFilter keywords")
     pii: PiiSection | None = Field(default_factory=PiiSection)
     dedup: DedupSection | None = Field(default_factory=DedupSection)
-    paragraph_dedup: ParagraphDedupSection | None = Field(default_factory=ParagraphDedupSection, description="Matrix's corpus-wide paragraph (line) dedup")
+    paragraph_dedup: ParagraphDedupSection | None = Field(
+        default_factory=ParagraphDedupSection, description="Matrix's corpus-wide paragraph (line) dedup")
     tokenize: TokenizeSection = Field(default_factory=TokenizeSection)
     max_errors_per_file: int = Field(default=20, ge=1, description="then the rest of the file is skipped")
     slow_down_s: float = Field(default=0.0, ge=0, description="pause per document (tests and demos only)")

@@ -84,7 +84,8 @@ class JobStore:
         done_stats = {int(k): json.loads(v) for k, v in self.r.hgetall(self._key("done:clean")).items()}
         live_stats = {int(k): json.loads(v) for k, v in self.r.hgetall(self._key("live:clean")).items()}
         resumed = set(json.loads(meta.get("resumed:clean") or "[]"))
-        steps = merge([s.get("steps", {}) for s in done_stats.values()] + [s.get("steps", {}) for s in live_stats.values()])
+        steps = merge([s.get("steps", {}) for s in done_stats.values()]
+                      + [s.get("steps", {}) for s in live_stats.values()])
         this_run = merge([s.get("steps", {}) for u, s in done_stats.items() if u not in resumed]
                          + [s.get("steps", {}) for s in live_stats.values()])
         docs_this_run = this_run.get("read", {}).get("seen", 0)

@@ -225,7 +225,8 @@ def _dedup_cluster(jd: JobDir, config: JobConfig, plan: Plan, unit: int, live: L
     return {"steps": {"dedup": counts}}
 
 
-def _dedup_paragraphs(jd: JobDir, config: JobConfig, plan: Plan, unit: int, live: LiveCallback | None) -> dict[str, Any]:
+def _dedup_paragraphs(jd: JobDir, config: JobConfig, plan: Plan, unit: int,
+                      live: LiveCallback | None) -> dict[str, Any]:
     """Partition ``unit`` of the line hashes: every line after its hash's first occurrence (smallest
     (uid, line)) among the documents the document dedup kept is listed for removal."""
     pd = config.paragraph_dedup
@@ -331,7 +332,8 @@ def _tokenize(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveC
         for source, arrays in sorted(by_source.items()):
             sources[source]["tokens"] = write_tokens(jd.tokens(shard, source), np.concatenate(arrays), dtype)
         elapsed = time.perf_counter() - t0
-        counts = {"seen": len(docs), "kept": len(docs), "dropped": 0, "tokens": sum(s["tokens"] for s in sources.values()),
+        counts = {"seen": len(docs), "kept": len(docs), "dropped": 0,
+                  "tokens": sum(s["tokens"] for s in sources.values()),
                   "time_s": round(elapsed, 4)}
         return {"steps": {**step_stats, "tokenize": counts}, "sources": sources}
     return {"steps": step_stats, "sources": sources}

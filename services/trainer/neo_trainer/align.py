@@ -196,7 +196,8 @@ def sample_locally(model_dir: Path, prompts: list[list[dict[str, Any]]], samplin
     for i, messages in enumerate(prompts):
         ids = tok.encode_chat(messages, add_generation_prompt=True)
         params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                top_p=sampling.top_p, stop_ids=(tok.im_end_id, tok.eos_id), seed=sampling.seed + 1000 * i)
+                                top_p=sampling.top_p, stop_ids=(tok.im_end_id, tok.eos_id),
+                                seed=sampling.seed + 1000 * i)
         new = generate(model, ids, params)
         if new and new[-1] in (tok.im_end_id, tok.eos_id):
             new = new[:-1]

@@ -45,10 +45,12 @@ def corpus(tmp_path: Path) -> None:
             docs.append({"id": f"zh{i}-{round_}", "text": t if round_ == 0 else reorder_lines(t), "source": "zh"})
     docs.append({"id": "edited", "text": edit_words(EN_DOCS[1], [(30, "rusty")]), "source": "en"})
     docs.append({"id": "short", "text": "The cat sat on the mat.", "source": "en"})
-    docs.append({"id": "fr", "text": "Le marché du village ouvre tôt le samedi matin, et tout le monde y va.", "source": "en"})
+    docs.append({"id": "fr", "text": "Le marché du village ouvre tôt le samedi matin, et tout le monde y va.",
+                 "source": "en"})
     write_jsonl(tmp_path / "in" / "a.jsonl", docs[:11])
     write_jsonl(tmp_path / "in" / "b.jsonl.gz", docs[11:])
-    (tmp_path / "in" / "c.jsonl").write_text('{"id": "broken"\n' + json.dumps({"id": "last", "text": LAST}, ensure_ascii=False) + "\n")
+    last = json.dumps({"id": "last", "text": LAST}, ensure_ascii=False)
+    (tmp_path / "in" / "c.jsonl").write_text('{"id": "broken"\n' + last + "\n")
 
 
 def config(tmp_path: Path, name: str, tokenizer: Path, **extra: Any):

@@ -15,7 +15,8 @@ runner = CliRunner()
 
 
 def env(settings) -> dict[str, str]:
-    return {"NEO_HOME": str(settings.home), "NEO_REDIS_URL": settings.redis_url, "NEO_REDIS_PREFIX": settings.redis_prefix}
+    return {"NEO_HOME": str(settings.home), "NEO_REDIS_URL": settings.redis_url,
+            "NEO_REDIS_PREFIX": settings.redis_prefix}
 
 
 def test_run_eager_status_report(tmp_path, settings):

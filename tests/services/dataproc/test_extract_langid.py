@@ -64,7 +64,8 @@ def test_extractor_that_crashes_is_dropped_with_error():
 
 
 def test_real_trafilatura_on_huge_page_hits_the_time_limit():
-    page = "<html><body>" + "<div><p>word and word and more words here.</p>" * 40000 + "</div>" * 40000 + "</body></html>"
+    page = ("<html><body>" + "<div><p>word and word and more words here.</p>" * 40000 + "</div>" * 40000
+            + "</body></html>")
     step = ExtractStep(timeout_s=0.05)
     assert step(doc(page, kind="html")) is None
     assert step.stats.to_dict()["dropped_extract_timeout"] == 1

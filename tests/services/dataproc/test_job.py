@@ -118,7 +118,8 @@ def test_tokenized_shards_and_manifest(tmp_path, settings, tiny_tokenizer):
     expected = {src: [tok.encode(t, add_bos=True, add_eos=True) for t in texts]
                 for src, texts in (("books", EN_DOCS), ("zhweb", ZH_DOCS))}
     for src, docs in expected.items():
-        stream = np.concatenate([open_shard(shards / f.path, manifest.dtype) for f in manifest.files if f.source == src])
+        stream = np.concatenate([open_shard(shards / f.path, manifest.dtype) for f in manifest.files
+                                 if f.source == src])
         assert stream.tolist() == [i for ids in docs for i in ids]  # in input order, <s> … </s> per document
         sizes = [f.tokens for f in manifest.files if f.source == src]
         assert all(s == 300 for s in sizes[:-1]) and 0 < sizes[-1] <= 300
@@ -148,7 +149,8 @@ def test_rerun_resumes_and_changed_config_is_refused(tmp_path, settings):
 
 
 def test_status_shows_progress_and_drop_counts(tmp_path, settings):
-    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": t} for t in EN_DOCS] + [{"text": "The cat sat on the mat with a hat, and it was happy there."}])
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": t} for t in EN_DOCS]
+                + [{"text": "The cat sat on the mat with a hat, and it was happy there."}])
     run_eager(make_config(tmp_path), settings)
     st = JobStore.from_settings(settings, "t").status()
     assert st is not None and st["state"] == "done"

@@ -148,7 +148,8 @@ def test_profiles(tmp_path: Path):
     assert default.en_quality.c4 == {} and default.en_quality.matrix is None and default.dedup.num_bands == 20
     matrix = parse_config({**base, "profile": "matrix", "dedup": {"seed": 7}}, base_dir=tmp_path)
     assert matrix.en_quality.c4 is None and matrix.en_quality.matrix == {}
-    assert (matrix.dedup.num_bands, matrix.dedup.rows_per_band, matrix.dedup.en_shingle, matrix.dedup.seed) == (9, 13, "char", 7)
+    dedup = matrix.dedup
+    assert (dedup.num_bands, dedup.rows_per_band, dedup.en_shingle, dedup.seed) == (9, 13, "char", 7)
     assert matrix.zh_quality.similar_lines == {} and matrix.sensitive_words.remove_lines
     per_step = parse_config({**base, "dedup": {"profile": "matrix"}}, base_dir=tmp_path)
     assert per_step.dedup.num_bands == 9 and per_step.en_quality.c4 == {}

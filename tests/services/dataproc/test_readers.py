@@ -39,7 +39,8 @@ def test_plan_splits_files_into_shards_in_order(tmp_path):
 
 def test_multi_member_gzip_and_zstd(tmp_path):
     rec = [json.dumps({"text": f"t{i}"}) + "\n" for i in range(4)]
-    (tmp_path / "m.jsonl.gz").write_bytes(gzip.compress("".join(rec[:2]).encode()) + gzip.compress("".join(rec[2:]).encode()))
+    (tmp_path / "m.jsonl.gz").write_bytes(gzip.compress("".join(rec[:2]).encode())
+                                          + gzip.compress("".join(rec[2:]).encode()))
     assert [json.loads(x)["text"] for x in iter_lines(tmp_path / "m.jsonl.gz")] == ["t0", "t1", "t2", "t3"]
     (tmp_path / "z.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress("".join(rec).encode()))
     assert len(list(iter_lines(tmp_path / "z.jsonl.zst"))) == 4
@@ -52,8 +53,8 @@ def test_records_fields(tmp_path):
     ])
     config = parse_config({"name": "p", "inputs": [{"path": "in"}]}, base_dir=tmp_path)
     html, code = list(ShardReader(plan_shards(config).shards[0]))
-    assert (html.kind, html.url, html.source, html.meta) == ("html", "https://e.org/a", "a",
-                                                             {"path": "a.jsonl", "line": 1, "id": "x", "meta": {"k": 1}})
+    assert (html.kind, html.url, html.source, html.meta) == (
+        "html", "https://e.org/a", "a", {"path": "a.jsonl", "line": 1, "id": "x", "meta": {"k": 1}})
     assert (code.kind, code.source) == ("code", "github")
 
 

@@ -60,7 +60,8 @@ def test_warc_parquet_and_hf_dataset_inputs(tmp_path, settings):
     warc_recs = list(iter_records(inp / "crawl.warc.gz", "warc", 1, 2))
     assert [r["url"] for r in warc_recs] == ["https://b.example/2"]
 
-    report = run_eager(make_config(tmp_path, docs_per_shard=2, dedup=None, paragraph_dedup=None), settings)  # repeats on purpose
+    config = make_config(tmp_path, docs_per_shard=2, dedup=None, paragraph_dedup=None)  # repeats on purpose
+    report = run_eager(config, settings)
     docs = final_docs(settings)
     by_id = {d["meta"].get("id"): d for d in docs}
     assert {"p1", "p2", "p3", "h1", "h2"} <= set(by_id)

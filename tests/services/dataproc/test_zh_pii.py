@@ -43,7 +43,8 @@ def test_clean_chinese_passes(text):
     [
         ("你好，世界。", "zh_too_short"),
         (GOOD + "【广告】【点击这里领取免费的优惠券和大礼包】【限时抢购全场五折起】【立即购买】", "zh_bracket_ratio"),
-        ("今天天气很好我们一起去公园散步然后去湖边看看风景再去附近的小店吃一碗热腾腾的面条晚上早点回家休息明天继续", "zh_too_few_sentences"),
+        ("今天天气很好我们一起去公园散步然后去湖边看看风景"
+         "再去附近的小店吃一碗热腾腾的面条晚上早点回家休息明天继续", "zh_too_few_sentences"),
         (GOOD + "#热门# #话题# #转发# #抽奖# #关注# #点赞# #评论# #收藏# " * 4, "zh_hash_ratio"),
         (GOOD + "……等等……然后……还有……" * 12, "zh_ellipsis_ratio"),
         (GOOD + "订单号：" + "，".join(str(10**8 + i * 7919) for i in range(40)) + "。", "zh_digit_ratio"),
@@ -62,7 +63,8 @@ def test_zh_rules(text, expected):
 
 def test_zh_thresholds_are_keywords():
     assert reason(ZhQualityFilter(max_chars=100), GOOD) == "zh_too_long"
-    no_punct = "今天天气很好我们一起去公园散步然后去湖边看看风景再去附近的小店吃一碗热腾腾的面条晚上早点回家休息明天继续"
+    no_punct = ("今天天气很好我们一起去公园散步然后去湖边看看风景"
+                "再去附近的小店吃一碗热腾腾的面条晚上早点回家休息明天继续")
     assert reason(ZhQualityFilter(min_sentences=1), no_punct) == "zh_no_punctuation"
 
 

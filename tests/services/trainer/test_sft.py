@@ -222,7 +222,8 @@ def test_cli_builds_the_demo_set_and_runs_the_shipped_config(tmp_path, base_mode
     phases = (f"phases=[{{name: instruction, data: [{data / 'instruction.jsonl'}], steps: 2}}, "
               f"{{name: chat, data: [{data / 'chat.jsonl'}], steps: 1}}]")
     proc = neo_train("sft", str(config), "--set", f"base_model={base_model}", "--set", f"run_dir={tmp_path / 'run'}",
-                     "--set", phases, "--set", "train.micro_batch_size=1", "--set", "distributed.zero_stage=2", "--set", "metrics.log_every=1",
+                     "--set", phases, "--set", "train.micro_batch_size=1", "--set", "distributed.zero_stage=2",
+                     "--set", "metrics.log_every=1",
                      "--set", f"checkpoint.export_dir={tmp_path / 'out'}", "--nproc", "2", timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stdout.count(f"exported {tmp_path / 'out'}") == 1  # rank 0 reports

@@ -153,7 +153,8 @@ class GopherRepetitionFilter(Filter):
         dup_line_char_frac: float = 0.2,  # duplicate line character fraction
         dup_para_char_frac: float = 0.2,  # duplicate paragraph character fraction
         top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.2), (3, 0.18), (4, 0.16)),
-        dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)),
+        dup_n_grams: tuple[tuple[int, float], ...] = (
+            (5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)),
     ) -> None:
         super().__init__()
         self.dup_line_frac, self.dup_para_frac = dup_line_frac, dup_para_frac

@@ -109,7 +109,8 @@ class ZhSimilarLineDedup(Step):
         self,
         proportion: float = 0.1,  # similar_line_dedup.py: propertion = 0.1 (edit distance ≤ 0.1 × longer length)
         max_length_diff: float = 0.3,  # edit_distance_dedup.py: lengths differ by < max(0.3, proportion)
-        min_char_overlap: float = 1 / 3,  # edit_distance_dedup.py: character-multiset overlap ≥ 1/3 before the edit distance
+        # edit_distance_dedup.py: character-multiset overlap ≥ 1/3 before the edit distance
+        min_char_overlap: float = 1 / 3,
         exact_below_chars: int = 15,  # edit_distance_dedup.py: sentences of ≤ 15 characters must match exactly
         max_sentences: int = 2000,  # Neo: O(n²) pairs; longer documents are left as they are
     ) -> None:
@@ -201,7 +202,8 @@ class MatrixEnglishFilter(Filter):
         self,
         min_mean_word_length: float = 3,  # filter.py: threshold_rps_doc_mean_word_length_1 = 3
         max_mean_word_length: float = 10,  # filter.py: threshold_rps_doc_mean_word_length_2 = 10
-        max_ellipsis_ratio: float = 0.2,  # filter.py: threshold_rps_doc_frac_lines_end_with_ellipsis = 0.2 (util_with_try.py divides by characters)
+        # filter.py: threshold_rps_doc_frac_lines_end_with_ellipsis = 0.2 (util_with_try.py divides by characters)
+        max_ellipsis_ratio: float = 0.2,
         max_bullet_lines_ratio: float = 0.9,  # filter.py: threshold_rps_lines_start_with_bulletpoint = 0.9
         max_no_alpha_words: float = 0.4,  # filter.py: no_alph_words_th = 0.4 (util_with_try.py divides by characters)
         min_stop_words: int = 2,  # util_with_try.py gopher_rules_pass rule 6: ≥ 2 distinct stop words
@@ -214,9 +216,12 @@ class MatrixEnglishFilter(Filter):
         max_sentences: int = 7500,  # filter.py: threshold_sentence_count = 7500
         max_all_caps_words: float = 0.1,  # filter.py: threshold_frac_all_caps_words = 0.1
         min_unique_words: float = 0.1,  # filter.py: lower_threshold_frac_unique_words = 0.1
-        min_unigram_entropy: float = 3,  # filter.py: lower_threshold_doc_unigram_entropy = 3 (the upper bound 6 is not applied)
-        max_top_ngram_chars: tuple[float, float, float] = (0.20, 0.18, 0.16),  # filter.py: threshold_frac_chars_top{2,3,4}gram
-        max_dupe_ngram_chars: tuple[float, ...] = (0.15, 0.14, 0.13, 0.12, 0.11, 0.10),  # filter.py: threshold_frac_chars_dupe{5..10}gram
+        # filter.py: lower_threshold_doc_unigram_entropy = 3 (the upper bound 6 is not applied)
+        min_unigram_entropy: float = 3,
+        # filter.py: threshold_frac_chars_top{2,3,4}gram
+        max_top_ngram_chars: tuple[float, float, float] = (0.20, 0.18, 0.16),
+        # filter.py: threshold_frac_chars_dupe{5..10}gram
+        max_dupe_ngram_chars: tuple[float, ...] = (0.15, 0.14, 0.13, 0.12, 0.11, 0.10),
     ) -> None:
         super().__init__()
         self.min_mean_word_length, self.max_mean_word_length = min_mean_word_length, max_mean_word_length
@@ -315,9 +320,11 @@ class SensitiveWordsFilter(Step):
         words: dict[str, list[str]] | None = None,
         files: dict[str, list[str]] | None = None,
         defaults: bool = True,
-        max_hit_lines_ratio: float = 0.3,  # Neo: a spam page repeats its terms on most lines; an article that mentions one does not
+        # Neo: a spam page repeats its terms on most lines; an article that mentions one does not
+        max_hit_lines_ratio: float = 0.3,
         min_hits: int = 2,  # Neo: ... and one hit is not enough to drop a document of several lines
-        remove_lines: bool = False,  # Matrix chinese filter.py linewise_filter rule 5: lines with a bad word are removed
+        # Matrix chinese filter.py linewise_filter rule 5: lines with a bad word are removed
+        remove_lines: bool = False,
     ) -> None:
         super().__init__()
         merged: dict[str, list[str]] = {}

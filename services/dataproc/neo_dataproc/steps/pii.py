@@ -18,11 +18,13 @@ from neo_dataproc.document import Document
 from neo_dataproc.steps.base import Filter, FilterResult, Step
 
 EMAIL_RE = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-IPV4_RE = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]\d)")
+IPV4_RE = re.compile(
+    r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]\d)")
 PHONE_RE = re.compile(
     r"(?<![\w+])(?:"
     r"(?:\+?86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}"  # mainland mobile: 1[3-9]x xxxx xxxx
-    r"|\+\d{1,3}[-. ]?(?:\(\d{1,4}\)[-. ]?)?\d{1,4}(?:[-. ]\d{1,6}){1,5}"  # international: +44 20 7946 0958, +86 (21) 5403 8888
+    # international: +44 20 7946 0958, +86 (21) 5403 8888
+    r"|\+\d{1,3}[-. ]?(?:\(\d{1,4}\)[-. ]?)?\d{1,4}(?:[-. ]\d{1,6}){1,5}"
     r"|\(0\d{1,3}\)[-. ]?\d{3,4}[-. ]?\d{4}"  # area code in brackets: (010) 6552 9988, (02) 2345-6789
     r"|0\d{2,3}-\d{7,8}"  # mainland landline with area code: 010-12345678
     r"|09\d{2}-\d{3}-\d{3}"  # Taiwan mobile: 0912-345-678

@@ -130,7 +130,8 @@ class ZhQualityFilter(Filter):
         self.min_chars, self.max_chars, self.min_sentences = min_chars, max_chars, min_sentences
         self.max_bracket_ratio = max_bracket_ratio
         self.min_mean_word_length, self.max_mean_word_length = min_mean_word_length, max_mean_word_length
-        self.max_hash_ratio, self.max_ellipsis_ratio, self.max_digit_ratio = max_hash_ratio, max_ellipsis_ratio, max_digit_ratio
+        self.max_hash_ratio, self.max_ellipsis_ratio = max_hash_ratio, max_ellipsis_ratio
+        self.max_digit_ratio = max_digit_ratio
         self.max_readmore_lines_ratio, self.max_bullet_lines_ratio = max_readmore_lines_ratio, max_bullet_lines_ratio
         self.min_punctuation_ratio = min_punctuation_ratio
         self.min_unique_char_ratio, self.min_char_entropy = min_unique_char_ratio, min_char_entropy

@@ -65,7 +65,8 @@ def pair_logps(model: NeoModel | AlignEngine, pairs: list[tuple[Example, Example
 
 @torch.no_grad()
 def reference_logps(model: NeoModel | AlignEngine, pairs: list[tuple[Example, Example]], seq_len: int,
-                    pad_id: int, batch: int = 8, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    pad_id: int, batch: int = 8,
+                    device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     was = model.training
     model.train(False)
     parts = [pair_logps(model, pairs[i:i + batch], seq_len, pad_id, device) for i in range(0, len(pairs), batch)]
