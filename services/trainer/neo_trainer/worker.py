@@ -6,12 +6,8 @@ child process (``python -m neo_trainer.launch``, or torchrun for several process
 group and memory go away with it, and a crash is a failed job, not a dead worker.
 
 Job status lives in Redis under the settings prefix, independent of Celery's own keys (which the
-broker's ``global_keyprefix`` also puts under the prefix)::
-
-    {prefix}train:jobs         zset   job id → submit time
-    {prefix}train:job:{id}     hash   id, kind, state (queued|running|done|failed), config, nproc,
-                                      run_dir, export_dir, step, total_steps, loss, val_loss, tokens,
-                                      submitted, started, finished, error, heartbeat
+broker's ``global_keyprefix`` also puts under the prefix): the keys, the task name and the record are the
+contract of ``neo.jobs``, shared with the UI and every other producer.
 
 While a job runs, the worker tails the run's ``metrics.jsonl`` into the hash every second and stamps
 ``heartbeat`` (unix time). The training child gets SIGTERM when its worker dies (``PR_SET_PDEATHSIG``), so a
@@ -34,13 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from neo.jobs import TASK_NAME, job_key, jobs_key, read_job, record_job
 from neo.procs import die_with_parent
 from neo_trainer.distributed import clean_launcher_env
 from neo_trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "neo_trainer.run_job"
 #: job kind → the module each training process runs (``python -m MODULE CONFIG [--resume]``)
 JOB_KINDS = {"pretrain": "neo_trainer.launch", "sft": "neo_trainer.stages.sft", "dpo": "neo_trainer.stages.dpo",
              "rm": "neo_trainer.stages.rm"}
@@ -65,15 +61,10 @@ class JobStore:
         return cls(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings.redis_prefix)
 
     def _key(self, job: str) -> str:
-        return f"{self.prefix}train:job:{job}"
+        return job_key(self.prefix, job)
 
     def create(self, kind: str, config: dict[str, Any], nproc: int) -> str:
-        job = uuid.uuid4().hex[:12]
-        self.redis.hset(self._key(job), mapping={
-            "id": job, "kind": kind, "state": "queued", "config": json.dumps(config), "nproc": nproc,
-            "run_dir": config["run_dir"], "submitted": _now()})
-        self.redis.zadd(f"{self.prefix}train:jobs", {job: time.time()})
-        return job
+        return record_job(self.redis, self.prefix, kind, config, nproc)
 
     def update(self, job: str, **fields: Any) -> None:
         mapping = {k: v if isinstance(v, str | int | float) else json.dumps(v)
@@ -83,19 +74,10 @@ class JobStore:
 
     def get(self, job: str) -> dict[str, Any] | None:
         """The job's record; a missing or unreadable ``config`` is None with ``config_error`` saying why."""
-        raw = self.redis.hgetall(self._key(job))
-        if not raw:
-            return None
-        try:
-            raw["config"] = json.loads(raw["config"])
-            if not isinstance(raw["config"], dict):
-                raise ValueError(f"expected a JSON object, got {type(raw['config']).__name__}")
-        except (KeyError, ValueError) as exc:
-            raw["config"], raw["config_error"] = None, f"unreadable config: {exc!r}"
-        return raw
+        return read_job(self.redis, self.prefix, job)
 
     def recent(self, n: int = 20) -> list[dict[str, Any]]:
-        ids = self.redis.zrevrange(f"{self.prefix}train:jobs", 0, n - 1)
+        ids = self.redis.zrevrange(jobs_key(self.prefix), 0, n - 1)
         rows = [self.get(i) for i in ids]
         return [{k: v for k, v in r.items() if k != "config"} for r in rows if r]
 

@@ -1,23 +1,9 @@
 """DPO rounds through the trainer's queue, by contract only (the UI never imports ``neo_trainer``).
 
-The contract, as ``neo_trainer.worker`` defines it (its module docstring)::
-
-    {prefix}train:jobs         zset   job id -> submit time (unix s)
-    {prefix}train:job:{id}     hash   id, kind, state (queued|running|done|failed), config (JSON), nproc,
-                                      run_dir, submitted, and while running: step, loss, ..., error
-    Celery task "neo_trainer.run_job" (args: [job id]) on queue NEO_TRAINER_QUEUE ("trainer"), Redis
-    broker NEO_REDIS_URL with every broker key under the same prefix (global_keyprefix).
-
-A round: export the labels since the last round to ``$NEO_HOME/data/prefs/round-NNN.jsonl``, record a
-``dpo`` job (config below) and send the task, and keep the round "in progress"; the round marker moves when the
-job is ``done`` (``settle_round``, run by the live panel and by the next round's start). Assumed ``dpo`` job config
-(the trainer's DPO stage is not written yet; ``run_dir`` is what the worker itself reads)::
-
-    {"name": "dpo-round-NNN", "stage": "dpo", "run_dir": "$NEO_HOME/runs/dpo-round-NNN",
-     "base_model": "<HF checkpoint dir of the policy>",
-     "seq_len": min(512, the base model's max_position_embeddings)  # when its config.json is readable
-     "data": {"preferences": ["<the round's JSONL>"], "format": "conversational"},
-     "checkpoint": {"export_dir": "$NEO_HOME/models/dpo-round-NNN"}}
+The contract (keys, record, Celery task) is ``neo.jobs``: a round exports the labels since the last round to
+``$NEO_HOME/data/prefs/round-NNN.jsonl``, records a ``dpo`` job (``neo.jobs.DPOJobConfig``; ``run_dir`` is what
+the worker itself reads) and sends the task, and keeps the round "in progress"; the round marker moves when the
+job is ``done`` (``settle_round``, run by the live panel and by the next round's start).
 """
 
 from __future__ import annotations
@@ -25,13 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from neo.jobs import TASK_NAME, DPOJobCheckpoint, DPOJobConfig, DPOJobData, read_job, record_job
 from neo.registry import ModelRegistry
 from neo_ui.client import ServingClient, ServingUnavailable
 from neo_ui.export import ExportReport, export
@@ -40,7 +24,6 @@ from neo_ui.store import PreferenceStore, RoundMoved
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "neo_trainer.run_job"  # neo_trainer.worker.TASK_NAME
 DPO_KIND = "dpo"
 DPO_SEQ_LEN = 512  # the DPO stage's default seq_len, cut to the base model's context when that is shorter
 
@@ -67,18 +50,14 @@ class TrainerQueue:
 
     def submit(self, kind: str, config: dict[str, Any], nproc: int = 1) -> str:
         """Record a queued job and send it to the trainer queue; returns its id."""
-        job = uuid.uuid4().hex[:12]
-        self.redis.hset(f"{self.prefix}train:job:{job}", mapping={
-            "id": job, "kind": kind, "state": "queued", "config": json.dumps(config), "nproc": nproc,
-            "run_dir": config["run_dir"], "submitted": datetime.now(UTC).isoformat(timespec="seconds")})
-        self.redis.zadd(f"{self.prefix}train:jobs", {job: time.time()})
+        job = record_job(self.redis, self.prefix, kind, config, nproc)
         self._app().send_task(TASK_NAME, args=[job], queue=self.settings.trainer_queue)
         log.info("sent %s job %s to the %r queue", kind, job, self.settings.trainer_queue)
         return job
 
     def status(self, job: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(f"{self.prefix}train:job:{job}")
-        return {k: v for k, v in raw.items() if k != "config"} if raw else None
+        raw = read_job(self.redis, self.prefix, job)
+        return {k: v for k, v in raw.items() if k not in ("config", "config_error")} if raw else None
 
     def close(self) -> None:
         if self._celery is not None:
@@ -94,13 +73,14 @@ def _context_length(checkpoint: str) -> int | None:
 
 
 def dpo_job_config(settings: UISettings, round_no: int, preferences: Path, base_model: str) -> dict[str, Any]:
-    """The assumed ``dpo`` job config (see the module docstring)."""
+    """The round's ``dpo`` job config (``neo.jobs.DPOJobConfig``), its ``seq_len`` cut to the base model's context."""
     name = f"dpo-round-{round_no:03d}"
     context = _context_length(base_model)
-    return {"name": name, "stage": DPO_KIND, "run_dir": str((settings.runs_dir / name).resolve()),
-            "base_model": base_model, **({"seq_len": min(DPO_SEQ_LEN, context)} if context else {}),
-            "data": {"preferences": [str(Path(preferences).resolve())], "format": "conversational"},
-            "checkpoint": {"export_dir": str((settings.models_dir / name).resolve())}}
+    return DPOJobConfig(
+        name=name, run_dir=str((settings.runs_dir / name).resolve()), base_model=base_model,
+        seq_len=min(DPO_SEQ_LEN, context) if context else None,
+        data=DPOJobData(preferences=[str(Path(preferences).resolve())], format="conversational"),
+        checkpoint=DPOJobCheckpoint(export_dir=str((settings.models_dir / name).resolve()))).to_config()
 
 
 def base_model(settings: UISettings, client: ServingClient, registry: ModelRegistry | None = None) -> str:
