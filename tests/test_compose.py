@@ -105,6 +105,7 @@ def test_wiring():
     assert f"--venv {serving['environment']['NEO_VLLM_PYTHON'].removesuffix('/bin/python')}" in dockerfile
     assert re.search(r"VLLM_PACKAGE=vllm==\d", dockerfile)  # a pinned vLLM
     assert "--gpu-memory-utilization" in serving["environment"]["NEO_VLLM_ARGS"]
+    assert serving["environment"]["NEO_VLLM_DEVICES"] == "${NEO_VLLM_DEVICES:-[]}"  # replicas' GPUs forwarded
     # the UI reaches whichever serving runs under the name `serving`
     assert SERVICES["ui"]["environment"]["NEO_API_URL"].startswith("http://serving:")
     assert "serving" in SERVICES["serving-cpu"]["networks"]["default"]["aliases"]
@@ -123,3 +124,10 @@ def test_monitoring_profile_scrapes_serving_and_its_replicas():
     assert (ROOT / mounted[provider["providers"][0]["options"]["path"]]).resolve() == dashboards.resolve()
     assert list(dashboards.glob("*.json"))
 
+
+
+@pytest.mark.parametrize(("value", "devices"), [("[]", []), ('["0","1"]', ["0", "1"])])
+def test_the_forwarded_vllm_devices_parse_as_the_setting(monkeypatch, value, devices):
+    """What compose passes (its default ``[]``, or a user's JSON list) is a valid NEO_VLLM_DEVICES."""
+    monkeypatch.setenv("NEO_VLLM_DEVICES", value)
+    assert ServingSettings().vllm_devices == devices
