@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -187,4 +188,66 @@ def launch_local(nproc: int, module: str, args: list[str], node: NodeSpec | None
     cmd = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}", "-m", module, *args]
     log.info("launching %d processes: %s", nproc, " ".join(cmd))
     env = {k: v for k, v in clean_launcher_env().items() if k != "NODE_RANK"}
-    return subprocess.run(cmd, env=env, check=False).returncode
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
+    report = TorchrunReportFilter()
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        sys.stderr.write("".join(report.feed(line)))
+    sys.stderr.write("".join(report.flush()))
+    code = proc.wait()
+    if report.failure:
+        print(f"error: {module} failed ({report.failure}); its processes' messages are above", file=sys.stderr)
+    return code
+
+
+class TorchrunReportFilter:
+    """Passes the training processes' stderr through and drops torchrun's own failure report: its
+    ``ChildFailedError`` traceback and the ``=====`` box after it, which repeat that a rank failed after the
+    rank already said why in one line (``error: ...``). A training process's own traceback (a bug) is kept.
+    ``failure`` then holds the report's gist (``rank 0, exit code 2``) for a one-line summary."""
+
+    _ELASTIC_LOG = re.compile(r"^[EW]\d{4} .*torch/distributed/elastic/")
+
+    def __init__(self) -> None:
+        self._traceback: list[str] | None = None
+        self._in_report = False
+        self._rules = 0
+        self._errors: set[str] = set()
+        self.failure = ""
+
+    def feed(self, line: str) -> list[str]:
+        if self._in_report:
+            self._read_report(line)
+            return []
+        if self._traceback is not None:
+            self._traceback.append(line)
+            if line.startswith("torch.distributed.elastic.multiprocessing.errors.ChildFailedError"):
+                self._traceback, self._in_report, self._rules = None, True, 0
+                return []
+            if line[:1] not in (" ", "\t", "") and not line.startswith("Traceback"):  # the exception line: done
+                return self.flush()
+            return []
+        if self._ELASTIC_LOG.match(line):
+            return []
+        if line.startswith("error: "):  # every rank says the same one-line error: say it once
+            if line in self._errors:
+                return []
+            self._errors.add(line)
+        if line.startswith("Traceback (most recent call last):"):
+            self._traceback = [line]
+            return []
+        return [line]
+
+    def _read_report(self, line: str) -> None:
+        """The box lists each failure, its root cause last: keep the last rank and exit code it names."""
+        if line.startswith("====="):
+            self._rules += 1
+            self._in_report = self._rules < 2
+        elif found := re.match(r"\s*rank\s*:\s*(\d+)", line):
+            self.failure = f"rank {found.group(1)}"
+        elif found := re.match(r"\s*exitcode\s*:\s*(-?\d+)", line):
+            self.failure = f"{self.failure or 'a process'}, exit code {found.group(1)}"
+
+    def flush(self) -> list[str]:
+        lines, self._traceback = self._traceback or [], None
+        return lines

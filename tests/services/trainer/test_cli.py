@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from neo_trainer.cli import app
+from neo_trainer.distributed import TorchrunReportFilter
+
+from .helpers import neo_train
 
 runner = CliRunner()
 
@@ -64,3 +68,26 @@ def test_bundled_example_configs_validate():
     for path in configs:
         cfg = load_config(path)
         assert cfg.name == path.stem
+
+
+@pytest.mark.slow
+def test_a_failing_multiprocess_run_says_why_once_without_torchruns_traceback(make_config, tmp_path):
+    """`--nproc 2` with a wrong manifest: each rank's one-line error, said once, then one summary line; not
+    torchrun's ChildFailedError traceback and failure box."""
+    cfg = make_config(data={"manifest": str(tmp_path / "missing")})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = neo_train("pretrain", str(path), "--nproc", "2", timeout=180)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0].startswith("error: no manifest.json in") and len(errors) == 2, proc.stderr[-3000:]
+    assert errors[1] == "error: neo_trainer.launch failed (rank 0, exit code 2); its processes' messages are above"
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr and "=====" not in proc.stderr
+
+
+def test_the_torchrun_filter_keeps_a_training_process_traceback():
+    """A bug in a training process prints its own traceback: that one is the message and must pass."""
+    report = TorchrunReportFilter()
+    bug = ["Traceback (most recent call last):\n", '  File "x.py", line 1, in <module>\n', "    boom()\n",
+           "NameError: name 'boom' is not defined\n"]
+    assert [out for line in bug for out in report.feed(line)] == bug and report.failure == ""
