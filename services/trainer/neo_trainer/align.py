@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 from neo.registry import ModelRegistry, ModelVersion
 from neo_trainer.config import DPOConfig, load_stage_config
+from neo_trainer.judge import Judge
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class NoPreferences(ValueError):
     """A round with nothing new to learn from."""
 
 
-PairSource = Literal["human", "rm", "both"]
+PairSource = Literal["human", "rm", "judge", "both"]
 
 
 @dataclass
@@ -252,16 +253,23 @@ def run_round(
     overrides: list[str] | None = None, export_dir: Path | None = None, pairs: PairSource = "human",
     reward_model: Path | None = None, sampling: Sampling | None = None, prompts: Path | None = None,
     eval_prompts: Path | None = None, eval_fraction: float = 0.2, human_weight: float = 1.0,
+    judge: Judge | None = None,
 ) -> RoundResult:
     """One iterative-DPO round (see the module docstring). ``overrides`` are ``--set`` items for ``DPOConfig``."""
     from neo_trainer.sft_data import load_preferences
     from neo_trainer.stages.dpo import run_dpo
 
-    if pairs not in ("human", "rm", "both"):
-        raise ValueError(f"--pairs must be human, rm or both, got {pairs!r}")
-    use_rm = pairs in ("rm", "both")
-    if use_rm and (reward_model is None or sampling is None):
-        raise ValueError(f"--pairs {pairs} needs --reward-model DIR and --base-url URL (the serving API to sample)")
+    if pairs not in ("human", "rm", "judge", "both"):
+        raise ValueError(f"--pairs must be human, rm, judge or both, got {pairs!r}")
+    # the ranker of the policy's own answers: both = human labels + the judge when one is given, else the RM
+    ranker = None if pairs == "human" else "judge" if pairs == "judge" or (pairs == "both" and judge) else "rm"
+    use_rm = ranker is not None
+    if ranker == "rm" and (reward_model is None or sampling is None):
+        raise ValueError(f"--pairs {pairs} needs --reward-model DIR (or --judge-url) and --base-url URL "
+                         "(the serving API to sample)")
+    if ranker == "judge" and (judge is None or sampling is None):
+        raise ValueError(f"--pairs {pairs} needs --judge-url URL and --judge-model NAME, and --base-url URL "
+                         "(the serving API to sample)")
     parent, known, grandparent = None, None, None
     if policy is None:
         if model_name is None or registry is None:
@@ -300,8 +308,7 @@ def run_round(
     held: list[list[dict[str, Any]]] = []
     held_answers: list[str] = []
     if use_rm:
-        assert sampling is not None and reward_model is not None
-        from neo_trainer.reward import RewardScorer
+        assert sampling is not None
         from neo_trainer.sft_data import _as_messages
 
         train_prompts = (read_prompts(prompts) if prompts is not None
@@ -325,18 +332,31 @@ def run_round(
         held_answers = [a[0] for a in sample_answers(sampling, held, n=1)] if held else []
         log.info("sampled %d answers for %d prompts (+%d held out) in %.1fs", sum(map(len, answers)),
                  len(train_prompts), len(held), time.perf_counter() - t0)
-        scorer = RewardScorer(reward_model, device=_device())
-        scores = [scorer.score(p, a) for p, a in zip(train_prompts, answers, strict=True)]
-        del scorer
-        ranked = rank_pairs(train_prompts, answers, scores, parent or str(policy), f"rm:{Path(reward_model).name}")
-        _write_rows(run_dir / "rm_samples.jsonl", [{"prompt": p, "answers": a, "rewards": r}
-                                                  for p, a, r in zip(train_prompts, answers, scores, strict=True)])
-        _write_rows(run_dir / "rm_pairs.jsonl", ranked)
+        if ranker == "judge":
+            assert judge is not None
+            scores = judge.scores(train_prompts, answers)
+            source = f"judge:{judge.model}"
+            log.info("judge %s: %s", judge.model, judge.stats.to_dict())
+        else:
+            assert reward_model is not None
+            from neo_trainer.reward import RewardScorer
+
+            scorer = RewardScorer(reward_model, device=_device())
+            scores = [scorer.score(p, a) for p, a in zip(train_prompts, answers, strict=True)]
+            del scorer
+            source = f"rm:{Path(reward_model).name}"
+        ranked = rank_pairs(train_prompts, answers, scores, parent or str(policy), source)
+        key = "rewards" if ranker == "rm" else "wins"  # reward-model scores, or consistent judge wins
+        _write_rows(run_dir / f"{ranker}_samples.jsonl", [{"prompt": p, "answers": a, key: r}
+                                                          for p, a, r in zip(train_prompts, answers, scores,
+                                                                             strict=True)])
+        _write_rows(run_dir / f"{ranker}_pairs.jsonl", ranked)
 
     rows = [r | {"weight": human_weight if pairs == "both" else r.get("weight", 1.0)} for r in human] + ranked
     if not rows:
         raise NoPreferences("nothing to train on: no human labels since the last round and no sampled prompt whose "
-                            f"answers the reward model told apart (run dir {run_dir})")
+                            f"answers the {'judge' if ranker == 'judge' else 'reward model'} told apart "
+                            f"(run dir {run_dir})")
     train_file = _write_rows(run_dir / "round_pairs.jsonl", rows) if use_rm else prefs
     assert train_file is not None
     n = len(rows)
@@ -351,8 +371,9 @@ def run_round(
     metrics = json.loads((cfg.run_dir / "dpo_eval.json").read_text())
 
     # --- progress: win rates against the previous version ---
-    win: dict[str, float] = {"round/human_pairs": float(len(human)), "round/rm_pairs": float(len(ranked))}
-    if use_rm and held:
+    win: dict[str, float] = {"round/human_pairs": float(len(human)),
+                             f"round/{ranker or 'rm'}_pairs": float(len(ranked))}
+    if ranker == "rm" and held:
         assert sampling is not None and reward_model is not None
         from neo_trainer.reward import RewardScorer
 
@@ -361,6 +382,13 @@ def run_round(
         win["win_rate/rm"] = rm_win_rate(scorer, held, held_answers, new_answers)
         win["win_rate/rm_prompts"] = float(len(held))
         del scorer
+    if ranker == "judge" and judge is not None:
+        if held:
+            assert sampling is not None
+            rate = judge.win_rate(held, held_answers, sample_locally(out, held, sampling))
+            if rate is not None:
+                win["win_rate/judge"], win["win_rate/judge_prompts"] = rate, float(len(held))
+        win |= {f"judge/{k}": float(v) for k, v in judge.stats.to_dict().items()}
     rate, labels = human_win_rate(human, parent, grandparent)
     if rate is not None:
         win["win_rate/human"], win["win_rate/human_labels"] = rate, float(labels)
@@ -369,15 +397,18 @@ def run_round(
     info = NeoCheckpointInfo.read(out)
     if info is not None:
         info.metrics.update(win)
-        info.data.update({"human_pairs": len(human), "rm_pairs": len(ranked), "pairs_from": pairs,
-                          **({"reward_model": str(Path(reward_model).resolve())} if reward_model else {})})
+        info.data.update({"human_pairs": len(human), f"{ranker or 'rm'}_pairs": len(ranked), "pairs_from": pairs,
+                          **({"reward_model": str(Path(reward_model).resolve())}
+                             if reward_model and ranker == "rm" else {}),
+                          **({"judge": {"url": judge.base_url, "model": judge.model, **judge.stats.to_dict()}}
+                             if ranker == "judge" and judge else {})})
         info.write(out)
     metrics.update(win)
     version = registry.register(name, out, stage="dpo", parent=parent) if registry is not None else None
     if exported is not None and exported["rows"]:
         marker = mark_round(exported, job=str(run_dir), env=env)
         log.info("labels' round marker moved to round %s", marker["round"])
-    log.info("DPO round: %d pairs (%d human, %d ranked by the reward model) → %s%s", n, len(human), len(ranked),
-             out, f" registered as {version.ref}" if version else "")
+    log.info("DPO round: %d pairs (%d human, %d ranked by the %s) → %s%s", n, len(human), len(ranked),
+             "judge" if ranker == "judge" else "reward model", out, f" registered as {version.ref}" if version else "")
     return RoundResult(export_dir=out, version=version, pairs=n, parent=parent, metrics=metrics,
-                       sources={"human": len(human), "rm": len(ranked)})
+                       sources={"human": len(human), ranker or "rm": len(ranked)})

@@ -316,8 +316,15 @@ def align_round(
     out: Annotated[Path | None, typer.Option(help="exported HF directory [<run_dir>/hf]")] = None,
     register: Annotated[bool, typer.Option(help="register the export as the next version of --model-name")] = True,
     pairs: Annotated[str, typer.Option(help="where pairs come from: human (labels) | rm (the policy's samples "
-                                            "ranked by --reward-model) | both")] = "human",
+                                            "ranked by --reward-model) | judge (ranked by --judge-url, each pair "
+                                            "judged in both orders) | both (labels + rm, or + judge when "
+                                            "--judge-url is given)")] = "human",
     reward_model: Annotated[Path | None, typer.Option(help="reward model directory (neo train rm)")] = None,
+    judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible API of a judge model, e.g. "
+                                                       "http://127.0.0.1:8001")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="the judge's model id there")] = None,
+    judge_key_file: Annotated[Path | None, typer.Option(help="file holding the judge's Bearer key (one line); "
+                                                             "else $NEO_JUDGE_API_KEY")] = None,
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible API serving the policy (Neo's or vLLM), "
                                                       "e.g. http://127.0.0.1:8000")] = None,
     served_model: Annotated[str | None, typer.Option(help="the policy's model id there [--model-name]")] = None,
@@ -359,12 +366,23 @@ def align_round(
             _fail(ValueError("give --served-model (the policy's model id at --base-url)"))
         sampling = Sampling(base_url=base_url, model=served, n=samples, temperature=temperature, top_p=top_p,
                             max_tokens=max_tokens, seed=seed, api_key=api_key)
+    judge = None
+    if judge_url is not None:
+        import os
+
+        from neo.settings import read_secrets
+        from neo_trainer.judge import Judge
+
+        if not judge_model:
+            _fail(ValueError("--judge-url needs --judge-model (the judge's model id there)"))
+        key = read_secrets(judge_key_file)[0] if judge_key_file else os.environ.get("NEO_JUDGE_API_KEY")
+        judge = Judge(judge_url, judge_model, api_key=key)
     try:
         result = run_round(run_dir=run_dir, prefs=prefs, policy=policy, model_name=model_name, registry=registry,
                            from_redis=from_redis, overrides=list(set_ or []), export_dir=out,
                            pairs=pairs, reward_model=reward_model, sampling=sampling,  # type: ignore[arg-type]
                            prompts=prompts, eval_prompts=eval_prompts, eval_fraction=eval_fraction,
-                           human_weight=human_weight)
+                           human_weight=human_weight, judge=judge)
     except NoPreferences as exc:
         typer.echo(f"refusing to run: {exc}", err=True)
         raise typer.Exit(3) from exc
@@ -376,6 +394,9 @@ def align_round(
     m = result.metrics
     parts = [f"reward model {m['win_rate/rm']:.3f} on {int(m['win_rate/rm_prompts'])} held-out prompts (new vs "
              f"{result.parent})"] if "win_rate/rm" in m else []
+    if "win_rate/judge" in m:
+        parts.append(f"judge {m['win_rate/judge']:.3f} on {int(m['win_rate/judge_prompts'])} held-out prompts "
+                     f"({int(m['judge/skipped'])} of {int(m['judge/comparisons'])} comparisons skipped)")
     if "win_rate/human" in m:
         parts.append(f"people {m['win_rate/human']:.3f} on {int(m['win_rate/human_labels'])} labels "
                      f"({result.parent} vs its parent)")
