@@ -220,7 +220,9 @@ class AlignTrainSection(Section):
 
 class SFTPhase(Section):
     name: str = Field(description="phase name in logs (e.g. instruction, chat)")
-    data: list[Path] = Field(min_length=1, description='chat JSONL(.gz) files: {"messages": [{role, content}]}')
+    data: list[Path] = Field(min_length=1, description=(
+        "SFT data: JSONL(.gz), Parquet, Arrow or datasets.save_to_disk directories of "
+        '{"messages": [...]} or {"prompt", "completion"} rows (TRL\'s shapes)'))
     steps: int = Field(gt=0)
 
 
@@ -242,7 +244,8 @@ class SFTConfig(RunConfig):
 
 
 class DPODataSection(Section):
-    preferences: list[Path] = Field(min_length=1, description="TRL preference JSONL (neo prefs export)")
+    preferences: list[Path] = Field(min_length=1, description="TRL preference rows (neo prefs export): JSONL, "
+                                                              "Parquet, Arrow or a datasets.save_to_disk directory")
     format: Literal["conversational", "text"] = "conversational"
 
 

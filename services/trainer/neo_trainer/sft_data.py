@@ -30,7 +30,6 @@ section say"), phase 2 multi-turn chats (ask about a section, then ask for it in
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,6 +39,7 @@ from typing import Any, Literal
 
 import torch
 
+from neo.records import iter_records
 from neo.tokenizer import NeoTokenizer
 from neo_trainer.losses import IGNORE_INDEX
 
@@ -48,14 +48,23 @@ CompletionEnd = Literal["template", "im_end"]
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:  # type: ignore[operator]
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not JSON ({exc})") from None
+    """The rows of a data file: JSONL (``.gz`` too), Parquet, Arrow, or a ``datasets.save_to_disk`` directory
+    (``neo.records``; the name stays from when JSONL was the only format)."""
+    return iter_records(path)
+
+
+#: the SFT row shapes (TRL's): conversational ``messages``, or ``prompt`` + ``completion`` (strings or messages)
+SFT_SHAPES = ('{"messages": [{"role", "content"}, ...]} or {"prompt": ..., "completion": ...} '
+              "(a string or a list of messages each)")
+
+
+def sft_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A conversation from an SFT row of either TRL shape (``SFT_SHAPES``); ``ValueError`` otherwise."""
+    if isinstance(row.get("messages"), list):
+        return row["messages"]
+    if "prompt" in row and "completion" in row:
+        return _as_messages(row["prompt"], "user") + _as_messages(row["completion"], "assistant")
+    raise ValueError(f"expected {SFT_SHAPES}; got the fields {sorted(row)}")
 
 
 def _prompt_ids(tokenizer: NeoTokenizer, context: list[dict[str, Any]], pending: list[dict[str, Any]],
@@ -162,9 +171,10 @@ def load_sft_examples(paths: Sequence[Path], tokenizer: NeoTokenizer, seq_len: i
     out = []
     for path in paths:
         for n, row in enumerate(read_jsonl(Path(path)), 1):
-            messages = row.get("messages")
-            if not isinstance(messages, list):
-                raise ValueError(f"{path}:{n}: expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}}")
+            try:
+                messages = sft_messages(row)
+            except ValueError as exc:
+                raise ValueError(f"{path}: row {n}: {exc}") from None
             ex = to_example(*encode_conversation(tokenizer, messages, completion_end), seq_len)
             if any(t != IGNORE_INDEX for t in ex.targets):
                 out.append(ex)

@@ -242,3 +242,59 @@ def test_bundled_alignment_configs_validate():
     root = REPO / "services/trainer/neo_trainer/configs/align"
     assert load_stage_config(SFTConfig, root / "sft-demo.yaml").phases[1].name == "chat"
     assert load_stage_config(DPOConfig, root / "dpo-demo.yaml").train.beta == 0.1
+
+
+def test_sft_reads_trl_shapes_from_parquet_and_datasets_dirs(tokenizer_dir, sft_files, tmp_path):
+    """The same conversations as messages JSONL, as prompt/completion Parquet, and as a `datasets.save_to_disk`
+    directory give the same training examples; a row of neither shape is refused with both shapes named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    tok = NeoTokenizer.load(tokenizer_dir)
+    rows = list(read_jsonl(sft_files["instruction"]))[:6]
+    single = [r for r in rows if len(r["messages"]) == 2]
+    assert single
+    pq.write_table(pa.Table.from_pylist([{"prompt": r["messages"][0]["content"],
+                                          "completion": r["messages"][1]["content"]} for r in single]),
+                   tmp_path / "pc.parquet")
+    Dataset.from_list([{"messages": r["messages"]} for r in single]).save_to_disk(str(tmp_path / "ds"))
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text("".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in single))
+    examples = [load_sft_examples([p], tok, 256) for p in (jsonl, tmp_path / "pc.parquet", tmp_path / "ds")]
+    assert examples[0] == examples[1] == examples[2] and len(examples[0]) == len(single)
+    (tmp_path / "bad.jsonl").write_text('{"text": "plain text is pretraining data"}\n')
+    with pytest.raises(ValueError, match=r'bad\.jsonl: row 1: expected \{"messages".*"prompt".*"completion".*'
+                                         r"got the fields \['text'\]"):
+        load_sft_examples([tmp_path / "bad.jsonl"], tok, 256)
+
+
+def test_map_neo_two_phase_sft_config_runs_shrunk_on_parquet_and_datasets_dirs(base_model, sft_files, tmp_path):
+    """configs/align/map-neo-sft.yaml: the paper's two phases (instruction, then multi-turn chat) with their data
+    sizes; shrunk to the tiny model, each phase reading a format the paper's data ships in."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    from tests.services.trainer.helpers import REPO
+
+    path = REPO / "services/trainer/neo_trainer/configs/align/map-neo-sft.yaml"
+    cfg = load_stage_config(SFTConfig, path)
+    assert [p.name for p in cfg.phases] == ["instruction", "chat"] and cfg.seq_len == 8192
+    assert (cfg.phases[0].steps, cfg.phases[1].steps) == (2_000_000 // 128, -(-100_000 // 128))  # one epoch
+    instruction = [{"prompt": r["messages"][0]["content"], "completion": r["messages"][1]["content"]}
+                   for r in read_jsonl(sft_files["instruction"]) if len(r["messages"]) == 2]
+    pq.write_table(pa.Table.from_pylist(instruction), tmp_path / "instruction.parquet")
+    Dataset.from_list([{"messages": r["messages"]} for r in read_jsonl(sft_files["chat"])]).save_to_disk(
+        str(tmp_path / "chat"))
+    phases = (f"phases=[{{name: instruction, data: [{tmp_path / 'instruction.parquet'}], steps: 2}}, "
+              f"{{name: chat, data: [{tmp_path / 'chat'}], steps: 1}}]")
+    small = load_stage_config(SFTConfig, path, [
+        f"base_model={base_model}", f"run_dir={tmp_path / 'run'}", phases, "seq_len=256", "train.micro_batch_size=2",
+        "train.warmup_steps=0", "distributed.zero_stage=0", "distributed.precision=fp32",
+        f"checkpoint.export_dir={tmp_path / 'out'}", "metrics.tensorboard=false", "metrics.progress=false",
+        "metrics.log_every=1"])
+    out = run_sft(small)
+    assert (out / "config.json").is_file()
+    logged = records(tmp_path / "run")
+    assert [r["phase"] for r in logged] == ["instruction", "instruction", "chat"]
