@@ -168,6 +168,11 @@ def _write_json(path: Path, data: dict) -> Path:
     return path
 
 
+def _sets(values: dict[str, object]) -> list[str]:
+    """``--set key=value`` arguments of a packaged run config."""
+    return [a for key, value in values.items() for a in ("--set", f"{key}={value}")]
+
+
 def build_demo_model(stack: Stack, steps: int = 300, rebuild: bool = False,
                      say: Callable[[str], None] = log.info) -> Path:
     """tokenizer → dataproc → pretrain → SFT → registry; returns the served model directory."""
@@ -199,30 +204,24 @@ def build_demo_model(stack: Stack, steps: int = 300, rebuild: bool = False,
 
     say(f"[3/5] pretrain: tiny preset, {steps} steps, fundamental → decay (DeepSpeed on CPU)")
     pre_dir = home / "runs" / "demo-pretrain"
-    pre_cfg = _write_json(home / "configs" / "demo-pretrain.json", {
-        "name": "demo-pretrain", "run_dir": str(pre_dir), "model": {"preset": "tiny"},
-        "data": {"manifest": str(manifest_dir), "seq_len": 256},
-        "train": {"steps": steps, "micro_batch_size": 16, "lr": 3e-3, "warmup_steps": min(20, steps)},
-        "checkpoint": {"every": max(steps // 2, 1), "export_dir": str(home / "models" / "demo-base")},
-        "metrics": {"log_every": 10, "eval_every": max(steps // 3, 1)},
-    })
-    stack.run("train", "pretrain", str(pre_cfg), *([] if rebuild else ["--resume"]))
+    # the run configs are the trainer's (`neo train pretrain demo-pretrain`, `neo train sft sft-demo`): the stack
+    # gives them this NEO_HOME's paths and the step budget
+    pre_sets = {"run_dir": pre_dir, "data.manifest": manifest_dir,
+                "checkpoint.export_dir": home / "models" / "demo-base", "train.steps": steps,
+                "train.warmup_steps": min(20, steps), "checkpoint.every": max(steps // 2, 1),
+                "metrics.eval_every": max(steps // 3, 1)}
+    stack.run("train", "pretrain", "demo-pretrain", *_sets(pre_sets), *([] if rebuild else ["--resume"]))
     base = home / "models" / "demo-base"
 
     say("[4/5] SFT: instruction phase (EN↔ZH from the Debian manual), then chat phase")
     sft_data = home / "data" / "sft"
     stack.run("train", "sft-data", str(sft_data), "--corpus", str(SAMPLE_CORPUS))
     sft_steps = max(steps // 3, 2)
-    sft_cfg = _write_json(home / "configs" / "demo-sft.json", {
-        "name": "demo-sft", "run_dir": str(home / "runs" / "demo-sft"), "base_model": str(base),
-        "seq_len": 256, "packing": True,
-        "phases": [{"name": "instruction", "data": [str(sft_data / "instruction.jsonl")], "steps": sft_steps},
-                   {"name": "chat", "data": [str(sft_data / "chat.jsonl")], "steps": max(sft_steps // 2, 1)}],
-        "train": {"micro_batch_size": 8, "lr": 1e-3, "warmup_steps": min(10, sft_steps), "weight_decay": 0.0},
-        "checkpoint": {"export_dir": str(home / "models" / "demo-sft")},
-        "metrics": {"log_every": 10, "tensorboard": False},
-    })
-    stack.run("train", "sft", str(sft_cfg))
+    phases = (f"[{{name: instruction, data: [{sft_data / 'instruction.jsonl'}], steps: {sft_steps}}}, "
+              f"{{name: chat, data: [{sft_data / 'chat.jsonl'}], steps: {max(sft_steps // 2, 1)}}}]")
+    sft_sets = {"name": "demo-sft", "run_dir": home / "runs" / "demo-sft", "base_model": base, "phases": phases,
+                "train.warmup_steps": min(10, sft_steps), "checkpoint.export_dir": home / "models" / "demo-sft"}
+    stack.run("train", "sft", "sft-demo", *_sets(sft_sets))
 
     say("[5/5] register the model for serving")
     shutil.copytree(home / "models" / "demo-sft", model_dir, dirs_exist_ok=True)

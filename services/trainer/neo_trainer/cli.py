@@ -62,8 +62,9 @@ def _quick_config(files: list[Path], tokenizer: Path, opts: dict[str, Any]) -> d
 
 @app.command("pretrain")
 def pretrain(
-    inputs: Annotated[list[Path], typer.Argument(help="a run config (YAML/JSON), or text/JSONL(.gz) files "
-                                                      "with --tokenizer")],
+    inputs: Annotated[list[Path], typer.Argument(help="a run config (YAML/JSON, or a packaged one by name: "
+                                                      "neo-7b-fundamental, demo-pretrain, ...), or text/JSONL(.gz) "
+                                                      "files with --tokenizer")],
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's latest checkpoint")] = False,
     nproc: Annotated[int, typer.Option(help="processes on this machine (torchrun), e.g. one per GPU")] = 1,
@@ -86,12 +87,13 @@ def pretrain(
     out: Annotated[Path | None, typer.Option(help="quick form: exported HF directory")] = None,
 ) -> None:
     """Pretrain with DeepSpeed: fundamental phase, then decay phase; exports an HF directory."""
-    from neo_trainer.config import ConfigError, build_config, load_config
+    from neo_trainer.config import ConfigError, build_config, load_config, packaged_configs
 
     overrides = list(set_ or []) + ([f"metrics.peak_flops={peak_flops}"] if peak_flops else [])
     quick = {"preset": preset, "steps": steps, "seq_len": seq_len, "batch_size": batch_size, "lr": lr,
              "schedule": schedule, "seed": seed, "max_tokens": max_tokens, "run_dir": run_dir, "out": out}
-    is_config = tokenizer is None and len(inputs) == 1 and inputs[0].suffix in _CONFIG_SUFFIXES
+    is_config = tokenizer is None and len(inputs) == 1 and (inputs[0].suffix in _CONFIG_SUFFIXES
+                                                             or inputs[0].name in packaged_configs())
     try:
         if is_config:
             given = [f"--{k.replace('_', '-')}" for k, v in quick.items() if v is not None]

@@ -193,9 +193,31 @@ def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> Pre
     return validate(PretrainConfig, apply_overrides(raw, overrides or []), TITLE)
 
 
+#: the run configs that ship with the trainer: MAP-Neo's recipes, the demo's, the sample corpus's
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> dict[str, Path]:
+    """Name (file stem) → path of every packaged run config (``configs/*.yaml``, ``configs/align/*.yaml``)."""
+    return {p.stem: p for p in sorted(PACKAGED_CONFIGS.glob("*.yaml")) + sorted(PACKAGED_CONFIGS.glob("align/*.yaml"))}
+
+
+def resolve_config(config: Path | str) -> Path:
+    """A run config file as given, or a packaged one by name (``neo train pretrain demo-pretrain``)."""
+    path = Path(config)
+    if path.exists() or path.suffix in (".yaml", ".yml", ".json"):
+        return path
+    found = packaged_configs().get(str(config))
+    if found is None:
+        raise FileNotFoundError(2, f"no run config file or packaged config named {str(config)!r} (packaged: "
+                                   f"{', '.join(packaged_configs())})", str(config))
+    return found
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
-    """A YAML or JSON run config as a mapping; relative paths in it are taken as given (from the cwd)."""
-    return neo_read_config_file(path, "training config")
+    """A YAML or JSON run config as a mapping, by path or packaged name (``resolve_config``); relative paths in it
+    are taken as given (from the cwd)."""
+    return neo_read_config_file(resolve_config(path), "training config")
 
 
 def load_config(path: Path, overrides: list[str] | None = None) -> PretrainConfig:

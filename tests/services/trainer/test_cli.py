@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,22 @@ def test_the_torchrun_filter_keeps_a_training_process_traceback():
     bug = ["Traceback (most recent call last):\n", '  File "x.py", line 1, in <module>\n', "    boom()\n",
            "NameError: name 'boom' is not defined\n"]
     assert [out for line in bug for out in report.feed(line)] == bug and report.failure == ""
+
+
+def test_packaged_run_configs_are_taken_by_name(make_config, shard_dir, tmp_path):
+    """`neo train pretrain demo-pretrain` is the trainer's own config for `neo up` (the stack only sets paths
+    and the step budget); an unknown name lists the packaged ones."""
+    from neo_trainer.config import load_config, packaged_configs
+
+    names = packaged_configs()
+    assert {"demo-pretrain", "sft-demo", "neo-7b-fundamental", "map-neo-sft"} <= set(names)
+    cfg = load_config(Path("demo-pretrain"), [f"data.manifest={shard_dir}", f"run_dir={tmp_path / 'run'}"])
+    assert (cfg.name, cfg.model.preset, cfg.data.seq_len, cfg.train.steps) == ("demo-pretrain", "tiny", 256, 300)
+    result = runner.invoke(app, ["pretrain", "demo-pretrain", "--set", f"data.manifest={shard_dir}", "--set",
+                                 f"run_dir={tmp_path / 'run'}", "--set", "train.steps=2", "--set",
+                                 "train.warmup_steps=1", "--set", f"checkpoint.export_dir={tmp_path / 'out'}",
+                                 "--set", "data.seq_len=64", "--set", "metrics.eval_every=2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "config.json").is_file()
+    result = runner.invoke(app, ["sft", "no-such-recipe"])
+    assert result.exit_code != 0 and "packaged config named 'no-such-recipe'" in result.output
