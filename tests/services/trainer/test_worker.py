@@ -117,3 +117,25 @@ def test_a_job_with_an_unreadable_config_fails_and_status_still_works(settings, 
         assert run.returncode == 0, run.stderr[-2000:]
         assert job in run.stdout and "Traceback" not in run.stderr
     store.close()
+
+
+def test_a_job_the_ui_submits_is_run_by_the_trainer_worker(settings, worker, make_config, tmp_path):
+    """The contract end to end: the labeling UI's TrainerQueue (which never imports neo_trainer) records and
+    sends a job through neo.jobs; the real Celery trainer worker runs it; both read it back the same way."""
+    from neo_ui.jobs import TrainerQueue
+    from neo_ui.settings import UISettings
+
+    ui = UISettings(home=tmp_path / "ui", redis_url=settings.redis_url, redis_prefix=settings.redis_prefix,
+                    trainer_queue=settings.trainer_queue)
+    store = JobStore.from_settings(settings)
+    queue = TrainerQueue(ui, store.redis)
+    try:
+        job = queue.submit("pretrain", make_config("from-ui", train={"steps": 2, "warmup_steps": 1}))
+        done = _wait(store, job, worker)
+        assert done["state"] == "done", done.get("error")
+        seen = queue.status(job)
+        assert (seen["state"], seen["kind"], int(seen["step"]), int(seen["total_steps"])) == ("done", "pretrain", 2, 2)
+        assert int(seen["schema"]) == 1 and "config" not in seen
+    finally:
+        queue.close()
+        store.close()
