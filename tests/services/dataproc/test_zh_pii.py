@@ -77,6 +77,21 @@ def test_opencc_traditional_to_simplified():
     assert step(en) is en and en.text == "Traditional 漢字 in English text"  # only Chinese documents
 
 
+def test_opencc_phrases_only_for_traditional_text():
+    """tw2sp maps Taiwan words (軟體 → 软件) in Traditional text, but leaves mainland words in
+    Simplified text alone (文件 would become 文档, 程序 进程); stray Traditional characters in a
+    Simplified document are converted one by one."""
+    step = OpenCCStep("tw2sp")
+    simplified = "在更新过程中开始下载相应的软件包文件，然后运行这个程序。"
+    d = zh(simplified)
+    assert step(d) is d and d.text == simplified
+    taiwan = zh("在更新過程中開始下載相應的軟體包檔案，然後執行這個程式。")
+    assert step(taiwan) is taiwan and taiwan.text == "在更新过程中开始下载相应的软件包文件，然后运行这个程序。"
+    stray = zh("在更新过程中开始下载相应的软件包文件，然後运行这个程序。")  # one Traditional 後
+    assert step(stray) is stray and stray.text == simplified
+    assert step.stats.to_dict()["converted"] == 2 and step.stats.to_dict()["chars_only"] == 1
+
+
 # --- PII ---
 def test_pii_masks_each_kind():
     step = PiiStep()

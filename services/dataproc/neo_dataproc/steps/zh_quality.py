@@ -196,7 +196,16 @@ class ZhQualityFilter(Filter):
 
 
 class OpenCCStep(Step):
-    """Traditional → Simplified Chinese (OpenCC ``t2s`` by default); counter ``converted``."""
+    """Traditional → Simplified Chinese (OpenCC ``t2s``; the job default is ``tw2sp``); counters ``converted``,
+    ``chars_only``.
+
+    Phrase conversion is for Traditional text only: ``tw2sp`` maps Taiwan vocabulary to the
+    mainland's (軟體 → 软件) and on text already written in Simplified script it rewrites mainland
+    words that read as Taiwan ones (文件 → 文档, 程序 → 进程). So a document is converted with the
+    configured config only when it has more Traditional-only characters (ones OpenCC ``t2s``
+    changes) than Simplified-only ones (ones ``s2t`` changes); a Simplified document with a few
+    Traditional characters has those characters converted (``t2s``), its words left as written.
+    """
 
     name = "opencc"
     family = "opencc"
@@ -208,9 +217,23 @@ class OpenCCStep(Step):
 
         self.config = config
         self._converter = opencc.OpenCC(config)
+        self._t2s = opencc.OpenCC("t2s")
+        self._s2t = opencc.OpenCC("s2t")
+
+    @staticmethod
+    def _changed(a: str, b: str) -> int:
+        return sum(x != y for x, y in zip(a, b, strict=False)) if len(a) == len(b) else abs(len(a) - len(b)) + 1
 
     def apply(self, doc: Document) -> Document | str:
-        converted = self._converter.convert(doc.text)
+        chars_only = self._t2s.convert(doc.text)
+        traditional = self._changed(doc.text, chars_only)
+        if not traditional:
+            return doc
+        if self.config != "t2s" and traditional > self._changed(doc.text, self._s2t.convert(doc.text)):
+            converted = self._converter.convert(doc.text)
+        else:
+            converted = chars_only
+            self.stats.add("chars_only")
         if converted != doc.text:
             doc.text = converted
             self.stats.add("converted")
