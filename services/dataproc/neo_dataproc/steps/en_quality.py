@@ -197,6 +197,9 @@ class GopherRepetitionFilter(Filter):
 _CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 _END_PUNCT = (".", "?", "!", '"', "'")
 _CLOSERS = ")]}”’»"
+# ours: links after a line's last sentence ("… is ongoing. → https://release.debian.org/…", "see <https://…>")
+# are references, not the sentence: the terminal-punctuation rule reads the line without them
+_TRAILING_URLS = re.compile(r"(?:[\s:→>-]*\(?<?https?://[^\s<>]+>?\)?)+\s*$")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 _SENTENCE_END_RE = re.compile(r"[.!?]+['\")\]]*(?=\s|$)")
 
@@ -274,7 +277,8 @@ class C4Filter(Filter):
                 continue
             if self.remove_citations:
                 line = _CITATION_RE.sub("", line)
-            end = line.rstrip(_CLOSERS)  # "… (see gpg(1).)": the sentence ends before the brackets
+            end = _TRAILING_URLS.sub("", line) if "://" in line else line
+            end = end.rstrip(_CLOSERS)  # "… (see gpg(1).)": the sentence ends before the brackets
             if self.filter_no_terminal_punct and (not end.endswith(_END_PUNCT) or end.endswith("...")):
                 add("line_removed_no_terminal_punct")
                 continue
