@@ -47,6 +47,24 @@ class LangId(BaseFilter):
         return True if probs[0] >= MIN_SCORES[lang] else (False, "low_score")
 
 
+class HtmlExtract(BaseFilter):
+    """datatrove's Trafilatura extractor on the documents that came from ``.html`` files (metadata ``ext``)."""
+
+    name = "html (datatrove Trafilatura)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from datatrove.pipeline.extractors import Trafilatura
+
+        self.extractor = Trafilatura()
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if doc.metadata.get("ext") != ".html":
+            return True
+        doc.text = self.extractor.extract(doc.text) or ""
+        return True if doc.text.strip() else (False, "empty_extraction")
+
+
 class OnlyFor(BaseFilter):
     """Apply a datatrove filter to one language's documents, pass the others."""
 
@@ -61,16 +79,25 @@ class OnlyFor(BaseFilter):
         return self.inner.filter(doc)
 
 
-def run(input_dir: Path, work: Path, workers: int, tasks: int, num_buckets: int = 20,
-        hashes_per_bucket: int = 10) -> None:
-    minhash = MinhashConfig(n_grams=5, num_buckets=num_buckets, hashes_per_bucket=hashes_per_bucket)
-    clean = [
-        JsonlReader(str(input_dir), glob_pattern="*.jsonl.gz"),
+def quality_filters() -> list[BaseFilter]:
+    """Language id, then datatrove's Gopher/C4 rules for English and Gopher repetition for Chinese."""
+    return [
         LangId(),
         OnlyFor(GopherRepetitionFilter(language="en"), "en"),
         OnlyFor(GopherQualityFilter(language="en"), "en"),
         OnlyFor(C4QualityFilter(language="en"), "en"),
         OnlyFor(GopherRepetitionFilter(language="zh"), "zh"),
+    ]
+
+
+def run(input_dir: Path, work: Path, workers: int, tasks: int, num_buckets: int = 20,
+        hashes_per_bucket: int = 10, html: bool = False) -> None:
+    """``html``: extract ``.html`` documents (metadata ``ext``) with datatrove's Trafilatura first."""
+    minhash = MinhashConfig(n_grams=5, num_buckets=num_buckets, hashes_per_bucket=hashes_per_bucket)
+    clean = [
+        JsonlReader(str(input_dir), glob_pattern="*.jsonl.gz"),
+        *([HtmlExtract()] if html else []),
+        *quality_filters(),
         PIIFormatter(),
         JsonlWriter(str(work / "clean"), output_filename="${rank}.jsonl.gz"),
         MinhashDedupSignature(output_folder=str(work / "sigs"), config=minhash),

@@ -200,7 +200,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         print(f"| {label} | {f'≥ {goal:.2f}' if goal else ''} | " + " | ".join(cells) + " |")
     print("| false PII placeholders in clean docs | | " + " | ".join(
         str(results[n]["scores"]["false_pii_placeholders_in_clean_docs"]) for n in names) + " |")
-    print("| docs/s (one core, eager) | | " + " | ".join(f"{results[n]['docs_per_s']:.1f}" for n in names) + " |")
+    print("| docs/s per core (one process) | | " + " | ".join(f"{results[n]['docs_per_s']:.1f}" for n in names) + " |")
 
 
 def evaluate(corpus: Path, half: str, profile: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -213,11 +213,26 @@ def evaluate(corpus: Path, half: str, profile: str, extra: dict[str, Any] | None
             "docs_per_s": len(truth) / wall, "scores": scores, "steps": report.get("steps")}
 
 
+def evaluate_peer(corpus: Path, half: str, peer: str) -> dict[str, Any]:
+    """datatrove with the same rules, or the off-the-shelf reference (``peers.py``), on one half."""
+    import peers
+
+    half_dir = corpus / half
+    truth = json.loads((half_dir / "truth.json").read_text())
+    docs = peers.read_half(half_dir)
+    with tempfile.TemporaryDirectory(prefix="neo-heldout-peer-") as tmp:
+        final, wall = peers.run_datatrove(docs, Path(tmp)) if peer == "datatrove" else peers.run_reference(docs)
+    return {"half": half, "profile": peer, "docs": len(truth), "wall_s": round(wall, 2),
+            "docs_per_s": len(truth) / wall, "scores": score(truth, {}, final)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=ROOT / ".neo" / "heldout")
     ap.add_argument("--half", choices=["report", "tune", "both"], default="report")
     ap.add_argument("--profile", action="append", choices=sorted(PROFILES), help="repeatable (default: default)")
+    ap.add_argument("--peers", action="store_true",
+                    help="also run datatrove (same rules) and the off-the-shelf reference (peers.py; the bench extra)")
     ap.add_argument("--json", type=Path, help="write the full results here")
     ap.add_argument("--misses", type=str, help="print the documents that fail this metric prefix (e.g. precision)")
     args = ap.parse_args()
@@ -229,6 +244,11 @@ def main() -> None:
     for profile in args.profile or ["default"]:
         for half in halves:
             results[f"{profile}/{half}"] = evaluate(args.corpus, half, profile)
+    if args.peers:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        for peer in ("datatrove", "reference"):
+            for half in halves:
+                results[f"{peer}/{half}"] = evaluate_peer(args.corpus, half, peer)
     print_table(results)
     if args.misses:
         for name, r in results.items():
