@@ -113,6 +113,20 @@ def test_pii_masks_each_kind():
     assert (stats["masked_email"], stats["masked_phone"], stats["masked_ip"], stats["masked_id_card"]) == (2, 4, 1, 1)
 
 
+def test_pii_leaves_section_numbers_that_read_as_ipv4():
+    """Handbook headings ("5.4.5.1. 启用多架构") and cross-references ("see Section 4.2.2.1") are not
+    addresses; the same dotted quad in a sentence, or at a line's start without the heading's dot, is."""
+    step = PiiStep()
+    text = ("5.4.5.1. 启用多架构\n当已经配置 dpkg 来支持异质架构时。\n"
+            "  14.6.2.1. Knowing What to Expect\n"
+            "(for the choices made, see Section 4.2.2.1, “Guided partitioning”) and 第 9.1.2.3 节。\n"
+            "The resolver 8.8.4.4. answered.\n8.8.8.8 is Google's resolver.")
+    d = Document(uid=1, text=text, source="t", lang="en")
+    assert step(d) is d
+    assert d.text == text.replace("8.8.4.4.", "<IP>.").replace("8.8.8.8 is", "<IP> is")
+    assert step.stats.to_dict()["masked_ip"] == 2
+
+
 def test_pii_leaves_clean_text_and_versions_alone():
     step = PiiStep()
     text = EN_DOCS[1] + " Version 1.2.3 was released in 2024, page 12-34."

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,6 +53,20 @@ def _phone_digits_ok(text: str) -> bool:
     return 8 <= sum(c.isdigit() for c in text) <= 15
 
 
+# ours: a dotted quad that numbers a heading ("5.4.5.1. Enabling Multi-Arch" at a line's start, then ". ")
+# or follows "Section"/"Chapter"/"§"/"第" is a section number, not an address (held-out tune half: Debian
+# Administrator's Handbook headings masked as <IP> in clean documents)
+_SECTION_WORD_RE = re.compile(r"(?:[Ss]ection|[Cc]hapter|§|第)\s*$")
+_HEADING_END_RE = re.compile(r"\.(?:\s|$)")
+
+
+def _section_number(text: str, m: re.Match[str]) -> bool:
+    before = text[: m.start()]
+    if _SECTION_WORD_RE.search(before[-12:]):
+        return True
+    return not before[before.rfind("\n") + 1:].strip() and bool(_HEADING_END_RE.match(text, m.end()))
+
+
 def _is_public_ip(text: str) -> bool:
     try:
         return ipaddress.ip_address(text).is_global
@@ -83,19 +98,22 @@ class PiiStep(Step):
         if "id_card" in self.kinds:
             text = self._sub(ID_CARD_RE, text, "id_card", id_card_valid)
         if "ip" in self.kinds:
-            text = self._sub(IPV4_RE, text, "ip", _is_public_ip)
+            text = self._sub(IPV4_RE, text, "ip", _is_public_ip, skip=_section_number)
             if ":" in text:
                 text = self._sub(IPV6_RE, text, "ip", _is_public_ip)
         if "phone" in self.kinds:
             text = self._sub(PHONE_RE, text, "phone", _phone_digits_ok)
         return text
 
-    def _sub(self, pattern: re.Pattern[str], text: str, kind: str, check: object) -> str:
+    def _sub(self, pattern: re.Pattern[str], text: str, kind: str, check: object,
+             skip: Callable[[str, re.Match[str]], bool] | None = None) -> str:
         count = 0
 
         def repl(m: re.Match[str]) -> str:
             nonlocal count
             if check is not None and not check(m.group(0)):  # type: ignore[operator]
+                return m.group(0)
+            if skip is not None and skip(text, m):
                 return m.group(0)
             count += 1
             return self.placeholders[kind]
