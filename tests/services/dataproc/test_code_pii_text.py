@@ -11,7 +11,7 @@ import pytest
 from neo_dataproc.document import Document
 from neo_dataproc.steps import dedup as dedup_module
 from neo_dataproc.steps.code import CodeQualityFilter, code_score, prose_view
-from neo_dataproc.steps.extract import ExtractStep, untable_layout, unwrap
+from neo_dataproc.steps.extract import ExtractStep, unlayout_tables, untable_layout, unwrap
 from neo_dataproc.steps.langid import LangIdFilter
 from neo_dataproc.steps.pii import PiiStep
 
@@ -129,6 +129,28 @@ def test_layout_table_cells_become_lines():
     data = "| name | size |\n| a | 1 |"
     assert untable_layout(data) == data
 
+
+
+def test_a_page_laid_out_in_a_table_keeps_its_paragraphs():
+    """A site template that puts navigation and the main text in table cells (<td><h1>…<p>…): the
+    extracted text keeps the heading and each paragraph on its own line; a data table is left to
+    trafilatura."""
+    paras = ["In spite of the Debian maintainers' best efforts, a major system upgrade isn't always as smooth "
+             "as you could wish. New software versions may be incompatible with previous ones.",
+             "To anticipate some of these problems, you can install the apt-listchanges package, which displays "
+             "information about possible problems at the beginning of a package upgrade.",
+             "Depending on the severity of the bug, a new version of the package may be prepared specifically "
+             "for a new revision of the stable release."]
+    html = ('<!DOCTYPE html><html><head><title>Upgrades - Docs Mirror</title></head><body><table class="layout">'
+            '<tr><td class="nav"><ul><li><a href="/0">Docs</a></li><li><a href="/1">Search</a></li></ul></td>'
+            '<td class="main"><h1>6.7.2. Handling Problems after an Upgrade</h1>'
+            + "".join(f"<p>{p}</p>" for p in paras) + "</td></tr></table></body></html>")
+    d = Document(uid=1, text=html, source="t", kind="html")
+    assert ExtractStep()(d) is d
+    lines = d.text.splitlines()
+    assert "6.7.2. Handling Problems after an Upgrade" in lines and all(p in lines for p in paras)
+    data = "<table><tr><td>name</td><td>size</td></tr><tr><td>a</td><td>1</td></tr></table>"
+    assert unlayout_tables(data) == data
 
 def test_mixed_english_chinese_page_is_kept_as_chinese():
     en = ("The dependencies are defined in the Depends field in the package header. It is a list of conditions "

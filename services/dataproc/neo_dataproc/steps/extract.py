@@ -114,6 +114,19 @@ def trafilatura_extract(html: str) -> str | None:
 
 
 _TABLE_ROW_RE = re.compile(r"^\|(.*)\|$", re.MULTILINE)
+# a table cell that holds paragraphs or headings: the table lays the page out, it is not data
+_LAYOUT_CELL_RE = re.compile(r"<t[dh]\b[^>]*>\s*(?:<(?!/)[^>]*>\s*)*<(?:p|h[1-6]|pre|blockquote)\b", re.I)
+_TABLE_TAG_RE = re.compile(r"<(/?)(?:table|tbody|thead|tfoot|tr|td|th)\b", re.I)
+
+
+def unlayout_tables(html: str) -> str:
+    """A page laid out with a table (cells holding ``<p>``/``<h1>``…) has its table tags made ``<div>``s
+    before extraction: trafilatura renders a table cell as one line, which joins the heading and every
+    paragraph of the page's main text into one (held-out tune half: such pages lost their paragraph
+    breaks, so C4 read them as one sentence-poor line and their re-templated copies did not match)."""
+    if "<t" not in html or not _LAYOUT_CELL_RE.search(html):
+        return html
+    return _TABLE_TAG_RE.sub(r"<\1div", html)
 
 
 def untable_layout(text: str, min_cell: int = 100) -> str:
@@ -175,7 +188,7 @@ class ExtractStep(Step):
         if doc.kind == "html":
             try:
                 with time_limit(self.timeout_s):
-                    extracted = self.html_extractor(text)
+                    extracted = self.html_extractor(unlayout_tables(text))
             except ExtractTimeout:
                 log.warning("extract: document %d (%s) timed out after %.1fs", doc.uid, doc.meta.get("path"),
                             self.timeout_s)
