@@ -72,7 +72,11 @@ class ServingSettings(NeoSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="weights dtype (auto: the checkpoint's)")
     device: str = Field(default="cpu", description="torch device of the engine")
-    threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = torch's default")
+    threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = torch's default in the API "
+                                                      "process, all cores but one in an engine process")
+    engine_process: bool = Field(
+        default=True, description="run the torch engine's model loop in a process of its own (vLLM's engine-core "
+                                  "split), so HTTP/SSE work does not share its GIL; off: a thread of the API process")
 
     # --- gateway ----------------------------------------------------------------------------------
     health_interval_s: float = Field(default=5.0, gt=0, description="seconds between upstream health checks")

@@ -1,8 +1,9 @@
-"""A torch engine whose thread dies: its requests get an OpenAI-shaped error, /health says 503 and why, and
+"""A torch engine whose loop dies: its requests get an OpenAI-shaped error, /health says 503 and why, and
 the engine comes back after its backoff (counted in neo_engine_restarts_total) and serves again.
 
-The failure is real: an exception raised inside the running engine thread (CPython's
-``PyThreadState_SetAsyncExc``, the way to kill a Python thread), while it decodes a long request.
+The failures are real: the engine process (the default) is SIGKILLed while it decodes a long request; in the
+thread engine (``engine_process=False``) an exception is raised inside the running engine thread (CPython's
+``PyThreadState_SetAsyncExc``, the way to kill a Python thread).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import json
+import os
+import signal
 import threading
 import time
 
@@ -43,27 +46,68 @@ def restarts(client: httpx.Client) -> float:
     raise AssertionError("no neo_engine_restarts_total for tiny")
 
 
-def test_a_dead_engine_fails_its_requests_says_503_and_restarts(checkpoint):
+def stream_until_error(client: httpx.Client, body: dict, after_chunks: int, kill_it) -> tuple[int, dict | None]:
+    """Stream ``body``; after ``after_chunks`` chunks call ``kill_it()``; (chunks read, the error event)."""
+    chunks = 0
+    with client.stream("POST", "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            data = json.loads(line[6:])
+            if "error" in data:
+                return chunks, data["error"]
+            chunks += 1
+            if chunks == after_chunks:
+                kill_it()
+    return chunks, None
+
+
+def test_a_killed_engine_process_fails_its_requests_says_503_and_restarts(checkpoint):
     settings = ServingSettings(models=[f"tiny={checkpoint}"], max_batch_size=4, engine_restart_backoff_s=BACKOFF_S)
+    assert settings.engine_process  # the default
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 250, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        engine = server.models.get("tiny").engine
+        assert client.get("/health").status_code == 200 and restarts(client) == 0
+        old = engine.process
+        chunks, error = stream_until_error(client, body, 5, lambda: os.kill(old.pid, signal.SIGKILL))
+        died_at = time.monotonic()
+        assert error is not None and chunks >= 5
+        assert error["type"] == "service_unavailable" and error["code"] == "engine_unavailable"
+        assert "exit code -9" in error["message"] and set(error) == {"message", "type", "param", "code"}
+
+        health = client.get("/health")
+        refused = client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2})
+        assert time.monotonic() - died_at < BACKOFF_S  # both asked during the backoff
+        assert health.status_code == 503 and "exit code -9" in health.json()["models"]["tiny"]["error"]
+        assert refused.status_code == 503 and "restarting" in refused.json()["error"]["message"]
+
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, "the engine process did not come back"
+            time.sleep(0.1)
+        assert time.monotonic() - died_at >= BACKOFF_S * 0.9
+        assert not old.is_alive() and engine.process.pid != old.pid
+        assert restarts(client) == 1
+        steps_before = engine.steps
+        again = client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 8})
+        assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 8
+        assert engine.steps > steps_before  # counters go on from the dead process's, never back
+        assert client.get("/health").json()["models"]["tiny"]["healthy"] is True
+
+
+def test_a_dead_engine_thread_fails_its_requests_says_503_and_restarts(checkpoint):
+    settings = ServingSettings(models=[f"tiny={checkpoint}"], max_batch_size=4, engine_restart_backoff_s=BACKOFF_S,
+                               engine_process=False)
     body = {"model": "tiny", "prompt": "Hello", "max_tokens": 200, "temperature": 0, "ignore_eos": True,
             "stream": True}
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         engine = server.models.get("tiny").engine
         assert client.get("/health").status_code == 200 and restarts(client) == 0
         old_thread = engine._thread
-        chunks, error = 0, None
-        with client.stream("POST", "/v1/completions", json=body) as response:
-            assert response.status_code == 200
-            for line in response.iter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                data = json.loads(line[6:])
-                if "error" in data:
-                    error = data["error"]
-                    break
-                chunks += 1
-                if chunks == 5:
-                    kill(old_thread)
+        chunks, error = stream_until_error(client, body, 5, lambda: kill(old_thread))
         died_at = time.monotonic()
         assert error is not None and chunks >= 5
         assert error["type"] == "service_unavailable" and error["code"] == "engine_unavailable"

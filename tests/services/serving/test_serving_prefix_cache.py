@@ -14,11 +14,13 @@ import time
 from contextlib import aclosing
 
 import httpx
+import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from neo.generate import SamplingParams
 from neo_serving.engines.base import EngineRequest, ModelInfo
+from neo_serving.engines.engine_process import ProcessEngine
 from neo_serving.engines.prefix_cache import PrefixCache, block_hashes
 from neo_serving.engines.torch_engine import TorchEngine
 from neo_serving.tokens import ServedTokenizer
@@ -26,9 +28,11 @@ from neo_serving.tokens import ServedTokenizer
 BLOCK = 16
 
 
-def make_engine(checkpoint, **kw) -> TorchEngine:
+def make_engine(checkpoint, process: bool = False, **kw) -> TorchEngine | ProcessEngine:
+    """The thread engine, or (``process``) the same loop in an engine process."""
     context = json.loads((checkpoint / "config.json").read_text())["max_position_embeddings"]
-    return TorchEngine(ModelInfo("tiny", "local", checkpoint, context, 0), ServedTokenizer.load(checkpoint), **kw)
+    cls = ProcessEngine if process else TorchEngine
+    return cls(ModelInfo("tiny", "local", checkpoint, context, 0), ServedTokenizer.load(checkpoint), **kw)
 
 
 def block_mb(checkpoint, blocks: int) -> float:
@@ -88,7 +92,8 @@ def test_lru_store_keeps_held_blocks_and_evicts_the_oldest_free_one():
     assert cache.stats.evictions == 1 and cache.stats.queries == 48 and cache.stats.hits == 32
 
 
-def test_a_hit_gives_the_cold_runs_tokens_and_logprobs(checkpoint):
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+def test_a_hit_gives_the_cold_runs_tokens_and_logprobs(checkpoint, process):
     """Greedy and seeded sampling, the same prompt again and another prompt sharing its first 48 tokens."""
     shared = prompt(1, 50)
     other = shared[:48] + prompt(2, 9)
@@ -108,7 +113,7 @@ def test_a_hit_gives_the_cold_runs_tokens_and_logprobs(checkpoint):
         return out, hits, engine.stats()
 
     reference = run(make_engine(checkpoint, prefix_cache_mb=0), cold)
-    got, hits, stats = run(make_engine(checkpoint, prefix_cache_mb=64), cached)
+    got, hits, stats = run(make_engine(checkpoint, process, prefix_cache_mb=64), cached)
     assert hits == [0, 48, 48, 48, 48, 48]  # (50 - 1) // 16 = 3 blocks: the last token is always prefilled
     assert stats.prefix_cache_queries == 4 * 50 + 2 * 57  # every prompt token is queried once
     for (tokens, lps), (ref_tokens, ref_lps) in zip(got, reference, strict=True):
@@ -171,7 +176,8 @@ def test_the_cap_evicts_the_least_recently_used_block(checkpoint):
     assert stats.extra["prefix_cache_blocks"] == 2 and stats.extra["prefix_cache_blocks_in_use"] == 0
 
 
-def test_an_aborted_request_lets_go_of_its_blocks(checkpoint):
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+def test_an_aborted_request_lets_go_of_its_blocks(checkpoint, process):
     """A hit holds its matched blocks while it runs; closing its stream gives them back (and stores what it
     generated), and the LRU can then evict them."""
     ids = prompt(20, 2 * BLOCK + 1)
@@ -190,7 +196,7 @@ def test_an_aborted_request_lets_go_of_its_blocks(checkpoint):
             await asyncio.sleep(0.01)
         return held, engine.stats()
 
-    held, stats = run(make_engine(checkpoint, prefix_cache_mb=64), body)
+    held, stats = run(make_engine(checkpoint, process, prefix_cache_mb=64), body)
     assert held[0] == 2  # the two prompt blocks it matched
     assert stats.running == 0 and stats.extra["prefix_cache_blocks_in_use"] == 0
     assert stats.extra["prefix_cache_blocks"] >= 4  # + the blocks its 40+ generated tokens completed (72+ slots)

@@ -1,4 +1,8 @@
-"""The torch engine on its own: continuous batching, seeds, logprobs, aborts, queueing, death."""
+"""The torch engine on its own: continuous batching, seeds, logprobs, aborts, queueing, death.
+
+Tests taking ``kind`` run on both front ends: the loop on a thread of this process (``TorchEngine``) and in a
+spawned engine process (``ProcessEngine``, the server's default); those that hold the loop's lock to queue
+requests together need the thread engine."""
 
 from __future__ import annotations
 
@@ -13,15 +17,23 @@ import torch
 from neo.generate import SamplingParams, generate
 from neo.hf import load_hf
 from neo_serving.engines.base import EngineRequest, ModelInfo
+from neo_serving.engines.engine_process import ProcessEngine
 from neo_serving.engines.torch_engine import TorchEngine
 from neo_serving.errors import EngineUnavailableError, ServingError
 from neo_serving.tokens import ServedTokenizer
 
+ENGINES = {"thread": TorchEngine, "process": ProcessEngine}
 
-def make_engine(checkpoint, **kw) -> TorchEngine:
+
+@pytest.fixture(params=list(ENGINES))
+def kind(request) -> str:
+    return request.param
+
+
+def make_engine(checkpoint, kind: str = "thread", **kw) -> TorchEngine | ProcessEngine:
     context = json.loads((checkpoint / "config.json").read_text())["max_position_embeddings"]
     info = ModelInfo("tiny", "local", checkpoint, context, 0)
-    return TorchEngine(info, ServedTokenizer.load(checkpoint), **kw)
+    return ENGINES[kind](info, ServedTokenizer.load(checkpoint), **kw)
 
 
 async def collect(engine, request):
@@ -41,14 +53,14 @@ def requests(tokenizer, n, max_new=20, **params):
             for i in range(n)]
 
 
-def test_matches_neo_generate_for_the_same_seed(checkpoint, tokenizer):
+def test_matches_neo_generate_for_the_same_seed(checkpoint, tokenizer, kind):
     """One request through the engine gives exactly what ``neo.generate.generate`` gives."""
     model = load_hf(checkpoint)
     params = dict(temperature=0.9, top_k=50, top_p=0.95, min_p=0.01, repetition_penalty=1.3)
     reqs = requests(tokenizer, 3, max_new=24, **params)
 
     async def main():
-        engine = make_engine(checkpoint)
+        engine = make_engine(checkpoint, kind)
         await engine.start()
         try:
             return [await collect(engine, r) for r in reqs]
@@ -61,11 +73,11 @@ def test_matches_neo_generate_for_the_same_seed(checkpoint, tokenizer):
 
 
 @pytest.mark.parametrize("invariant", [True, False], ids=["batch-invariant", "default"])
-def test_concurrent_equals_sequential(checkpoint, tokenizer, invariant):
+def test_concurrent_equals_sequential(checkpoint, tokenizer, invariant, kind):
     reqs = requests(tokenizer, 8, max_new=16)
 
     async def main():
-        engine = make_engine(checkpoint, max_batch_size=8, batch_invariant=invariant)
+        engine = make_engine(checkpoint, kind, max_batch_size=8, batch_invariant=invariant)
         await engine.start()
         try:
             sequential = [await collect(engine, r) for r in reqs]
@@ -123,11 +135,11 @@ def test_requests_admitted_together_share_one_prefill_and_equal_their_runs_alone
         torch.testing.assert_close(plp[1:], plp_alone[1:], rtol=1e-5, atol=1e-5)
 
 
-def test_more_requests_than_rows_wait_their_turn(checkpoint, tokenizer):
+def test_more_requests_than_rows_wait_their_turn(checkpoint, tokenizer, kind):
     reqs = requests(tokenizer, 6, max_new=8)
 
     async def main():
-        engine = make_engine(checkpoint, max_batch_size=2)
+        engine = make_engine(checkpoint, kind, max_batch_size=2)
         await engine.start()
         try:
             alone = [await collect(engine, r) for r in reqs]
@@ -141,11 +153,11 @@ def test_more_requests_than_rows_wait_their_turn(checkpoint, tokenizer):
     assert stats.running == 0 and stats.waiting == 0
 
 
-def test_closing_a_stream_aborts_and_frees_the_row(checkpoint, tokenizer):
+def test_closing_a_stream_aborts_and_frees_the_row(checkpoint, tokenizer, kind):
     long, short = requests(tokenizer, 2, max_new=200)
 
     async def main():
-        engine = make_engine(checkpoint, max_batch_size=1)
+        engine = make_engine(checkpoint, kind, max_batch_size=1)
         await engine.start()
         try:
             got = 0
@@ -167,11 +179,11 @@ def test_closing_a_stream_aborts_and_frees_the_row(checkpoint, tokenizer):
     assert freed and got >= 3 and n == 200 and finish == "length"
 
 
-def test_stop_ids_end_generation(checkpoint, tokenizer):
+def test_stop_ids_end_generation(checkpoint, tokenizer, kind):
     (request,) = requests(tokenizer, 1, max_new=30)
 
     async def main():
-        engine = make_engine(checkpoint)
+        engine = make_engine(checkpoint, kind)
         await engine.start()
         try:
             tokens, _, _ = await collect(engine, request)
@@ -186,11 +198,11 @@ def test_stop_ids_end_generation(checkpoint, tokenizer):
     assert stopped == tokens[:first + 1] and finish == "stop"
 
 
-def test_dead_engine_refuses_requests(checkpoint, tokenizer):
+def test_dead_engine_refuses_requests(checkpoint, tokenizer, kind):
     (request,) = requests(tokenizer, 1)
 
     async def main():
-        engine = make_engine(checkpoint)
+        engine = make_engine(checkpoint, kind)
         await engine.start()
         assert engine.healthy()
         await engine.shutdown()
@@ -201,12 +213,12 @@ def test_dead_engine_refuses_requests(checkpoint, tokenizer):
     asyncio.run(main())
 
 
-def test_a_failing_request_fails_alone(checkpoint, tokenizer):
+def test_a_failing_request_fails_alone(checkpoint, tokenizer, kind):
     good, bad = requests(tokenizer, 2, max_new=10)
     bad.params.top_p = 1e-300  # below float32: every token filtered, sampling raises
 
     async def main():
-        engine = make_engine(checkpoint)
+        engine = make_engine(checkpoint, kind)
         await engine.start()
         try:
             results = await asyncio.gather(collect(engine, good), collect(engine, bad), return_exceptions=True)

@@ -51,10 +51,9 @@ from neo_serving.engines.base import (
     TokenLogprob,
 )
 from neo_serving.engines.prefix_cache import DEFAULT_BLOCK_SIZE, ROOT_HASH, PrefixCache, block_hashes
+from neo_serving.engines.streams import RESTART_BASE_S, next_output, restart_delay, validate_request
 from neo_serving.errors import (
-    EngineOverloadedError,
     EngineUnavailableError,
-    InvalidRequestError,
     ServingError,
 )
 from neo_serving.tokens import ServedTokenizer
@@ -62,8 +61,6 @@ from neo_serving.tokens import ServedTokenizer
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# a dead engine thread is restarted as the vllm engine restarts a replica: 1 s doubling to 60 s, reset once up 60 s
-RESTART_BASE_S, RESTART_MAX_S, STABLE_AFTER_S = 1.0, 60.0, 60.0
 
 
 @dataclass(eq=False)
@@ -71,7 +68,7 @@ class _Seq:
     """A request inside the engine thread."""
 
     req: EngineRequest
-    queue: asyncio.Queue
+    sink: object  # where its outputs go: its asyncio.Queue (thread engine) or its key (engine process)
     budget: int  # tokens it may still generate in total
     seen: torch.Tensor  # (prompt + budget,) prompt ids then generated ids: the repetition penalty's input
     generator: torch.Generator | None
@@ -94,7 +91,7 @@ class _Seq:
 class _Batch:
     """Outputs of one loop iteration, handed to the event loop in one call."""
 
-    items: list[tuple[asyncio.Queue, EngineOutput | BaseException]] = field(default_factory=list)
+    items: list[tuple[object, EngineOutput | BaseException]] = field(default_factory=list)  # (sink, output)
 
 
 class TorchEngine:
@@ -138,7 +135,12 @@ class TorchEngine:
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.model = await asyncio.to_thread(self._load)
+        await asyncio.to_thread(self.setup)
+        self._start_thread()
+
+    def setup(self) -> None:
+        """Load the weights, size and allocate the KV cache (and prefix cache); the loop can run after this."""
+        self.model = self._load()
         cfg = self.model.config
         dtype = next(self.model.parameters()).dtype
         if self.max_batch_size is None:
@@ -154,7 +156,6 @@ class TorchEngine:
             self.prefix = PrefixCache(int(self.prefix_cache_mb * 2**20 // block_bytes), self.prefix_block_size)
             log.info("%s: prefix cache of %d blocks × %d tokens (%.0f MiB)", self.info.name, self.prefix.capacity,
                      self.prefix_block_size, self.prefix_cache_mb)
-        self._start_thread()
 
     def _start_thread(self) -> None:
         self._started_at = time.monotonic()
@@ -166,8 +167,7 @@ class TorchEngine:
         if self._stopping or (self._restart_task is not None and not self._restart_task.done()):
             return
         up_for = time.monotonic() - self._started_at
-        self._deaths = 0 if up_for >= STABLE_AFTER_S else self._deaths + 1
-        delay = min(self.restart_backoff_s * 2 ** max(self._deaths - 1, 0), RESTART_MAX_S)
+        self._deaths, delay = restart_delay(up_for, self._deaths, self.restart_backoff_s)
         log.warning("engine %s died after %.0f s (%r); restarting it in %.1f s", self.info.name, up_for,
                     self._error, delay)
         self._restart_task = asyncio.get_running_loop().create_task(self._restart(delay))
@@ -230,10 +230,7 @@ class TorchEngine:
         finished = False
         try:
             while not finished:
-                items = [await seq.queue.get()]
-                while not seq.queue.empty():  # a slow reader gets several tokens in one output
-                    items.append(seq.queue.get_nowait())
-                out = _merge(items)
+                out = await next_output(seq.sink)
                 finished = out.finish_reason is not None
                 yield out
         finally:
@@ -256,23 +253,17 @@ class TorchEngine:
 
     def _admit_check(self, request: EngineRequest) -> _Seq:
         self.check_available()
-        if len(self._waiting) >= self.max_waiting:
-            raise EngineOverloadedError(
-                f"the engine for {self.info.name} has {len(self._waiting)} sequences queued, its limit "
-                f"(NEO_MAX_WAITING): try again later")
-        prompt, max_len = request.prompt_ids, self.info.max_model_len
-        if not prompt:
-            raise InvalidRequestError("the prompt is empty", param="prompt")
-        if len(prompt) >= max_len:
-            raise InvalidRequestError(f"the prompt has {len(prompt)} tokens; this model's context is {max_len}",
-                                      param="prompt", code="context_length_exceeded")
         vocab = self.model.config.vocab_size if self.model is not None else self.tokenizer.vocab_size
-        if min(prompt) < 0 or max(prompt) >= vocab:
-            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
-        budget = min(request.params.max_new_tokens, max_len - len(prompt))
+        validate_request(request, self.info, vocab, len(self._waiting), self.max_waiting)
+        return self.new_seq(request, asyncio.Queue())
+
+    def new_seq(self, request: EngineRequest, sink: object) -> _Seq:
+        """A validated request as the loop holds it; its outputs go to ``sink``."""
+        prompt = request.prompt_ids
+        budget = min(request.params.max_new_tokens, self.info.max_model_len - len(prompt))
         seen = torch.empty(len(prompt) + budget, dtype=torch.long, device=self.device)
         seen[:len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-        return _Seq(req=request, queue=asyncio.Queue(), budget=budget, seen=seen, n_seen=len(prompt),
+        return _Seq(req=request, sink=sink, budget=budget, seen=seen, n_seen=len(prompt),
                     generator=request.params.make_generator(self.device),
                     stop_ids=frozenset(request.params.stop_ids), arrived=time.perf_counter())
 
@@ -294,7 +285,7 @@ class TorchEngine:
                 left = list(self._waiting) + self._running
                 self._waiting.clear()
                 self._running = []
-            self._batch.items += [(seq.queue, error) for seq in left]
+            self._batch.items += [(seq.sink, error) for seq in left]
             self._flush()
             if self._error is not None and self._loop is not None and not self._loop.is_closed():
                 self._loop.call_soon_threadsafe(self._died)
@@ -317,7 +308,7 @@ class TorchEngine:
                     self.prefix.release(s.held)
                     s.held = []
             # usually nobody is listening any more; if someone is, they learn why the stream ended
-            self._batch.items += [(s.queue, EngineUnavailableError(f"request {s.req.request_id} was aborted"))
+            self._batch.items += [(s.sink, EngineUnavailableError(f"request {s.req.request_id} was aborted"))
                                   for s in dropped]
         if len(admitted) > 1 and not self.batch_invariant:
             try:
@@ -333,7 +324,7 @@ class TorchEngine:
                 hidden = self._prefill_forward([seq])
             except (RuntimeError, ValueError, IndexError) as exc:  # this request's failure, not the engine's
                 log.exception("prefill failed for %s", seq.req.request_id)
-                self._batch.items.append((seq.queue, ServingError(f"prefill failed for this request: {exc}")))
+                self._batch.items.append((seq.sink, ServingError(f"prefill failed for this request: {exc}")))
                 self._remove([seq])
             else:
                 self._prefill_finish([seq], hidden)
@@ -434,7 +425,7 @@ class TorchEngine:
                                                    seq.req.prompt_logprobs)
             except (RuntimeError, ValueError, IndexError) as exc:
                 log.exception("prompt logprobs failed for %s", seq.req.request_id)
-                self._batch.items.append((seq.queue, ServingError(f"prefill failed for this request: {exc}")))
+                self._batch.items.append((seq.sink, ServingError(f"prefill failed for this request: {exc}")))
                 done.append(seq)
                 continue
             if seq.budget == 0:  # echo-only scoring: no token to sample
@@ -485,7 +476,7 @@ class TorchEngine:
                 token = sample_next(logits, params, seq.generator, seen=seq.seen[:seq.n_seen])
         except (RuntimeError, ValueError) as exc:
             log.exception("sampling failed for %s (%s)", seq.req.request_id, params)
-            self._batch.items.append((seq.queue, ServingError(f"sampling failed for this request: {exc}")))
+            self._batch.items.append((seq.sink, ServingError(f"sampling failed for this request: {exc}")))
             return True
         lp = _logprobs(logits[None], [token], seq.req.logprobs) if seq.req.logprobs is not None else None
         seq.seen[seq.n_seen] = token
@@ -519,32 +510,22 @@ class TorchEngine:
     def _emit(self, seq: _Seq, out: EngineOutput) -> None:
         if seq.queue_time is not None:
             out.queue_time_s, seq.queue_time = seq.queue_time, None
-        self._batch.items.append((seq.queue, out))
+        self._batch.items.append((seq.sink, out))
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, _Batch()
-        if batch.items and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(_deliver, batch.items)
+        if batch.items:
+            self.deliver(batch.items)
+
+    def deliver(self, items: list[tuple[object, EngineOutput | BaseException]]) -> None:
+        """Hand one iteration's outputs to their readers (here: each sink is an ``asyncio.Queue`` on the loop)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_deliver, items)
 
 
 def _deliver(items: list[tuple[asyncio.Queue, EngineOutput | BaseException]]) -> None:
     for queue, out in items:
         queue.put_nowait(out)
-
-
-def _merge(items: list[EngineOutput | BaseException]) -> EngineOutput:
-    for item in items:
-        if isinstance(item, BaseException):
-            raise item
-    outs: list[EngineOutput] = items  # type: ignore[assignment]
-    if len(outs) == 1:
-        return outs[0]
-    logprobs = None
-    if outs[0].logprobs is not None:
-        logprobs = [lp for o in outs for lp in (o.logprobs or [])]
-    return EngineOutput(token_ids=[t for o in outs for t in o.token_ids], logprobs=logprobs,
-                        prompt_logprobs=outs[0].prompt_logprobs, finish_reason=outs[-1].finish_reason,
-                        queue_time_s=outs[0].queue_time_s)
 
 
 def _logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[TokenLogprob]:
@@ -572,13 +553,18 @@ def auto_batch_size(cfg, max_model_len: int, dtype: torch.dtype, kv_cache_gb: fl
     return max(1, min(cap, int(kv_cache_gb * 2**30 // row)))
 
 
+def torch_engine_kwargs(settings) -> dict:
+    """``TorchEngine`` / ``ProcessEngine`` keyword arguments from ``ServingSettings``."""
+    return dict(max_batch_size=settings.max_batch_size, max_prefill_tokens=settings.max_prefill_tokens,
+                batch_invariant=settings.batch_invariant, device=settings.device, dtype=settings.dtype,
+                max_waiting=settings.max_waiting,
+                prefix_cache_mb=settings.prefix_cache_mb if settings.prefix_cache else 0.0,
+                prefix_block_size=settings.prefix_cache_block_size,
+                restart_backoff_s=settings.engine_restart_backoff_s, kv_cache_gb=settings.kv_cache_gb)
+
+
 def build_torch_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings) -> TorchEngine:
-    """The engine with the knobs of ``ServingSettings``."""
+    """The engine with the knobs of ``ServingSettings``, its loop on a thread of this process."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    return TorchEngine(info, tokenizer, max_batch_size=settings.max_batch_size,
-                       max_prefill_tokens=settings.max_prefill_tokens, batch_invariant=settings.batch_invariant,
-                       device=settings.device, dtype=settings.dtype, max_waiting=settings.max_waiting,
-                       prefix_cache_mb=settings.prefix_cache_mb if settings.prefix_cache else 0.0,
-                       prefix_block_size=settings.prefix_cache_block_size,
-                       restart_backoff_s=settings.engine_restart_backoff_s, kv_cache_gb=settings.kv_cache_gb)
+    return TorchEngine(info, tokenizer, **torch_engine_kwargs(settings))
