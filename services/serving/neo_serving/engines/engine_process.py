@@ -285,8 +285,10 @@ def core_main(conn, info: ModelInfo, core_kwargs: dict, threads: int, log_level:
 
     from neo_serving.engines.torch_engine import TorchEngine
 
-    torch.set_num_threads(threads or default_threads())
     core = TorchEngine(info, None, **core_kwargs)  # the tokenizer stays in the API process
+    core.decode_threads = threads or default_threads()
+    core.prefill_threads = threads or available_cores()  # large prefills: every core (PARALLEL_PREFILL_MIN_TOKENS)
+    torch.set_num_threads(core.decode_threads)
     try:
         core.setup()
     except Exception as exc:  # noqa: BLE001 - reported to the API process, which refuses to serve the model
@@ -305,11 +307,14 @@ def default_threads() -> int:
     """The engine process's torch threads when none are set: every core this process may run on but one, which
     the API process keeps for HTTP/SSE (vLLM's CPU backend also reserves one core for its front end). On the
     2-core dev machine, tiny model, c=16: 1 thread 4,196 out tok/s, 2 threads 3,076 (the API starves)."""
+    return max(1, available_cores() - 1)
+
+
+def available_cores() -> int:
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+        return os.cpu_count() or 1
 
 
 def _send_outputs(conn, core, items: list[tuple[object, EngineOutput | BaseException]]) -> None:

@@ -129,6 +129,9 @@ class TorchEngine:
         self._restart_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batch = _Batch()
+        # engine process: prefill forwards (long, few) on every core, decode steps on all but the API process's one
+        self.prefill_threads: int | None = None
+        self.decode_threads: int | None = None
         self.steps = 0  # decode steps run, for tests and metrics
         self.prefills = 0  # prefill forwards run (one per admitted group)
 
@@ -310,6 +313,10 @@ class TorchEngine:
             # usually nobody is listening any more; if someone is, they learn why the stream ended
             self._batch.items += [(s.sink, EngineUnavailableError(f"request {s.req.request_id} was aborted"))
                                   for s in dropped]
+        switch = (self.prefill_threads is not None and self.prefill_threads != self.decode_threads
+                  and sum(len(q.req.prompt_ids) - q.start for q in admitted) >= PARALLEL_PREFILL_MIN_TOKENS)
+        if switch:
+            torch.set_num_threads(self.prefill_threads)
         if len(admitted) > 1 and not self.batch_invariant:
             try:
                 hidden = self._prefill_forward(admitted)
@@ -328,6 +335,8 @@ class TorchEngine:
                 self._remove([seq])
             else:
                 self._prefill_finish([seq], hidden)
+        if switch:
+            torch.set_num_threads(self.decode_threads)
         if self._running:
             self._decode()
         self._flush()
@@ -541,6 +550,11 @@ def _logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[TokenLogp
     return [TokenLogprob(t, c, top) for t, c, top in zip(tokens, chosen, tops, strict=True)]
 
 
+# an engine process prefills on every core (its decode steps leave one to the API process) when the admitted
+# prompts hold at least this many tokens to compute: a burst; single short prompts (steady chat) stay on the
+# decode threads. Ours, from bench/serve on 2 cores: every prefill on 2 threads cost c=16 ~12% tok/s, while a
+# 64-prompt burst's TTFT p50 fell 175 → 116-167 ms with its 2048-token prefills on 2 threads.
+PARALLEL_PREFILL_MIN_TOKENS = 512
 AUTO_MAX_ROWS = 128  # rows an unset max_batch_size grows to at most (the tiny model: 128 MiB at 512 tokens)
 AUTO_INVARIANT_ROWS = 16  # batch-invariant decode steps compute every row: the former fixed default
 
