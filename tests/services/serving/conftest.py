@@ -18,7 +18,7 @@ from neo.tokenizer import NeoTokenizer, TokenizerConfig, train_tokenizer
 from neo_serving.settings import ServingSettings
 
 from .corpus import corpus_lines
-from .helpers import VOCAB_SIZE, LiveServer, export_random_model
+from .helpers import LONG_SEQ_LEN, VOCAB_SIZE, LiveServer, export_random_model
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +39,14 @@ def tokenizer(tokenizer_dir) -> NeoTokenizer:
 def checkpoint(tmp_path_factory, tokenizer) -> Path:
     """A random ``tiny`` model (context 256) with the tokenizer and its ChatML template."""
     return export_random_model(tmp_path_factory.mktemp("models") / "tiny", tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def long_server(tmp_path_factory, tokenizer):
+    """A server of a random tiny model with context ``LONG_SEQ_LEN``, served as ``tiny``: hang-up tests use it."""
+    long = export_random_model(tmp_path_factory.mktemp("models") / "long", tokenizer, seed=0, max_seq_len=LONG_SEQ_LEN)
+    with LiveServer(ServingSettings(models=[f"tiny={long}"], max_batch_size=2)) as live:
+        yield live
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,9 @@ from neo_serving.settings import ServingSettings
 
 VOCAB_SIZE = 800
 MAX_SEQ_LEN = 256
+# a request of this many tokens runs for seconds even in an idle engine process: a client that hangs up after a
+# few chunks always interrupts it (at 256 it could finish first)
+LONG_SEQ_LEN = 8192
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -59,9 +62,9 @@ class LiveServer:
         return sum(m.engine.stats().running + m.engine.stats().waiting for _, m in self.models.items())
 
 
-def export_random_model(out: Path, tokenizer: NeoTokenizer, seed: int) -> Path:
+def export_random_model(out: Path, tokenizer: NeoTokenizer, seed: int, max_seq_len: int = MAX_SEQ_LEN) -> Path:
     torch.manual_seed(seed)
-    model = NeoModel(ModelConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, max_seq_len=MAX_SEQ_LEN))
+    model = NeoModel(ModelConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len))
     return export_hf(model, out, tokenizer=tokenizer)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from neo_serving.settings import ServingSettings
 
-from .helpers import LiveServer
+from .helpers import LONG_SEQ_LEN, LiveServer
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -112,10 +112,11 @@ def aborted(server) -> float:
                                      {"model_name": "tiny", "finished_reason": "abort"}) or 0
 
 
-def test_client_disconnect_mid_stream_frees_the_request(server):
-    """The engine stops decoding at once (a full run would take 253 steps)."""
+def test_client_disconnect_mid_stream_frees_the_request(long_server):
+    """The engine stops decoding at once (a full run would take thousands of steps: seconds)."""
+    server = long_server
     before, steps = aborted(server), server.models.get("tiny").engine.steps
-    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 253, "stream": True, "ignore_eos": True}
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": LONG_SEQ_LEN - 64, "stream": True, "ignore_eos": True}
     with httpx.Client(base_url=server.url, timeout=30) as http, http.stream("POST", "/v1/completions", json=body) as r:
         lines = 0
         for line in r.iter_lines():
@@ -129,12 +130,13 @@ def test_client_disconnect_mid_stream_frees_the_request(server):
     assert server.running() == 0
     assert aborted(server) == before + 1
     time.sleep(0.2)  # were it still decoding, steps would go on
-    assert server.models.get("tiny").engine.steps - steps < 150
+    assert server.models.get("tiny").engine.steps - steps < (LONG_SEQ_LEN - 64) // 4
 
 
-def test_client_disconnect_before_a_full_response_frees_the_request(server):
+def test_client_disconnect_before_a_full_response_frees_the_request(long_server):
+    server = long_server
     before, steps = aborted(server), server.models.get("tiny").engine.steps
-    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 253, "ignore_eos": True, "n": 4}
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": LONG_SEQ_LEN - 64, "ignore_eos": True, "n": 4}
     with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=server.url, timeout=0.15) as http:
         http.post("/v1/completions", json=body)
     deadline = time.monotonic() + 10
@@ -143,7 +145,7 @@ def test_client_disconnect_before_a_full_response_frees_the_request(server):
     assert server.running() == 0
     assert aborted(server) == before + 4
     time.sleep(0.2)
-    assert server.models.get("tiny").engine.steps - steps < 200
+    assert server.models.get("tiny").engine.steps - steps < (LONG_SEQ_LEN - 64) // 4
 
 
 def test_api_keys_guard_everything_but_health_and_metrics(checkpoint):

@@ -25,6 +25,8 @@ from neo_serving.engines.prefix_cache import PrefixCache, block_hashes
 from neo_serving.engines.torch_engine import TorchEngine
 from neo_serving.tokens import ServedTokenizer
 
+from .helpers import LONG_SEQ_LEN
+
 BLOCK = 16
 
 
@@ -222,8 +224,10 @@ def test_metrics_have_vllms_prefix_cache_names(server):
     assert series(after, "neo_engine_prefix_cache_blocks_in_use") == 0
 
 
-def test_a_client_disconnect_lets_go_of_the_blocks(server):
-    """Over HTTP: a streaming request that hit the cache holds its blocks until the client hangs up."""
+def test_a_client_disconnect_lets_go_of_the_blocks(long_server):
+    """Over HTTP: a streaming request that hit the cache holds its blocks until the client hangs up (a long-context
+    model: the request could not finish on its own before the hang-up)."""
+    server = long_server
     ids = prompt(31, 2 * BLOCK + 1)
     body = {"model": "tiny", "prompt": ids, "max_tokens": 1, "temperature": 0}
 
@@ -242,7 +246,7 @@ def test_a_client_disconnect_lets_go_of_the_blocks(server):
         assert client.post("/v1/completions", json=body).status_code == 200  # stores the prompt's 2 blocks
         assert in_use(client) == 0
         aborts = aborted(client)
-        stream_body = {**body, "max_tokens": 240 - len(ids), "ignore_eos": True, "stream": True}
+        stream_body = {**body, "max_tokens": LONG_SEQ_LEN - 64, "ignore_eos": True, "stream": True}
         with streamer.stream("POST", "/v1/completions", json=stream_body) as response:
             chunks = 0
             for line in response.iter_lines():
