@@ -16,8 +16,15 @@ class Decoder(Protocol):
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str: ...
 
 
+MAX_HELD_TOKENS = 3  # a UTF-8 character is at most 4 bytes: an incomplete one is at most 3 byte pieces
+
+
 class IncrementalDetokenizer:
     """Token ids in, text deltas out. Text is held back while it ends in an incomplete UTF-8 character.
+
+    Only the last ``MAX_HELD_TOKENS`` tokens can be such a character; when more are pending and the text still
+    ends in U+FFFD, the bytes before them can never complete one (a model that emits stray bytes): they are
+    released as U+FFFD, as the final ``decode`` shows them, instead of stalling the stream until its end.
 
     Only a window of recent tokens is decoded at each step (``prefix``..end), so a long answer costs
     linear time; the window's own decode is subtracted so the delta is exact: the deltas of all
@@ -33,10 +40,22 @@ class IncrementalDetokenizer:
     def push(self, token_ids: Sequence[int]) -> str:
         self.ids.extend(token_ids)
         text = self.tok.decode(self.ids[self.prefix:])
-        if not text or text.endswith("\ufffd"):  # nothing yet, or a character is still incomplete
+        if not text:
             return ""
+        end = len(self.ids)
+        if text.endswith("\ufffd"):  # a character may still be incomplete: hold the (at most 3) tokens it spans
+            end = max(self.read, end - MAX_HELD_TOKENS)
+            for cut in range(len(self.ids) - 1, end, -1):  # the shortest tail whose removal leaves whole text
+                head = self.tok.decode(self.ids[self.prefix:cut])
+                if not head.endswith("\ufffd"):
+                    end, text = cut, head
+                    break
+            else:
+                if end == self.read:
+                    return ""
+                text = self.tok.decode(self.ids[self.prefix:end])
         done = self.tok.decode(self.ids[self.prefix:self.read])
-        self.prefix, self.read = self.read, len(self.ids)
+        self.prefix, self.read = self.read, end
         return text[len(done):]
 
     def flush(self) -> str:

@@ -89,3 +89,36 @@ def test_only_a_window_of_recent_tokens_is_decoded(tok: NeoTokenizer) -> None:
     text = "".join(detok.push([i]) for i in ids) + detok.flush()
     assert text == tok.decode(ids)
     assert max(decoded) <= 10  # the window spans one held-back character at most, not the whole answer
+
+
+def byte_ids(tok: NeoTokenizer, data: bytes) -> list[int]:
+    ids = [tok.piece_to_id(f"<0x{b:02X}>") for b in data]
+    assert all(i is not None and tok.is_byte(i) for i in ids)
+    return ids
+
+
+def test_stray_bytes_do_not_stall_the_stream(tok: NeoTokenizer) -> None:
+    """A model emitting bytes no character can be made of (a random model does): they are released as U+FFFD
+    once more than 3 are pending, instead of holding every later delta until the flush."""
+    ids = tok.encode("ok") + byte_ids(tok, b"\x80\x81\x82\x83\x84\x85") + tok.encode(" 你好 more")
+    deltas = stream(tok, ids)
+    stray = len(tok.encode("ok"))
+    assert not any(deltas[stray:stray + 3])  # up to 3 pending bytes could still be a character
+    assert "\ufffd" in deltas[stray + 3]  # the 4th: the first can no longer be one
+    assert "".join(deltas[:-1]).endswith("more") and deltas[-1] == ""
+    if tok.backend == "sentencepiece":  # tokenizers' ByteFallback turns a whole invalid run into U+FFFDs
+        assert "".join(deltas) == tok.decode(ids)
+
+
+def test_a_character_after_stray_bytes_is_not_split(tok: NeoTokenizer) -> None:
+    """Stray bytes right before a 4-byte emoji (and a 3-byte 中) arriving byte by byte, in any chunking.
+    SentencePiece only: tokenizers' ByteFallback decodes a byte run with an invalid byte as U+FFFDs throughout,
+    the emoji's bytes included, in ``decode`` of all the ids as much as in a stream."""
+    if tok.backend != "sentencepiece":
+        pytest.skip("tokenizers' ByteFallback decodes the whole run as U+FFFD")
+    ids = byte_ids(tok, b"\x80\x80\x80" + "😀".encode() + b"\xbf" + "中".encode()) + tok.encode("!")
+    r = random.Random(1)
+    for sizes in [(1,), (2,), (3,), (5,), *([r.randint(1, 4) for _ in range(5)] for _ in range(10))]:
+        deltas = stream(tok, ids, sizes)
+        assert "😀" in "".join(deltas) and "中" in "".join(deltas)  # never cut into U+FFFDs
+        assert "".join(deltas) == tok.decode(ids)
