@@ -39,7 +39,15 @@ from neo_dataproc.jobdir import JobDir, load_tokenizer
 from neo_dataproc.readers import Plan, ShardReader
 from neo_dataproc.report import build_report, write_shards
 from neo_dataproc.steps.build import build_steps
-from neo_dataproc.steps.dedup import MinHasher, band_edges, connected_components, exact_edges, exact_hash
+from neo_dataproc.steps.dedup import (
+    MinHasher,
+    band_edges,
+    connected_components,
+    exact_edges,
+    exact_hash,
+    loose_pairs,
+    verify_pairs,
+)
 from neo_dataproc.steps.matrix import drop_paragraphs, paragraph_hashes
 
 log = logging.getLogger(__name__)
@@ -123,6 +131,9 @@ def _clean(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveCall
     examples: dict[str, list[dict[str, Any]]] = {}
     sigs: list[np.ndarray] = []
     hashes: list[int] = []
+    sizes: list[int] = []  # shingles per document (the second pass's size ratio)
+    verify: list[bool] = []  # eligible for the verified second pass
+    verify_langs = frozenset(dd.verify_langs) if dd is not None else frozenset()
     last = 0.0  # report after the first document, then every LIVE_EVERY_S
 
     def snapshot() -> dict[str, Any]:
@@ -147,7 +158,10 @@ def _clean(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveCall
             if dd is not None:
                 hashes.append(exact_hash(doc.text))
                 if hasher is not None:
-                    sigs.append(hasher.signature(doc.text, doc.lang))
+                    sh = hasher.shingles(doc.text, doc.lang)
+                    sigs.append(hasher.signature_of(sh))
+                    sizes.append(len(sh))
+                    verify.append(doc.lang in verify_langs and len(sh) >= dd.verify_min_shingles)
         if config.slow_down_s:
             time.sleep(config.slow_down_s)
         if live is not None and time.time() - last > LIVE_EVERY_S:
@@ -161,7 +175,8 @@ def _clean(jd: JobDir, config: JobConfig, plan: Plan, shard: int, live: LiveCall
         num_perm = hasher.num_perm if hasher else 0
         np.savez(buf, uids=np.array([d.uid for d in kept], dtype=np.int64),
                  exact=np.array(hashes, dtype=np.uint64),
-                 sigs=np.stack(sigs) if sigs else np.zeros((0, num_perm), dtype=np.uint32))
+                 sigs=np.stack(sigs) if sigs else np.zeros((0, num_perm), dtype=np.uint32),
+                 sizes=np.array(sizes, dtype=np.int64), verify=np.array(verify, dtype=bool))
         atomic_write_bytes(jd.signatures(shard), buf.getvalue())
     if pd is not None:
         rows = np.array(line_rows, dtype=np.uint64).reshape(-1, 3)
@@ -207,6 +222,13 @@ def _dedup_cluster(jd: JobDir, config: JobConfig, plan: Plan, unit: int, live: L
     edge_parts += [np.load(jd.edges(g)) for g in units_of("dedup_bands", config, plan)]
     edges = np.concatenate(edge_parts) if edge_parts else np.zeros((0, 2), dtype=np.int64)
     labels = connected_components(n, edges)
+    n_verified = n_loose = 0
+    if dd.fuzzy and dd.verify_rows_per_band and n:
+        verified, n_loose = _verified_edges(jd, config, plan, uids, labels)
+        n_verified = len(verified)
+        if n_verified:
+            edges = np.concatenate([edges, verified])
+            labels = connected_components(n, edges)
     removed = np.nonzero(labels != np.arange(n))[0]
     if dd.exact and n:
         _, first, inverse = np.unique(exact, return_index=True, return_inverse=True)
@@ -221,8 +243,38 @@ def _dedup_cluster(jd: JobDir, config: JobConfig, plan: Plan, unit: int, live: L
     counts = {"seen": n, "kept": n - len(removed), "dropped": int(len(removed)),
               "dropped_dedup_exact": n_exact, "dropped_dedup_fuzzy": int(len(removed)) - n_exact,
               "clusters": int((sizes > 1).sum()), "largest_cluster": int(sizes.max()) if n else 0,
-              "candidate_edges": int(len(edges))}
+              "candidate_edges": int(len(edges)), "second_pass_candidates": n_loose,
+              "second_pass_edges": n_verified}
     return {"steps": {"dedup": counts}}
+
+
+def _verified_edges(jd: JobDir, config: JobConfig, plan: Plan, uids: np.ndarray,
+                    labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """The verified second pass (``DedupSection.verify_*``): permissive-band candidates among the
+    eligible documents not already in one cluster, linked when their exact shingle sets agree."""
+    dd = config.dedup
+    assert dd is not None
+    rows = np.nonzero(_all_signatures(jd, plan, "verify").astype(bool))[0]
+    if len(rows) < 2:
+        return np.zeros((0, 2), dtype=np.int64), 0
+    pairs = rows[loose_pairs(_all_signatures(jd, plan, "sigs")[rows], dd.verify_rows_per_band,
+                             dd.verify_min_similarity)]
+    pairs = pairs[labels[pairs[:, 0]] != labels[pairs[:, 1]]]
+    sizes = _all_signatures(jd, plan, "sizes")
+    a, b = sizes[pairs[:, 0]], sizes[pairs[:, 1]]
+    small, large = np.minimum(a, b), np.maximum(a, b)
+    pairs = pairs[small >= dd.verify_min_size_ratio * large]
+    if not len(pairs):
+        return pairs, 0
+    want = {int(uids[r]): int(r) for r in np.unique(pairs)}
+    hasher = MinHasher(dd.num_bands, dd.rows_per_band, dd.en_ngram, dd.zh_ngram, dd.seed, en_shingle=dd.en_shingle)
+    shingles: dict[int, np.ndarray] = {}
+    for shard in sorted({uid >> 32 for uid in want}):
+        for d in _read_zstd_jsonl(jd.clean_docs(shard)):
+            row = want.get(d["uid"])
+            if row is not None:
+                shingles[row] = hasher.shingles(d["text"], d["lang"])
+    return verify_pairs(pairs, shingles, dd.verify_min_jaccard, dd.verify_min_size_ratio), int(len(pairs))
 
 
 def _dedup_paragraphs(jd: JobDir, config: JobConfig, plan: Plan, unit: int,

@@ -17,7 +17,7 @@ from neo_dataproc.steps.pii import PiiStep
 
 # a real module (this repo's dedup step): source arriving as a JSONL text record, no language hint
 MODULE_SRC = inspect.getsource(dedup_module)
-FUNCTION_SRC = inspect.getsource(dedup_module.MinHasher.signature)
+FUNCTION_SRC = inspect.getsource(dedup_module.MinHasher.signature_of)
 DOC_WITH_CODE = (
     "Configuring APT\n\nYou can pin a release by adding a preferences file. The file lists packages and the "
     "priority APT gives each origin, so a backport is only installed when you ask for it.\n\n"

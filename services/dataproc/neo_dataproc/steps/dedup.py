@@ -12,6 +12,11 @@ Defaults: 20 bands × 10 rows (200 permutations); the LSH S-curve ``1 − (1 −
 0.5 at s ≈ 0.74 and catches pairs at Jaccard 0.8 with p ≈ 0.90 and 0.85 with p ≈ 0.99, then a
 signature check at ``min_similarity`` = 0.7 removes the curve's low tail (datatrove's default is
 14 × 8 on 5-grams with no check; MAP-Neo's Matrix used 9 × 13 on 13-character shingles).
+
+A second, verified pass (ours, issue #19; ``DedupSection.verify_*``) re-bands the same signatures
+permissively (``loose_pairs``: 50 × 4, agreement ≥ 0.4) and links a candidate only when the exact
+Jaccard of the two shingle sets reaches 0.47 with sizes within 0.9 (``verify_pairs``): copies with
+~8 % of their words edited sit at 5-gram Jaccard ≈ 0.5, under the first pass's curve and check.
 """
 
 from __future__ import annotations
@@ -121,7 +126,10 @@ class MinHasher:
 
     def signature(self, text: str, lang: str) -> np.ndarray:
         """``(num_perm,)`` uint32; an empty document gets all-ones (matches only other empties)."""
-        sh = self.shingles(text, lang)
+        return self.signature_of(self.shingles(text, lang))
+
+    def signature_of(self, sh: np.ndarray) -> np.ndarray:
+        """The signature of a shingle set from ``shingles``."""
         if len(sh) == 0:
             return np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
         low = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
@@ -161,6 +169,33 @@ def band_edges(sigs: np.ndarray, band: int, rows_per_band: int, min_similarity: 
         keep = sim >= min_similarity
         rows, reps = rows[keep], reps[keep]
     return np.stack([rows, reps], axis=1).astype(np.int64)
+
+
+def loose_pairs(sigs: np.ndarray, rows_per_band: int, min_similarity: float) -> np.ndarray:
+    """``(m, 2)`` int64 candidate pairs ``(row, earlier row)`` from a second, permissive banding of the
+    same signatures (``num_perm // rows_per_band`` bands of ``rows_per_band`` rows), kept when their
+    signatures agree on ≥ ``min_similarity`` of positions. Candidates only: ``verify_pairs`` decides."""
+    bands = sigs.shape[1] // rows_per_band if len(sigs) else 0
+    parts = [band_edges(sigs, b, rows_per_band, min_similarity) for b in range(bands)]
+    if not parts:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.unique(np.concatenate(parts), axis=0)
+
+
+def verify_pairs(pairs: np.ndarray, shingles: dict[int, np.ndarray], min_jaccard: float,
+                 min_size_ratio: float) -> np.ndarray:
+    """The ``pairs`` whose exact shingle sets (``MinHasher.shingles``, keyed by row) have Jaccard ≥
+    ``min_jaccard`` and sizes within ``min_size_ratio`` of each other."""
+    keep = []
+    for a, b in pairs.tolist():
+        sa, sb = shingles[a], shingles[b]
+        small, large = sorted((len(sa), len(sb)))
+        if large == 0 or small < min_size_ratio * large:
+            continue
+        inter = len(np.intersect1d(sa, sb, assume_unique=True))
+        if inter >= min_jaccard * (len(sa) + len(sb) - inter):
+            keep.append((a, b))
+    return np.array(keep, dtype=np.int64).reshape(-1, 2)
 
 
 def exact_edges(hashes: np.ndarray) -> np.ndarray:
