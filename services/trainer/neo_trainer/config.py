@@ -290,10 +290,13 @@ class DPOConfig(RunConfig):
     parent: str | None = Field(None, description="registry ref of base_model, recorded in neo.json")
     register_export: bool = Field(True, description="job runs (python -m neo_trainer.stages.dpo): register the "
                                                     "export as the next version of base_model's registry name")
-    seq_len: int = Field(512, gt=0, description="prompt+completion tokens kept (the prompt's start is cut)")
+    seq_len: int = Field(512, gt=0, description="prompt+completion tokens kept (see truncation_mode)")
     completion_end: Literal["template", "im_end"] = Field(
         "template", description="the scored completion: 'template' = all the chat template renders after the "
                                 "prompt, reply<|im_end|>\\n (TRL), 'im_end' = reply<|im_end|> (sft_data docstring)")
+    truncation_mode: Literal["keep_start", "keep_end"] = Field(
+        "keep_start", description="a pair longer than seq_len: 'keep_start' (TRL's default) cuts the completion's "
+                                  "end and drops rows whose prompt fills seq_len; 'keep_end' cuts the prompt's start")
     data: DPODataSection
     train: DPOTrainSection = Field(default_factory=DPOTrainSection)
     metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(tensorboard=False, log_every=1))
@@ -328,7 +331,10 @@ class RewardConfig(RunConfig):
     stage: Literal["rm"] = "rm"
     run_dir: Path = Path(".neo/runs/rm")
     base_model: Path = Field(description="HF directory to start from: a chat model (a new head) or a reward model")
-    seq_len: int = Field(512, gt=0, description="tokens per scored conversation (longer ones lose their start)")
+    seq_len: int = Field(512, gt=0, description="tokens per scored conversation (see long_pairs)")
+    long_pairs: Literal["drop", "keep_end"] = Field(
+        "drop", description="a pair with a conversation longer than seq_len: 'drop' it (TRL's RewardTrainer "
+                            "filters them out), or 'keep_end': score its last seq_len tokens (the scorer always does)")
     data: RewardDataSection
     train: RewardTrainSection = Field(default_factory=RewardTrainSection)
     metrics: MetricsSection = Field(default_factory=lambda: MetricsSection(tensorboard=False, log_every=1))

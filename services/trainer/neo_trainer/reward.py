@@ -60,16 +60,23 @@ class RewardModel(nn.Module):
 
 
 def encode_conversation_ids(tokenizer: NeoTokenizer, prompt: Any, completion: Any, seq_len: int) -> list[int]:
-    """Ids of prompt + completion through the chat template, as TRL's ``RewardTrainer`` makes them."""
+    """Ids of prompt + completion through the chat template, as TRL's ``RewardTrainer`` makes them (their last
+    ``seq_len``; 0: all)."""
     ids = tokenizer.encode_chat(_as_messages(prompt, "user") + _as_messages(completion, "assistant"),
                                 add_generation_prompt=False)
-    return ids[-seq_len:]
+    return ids[-seq_len:] if seq_len else ids
 
 
-def encode_reward_pair(tokenizer: NeoTokenizer, row: dict[str, Any], seq_len: int) -> tuple[list[int], list[int]]:
-    """(chosen ids, rejected ids) of a TRL preference row."""
-    return (encode_conversation_ids(tokenizer, row["prompt"], row["chosen"], seq_len),
-            encode_conversation_ids(tokenizer, row["prompt"], row["rejected"], seq_len))
+def encode_reward_pair(tokenizer: NeoTokenizer, row: dict[str, Any], seq_len: int,
+                       long_pairs: str = "keep_end") -> tuple[list[int], list[int]] | None:
+    """(chosen ids, rejected ids) of a TRL preference row; longer than ``seq_len``: their last ``seq_len`` tokens
+    (``keep_end``), or None (``drop``, as TRL's ``RewardTrainer`` filters such pairs out)."""
+    unlimited = 0 if long_pairs == "drop" else seq_len
+    pair = (encode_conversation_ids(tokenizer, row["prompt"], row["chosen"], unlimited),
+            encode_conversation_ids(tokenizer, row["prompt"], row["rejected"], unlimited))
+    if long_pairs == "drop" and max(map(len, pair)) > seq_len:
+        return None
+    return pair
 
 
 def batch(rows: Sequence[Sequence[int]], pad_id: int,

@@ -45,6 +45,7 @@ from neo_trainer.losses import IGNORE_INDEX
 
 #: Where an assistant turn's targets end (module docstring): TRL's ``"template"`` or Neo's former ``"im_end"``.
 CompletionEnd = Literal["template", "im_end"]
+TruncationMode = Literal["keep_start", "keep_end"]  # TRL's DPOConfig.truncation_mode values
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -204,7 +205,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def encode_preference(tokenizer: NeoTokenizer, row: dict[str, Any], seq_len: int,
-                      completion_end: CompletionEnd = "template") -> tuple[Example, Example]:
+                      completion_end: CompletionEnd = "template",
+                      truncation_mode: TruncationMode = "keep_start") -> tuple[Example, Example] | None:
     """(chosen, rejected) examples of a TRL preference row, tokenized as TRL's ``DPOTrainer`` does.
 
     The prompt, all of its turns (an earlier assistant reply included), is context: its ids are
@@ -213,21 +215,27 @@ def encode_preference(tokenizer: NeoTokenizer, row: dict[str, Any], seq_len: int
     last ``<|im_end|>`` with ``completion_end="im_end"``. Where the two tokenize differently at the boundary,
     the completion starts where they diverge, the shorter of chosen's and rejected's (TRL's
     ``common_prefix_length``). A text prompt is one user message, a text completion one assistant message.
+
+    Longer than ``seq_len`` (+ 1, the last target), as TRL's ``truncation_mode``: ``keep_start`` (TRL's default)
+    cuts the completion's end, and a row whose prompt alone fills ``seq_len`` is dropped (None; TRL filters it
+    out); ``keep_end`` keeps the whole completion and cuts the prompt's start (a long multi-turn prompt keeps
+    the answer it is judged on).
     """
     prompt = _as_messages(row["prompt"], "user")
     prompt_ids = tokenizer.encode_chat(prompt, add_generation_prompt=True)
     full = [tokenizer.encode_chat(prompt + _as_messages(row[key], "assistant"), add_generation_prompt=False)
             for key in ("chosen", "rejected")]
     start = min(_common_prefix(prompt_ids, ids) for ids in full)
+    if truncation_mode == "keep_start" and len(prompt_ids) >= seq_len:
+        return None
     out = []
     for ids in full:
         end = len(ids)
         if completion_end == "im_end" and tokenizer.im_end_id in ids[start:]:
             end -= ids[::-1].index(tokenizer.im_end_id)
         ids, train = ids[:end], [False] * start + [True] * (end - start)
-        # too long: keep the whole completion and cut the prompt's start (TRL 1.16's default, keep_start,
-        # cuts the completion's end instead and drops rows whose prompt alone fills max_length)
-        ids, train = ids[-(seq_len + 1):], train[-(seq_len + 1):]
+        cut = slice(None, seq_len + 1) if truncation_mode == "keep_start" else slice(-(seq_len + 1), None)
+        ids, train = ids[cut], train[cut]
         out.append(to_example(ids, train, seq_len))
     return out[0], out[1]
 

@@ -113,13 +113,28 @@ def test_multi_turn_prompt_is_context(tokenizer_dir, sft_files):  # noqa: F811
             assert tok.decode([t for t in ex.targets if t != IGNORE_INDEX]) == row[key][0]["content"] + "\n"
 
 
-def test_long_pairs_keep_the_completion(tokenizer_dir, sft_files):  # noqa: F811
+def test_long_pairs_keep_the_completion_with_keep_end(tokenizer_dir, sft_files):  # noqa: F811
     tok = NeoTokenizer.load(tokenizer_dir)
     row = preference_rows(sft_files)[4]
     full, _ = encode_preference(tok, row, 512)
-    cut, _ = encode_preference(tok, row, 40)
+    cut, _ = encode_preference(tok, row, 40, truncation_mode="keep_end")
     assert len(cut.input_ids) == 40 and len(full.input_ids) > 40
     assert cut.targets == full.targets[-40:] and cut.input_ids == full.input_ids[-40:]
+
+
+def test_long_pairs_lose_the_completions_end_with_keep_start_as_in_trl(tokenizer_dir, sft_files):  # noqa: F811
+    """TRL's default: the first tokens are kept; a row whose prompt alone fills seq_len is dropped (None)."""
+    tok = NeoTokenizer.load(tokenizer_dir)
+    row = preference_rows(sft_files)[4]
+    prompt = len(tok.encode_chat(row["prompt"], add_generation_prompt=True))
+    full, _ = encode_preference(tok, row, 512)
+    seq_len = prompt + 3  # room for 4 tokens of the completion (the last one only as a target)
+    cut, _ = encode_preference(tok, row, seq_len)
+    assert len(full.input_ids) > seq_len and len(cut.input_ids) == seq_len
+    assert cut.input_ids == full.input_ids[:seq_len] and cut.targets == full.targets[:seq_len]
+    assert sum(t != IGNORE_INDEX for t in cut.targets) == 4
+    assert encode_preference(tok, row, prompt) is None and encode_preference(tok, row, prompt - 5) is None
+    assert encode_preference(tok, row, prompt, truncation_mode="keep_end") is not None
 
 
 def test_ui_job_config_validates(tmp_path):

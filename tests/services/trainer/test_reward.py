@@ -78,7 +78,9 @@ def test_reward_tokens_are_trl_chat_template(tokenizer_dir, sft_files):  # noqa:
     chosen, _ = encode_reward_pair(tok, row, 512)
     assert chosen == tok.encode_chat(row["prompt"] + row["chosen"], add_generation_prompt=False)
     assert chosen[-2] == tok.im_end_id and chosen[-1:] == tok.encode("\n")  # the reward is read at the "\n"
-    assert encode_reward_pair(tok, row, 16)[0] == chosen[-16:]  # too long: the start goes
+    assert encode_reward_pair(tok, row, 16)[0] == chosen[-16:]  # too long: the start goes (keep_end)
+    assert encode_reward_pair(tok, row, 16, "drop") is None  # or the pair goes, as TRL's RewardTrainer drops it
+    assert encode_reward_pair(tok, row, 512, "drop")[0] == chosen
 
 
 @pytest.mark.slow

@@ -94,7 +94,16 @@ def run_dpo(cfg: DPOConfig, threads: int = 0) -> Path:
     model, tokenizer, base = load_policy(cfg.base_model)
     if cfg.seq_len > model.config.max_seq_len:
         raise ValueError(f"seq_len: {cfg.seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
-    pairs = [encode_preference(tokenizer, row, cfg.seq_len, cfg.completion_end) for row in rows]
+    encoded = [encode_preference(tokenizer, row, cfg.seq_len, cfg.completion_end, cfg.truncation_mode) for row in rows]
+    dropped = sum(pair is None for pair in encoded)
+    if dropped:  # truncation_mode keep_start, as TRL: a prompt filling seq_len leaves no completion to score
+        log.warning("%d of %d preference rows dropped: their prompt alone fills seq_len=%d (truncation_mode "
+                    "keep_start; keep_end keeps them, cutting the prompt's start)", dropped, len(rows), cfg.seq_len)
+        rows = [row for row, pair in zip(rows, encoded, strict=True) if pair is not None]
+        if not rows:
+            raise ValueError(f"every preference row's prompt fills seq_len={cfg.seq_len}: raise seq_len or use "
+                             "truncation_mode: keep_end")
+    pairs = [pair for pair in encoded if pair is not None]
     # an optional per-row ``weight`` column (TRL ignores it): human vs reward-model pairs in an iterative round
     weights = torch.tensor([float(row.get("weight", 1.0)) for row in rows], device=env.device)
     if bool((weights < 0).any()):

@@ -90,8 +90,15 @@ def run_rm(cfg: RewardConfig, threads: int = 0) -> Path:
     base = NeoCheckpointInfo.read(Path(cfg.base_model))
     if cfg.seq_len > rm.config.max_seq_len:
         raise ValueError(f"seq_len: {cfg.seq_len} exceeds the model's max_seq_len={rm.config.max_seq_len}")
-    pairs = [encode_reward_pair(tokenizer, r, cfg.seq_len) for r in train_rows]
-    held = [encode_reward_pair(tokenizer, r, cfg.seq_len) for r in eval_rows]
+    pairs, held = ([p for r in part if (p := encode_reward_pair(tokenizer, r, cfg.seq_len, cfg.long_pairs))]
+                   for part in (train_rows, eval_rows))
+    dropped = len(train_rows) + len(eval_rows) - len(pairs) - len(held)
+    if dropped:  # long_pairs: drop, as TRL's RewardTrainer filters them
+        log.warning("%d preference pairs dropped: a conversation is longer than seq_len=%d (long_pairs: keep_end "
+                    "scores their last seq_len tokens instead)", dropped, cfg.seq_len)
+    if not pairs:
+        raise ValueError(f"every training pair is longer than seq_len={cfg.seq_len}: raise seq_len or use "
+                         "long_pairs: keep_end")
     t = cfg.train
     per_rank = t.micro_batch_size
     if len(pairs) < per_rank * env.world_size:
