@@ -45,7 +45,31 @@ _NOT_WRAPPED_END = (";", "{", "}", "(", "\\", ":")
 _SENTENCE_END = (".", "!", "?", "。", "！", "？", '"', "”")
 
 
+_BLANK_RUN_RE = re.compile(r"\n(?:[ \t]*\n)+")
+
+
+def _single_spaced(text: str, min_breaks: int = 3) -> str | None:
+    """A double-spaced text (a blank line after every line, ≥ ``min_breaks`` times, never a bare
+    line break) with one blank line read as a line break and two or more as a paragraph break;
+    None for any other text."""
+    seps = _BLANK_RUN_RE.findall(text.strip("\n"))
+    if len(seps) < min_breaks or "\n" in _BLANK_RUN_RE.sub("", text.strip("\n")):
+        return None
+    return _BLANK_RUN_RE.sub(lambda m: "\n" if m.group(0).count("\n") == 2 else "\n\n", text)
+
+
 def unwrap(text: str, min_width: int = 30, max_width: int = 100) -> str:
+    """Join hard-wrapped paragraphs (``_unwrap``). A double-spaced copy of a hard-wrapped text (a
+    blank line after every line) is read single-spaced first, so it unwraps as the original does;
+    when nothing is joined the text is left as it was."""
+    single = _single_spaced(text) if "\n" in text else None
+    if single is not None:
+        joined = _unwrap(single, min_width, max_width)
+        return joined if joined != single else text
+    return _unwrap(text, min_width, max_width)
+
+
+def _unwrap(text: str, min_width: int = 30, max_width: int = 100) -> str:
     """Join hard-wrapped paragraphs (plain-text files filled to a fixed width, as ``fmt``/``textwrap``
     or a 38-character Chinese fill make them) into one line each, so line rules (C4's terminal
     punctuation) judge sentences, not wrap points. A paragraph is wrapped when all its lines but the
