@@ -138,7 +138,12 @@ class ProcessEngine:
         if self._stopping:
             self._close(EngineUnavailableError(f"the engine for {self.info.name} stopped"))
             return
-        exitcode = self.process.exitcode if self.process is not None else None
+        exitcode = None
+        if self.process is not None:  # the pipe closed as it died: reap it for its exit code (milliseconds)
+            self.process.join(1.0)
+            if self.process.is_alive():  # closed its end of the pipe yet lives on: it serves nobody now
+                self.process.kill()
+            exitcode = self.process.exitcode
         self._error = self._error or f"its process exited (exit code {exitcode})"
         self._close(EngineUnavailableError(f"the engine for {self.info.name} stopped: it died of {self._error}"))
         # counters continue from the dead child's, so the _total series never go back
