@@ -66,6 +66,8 @@ def serve(
                                                          help=_help("batch_invariant"))] = None,
     dtype: Annotated[str | None, typer.Option(help=_help("dtype"))] = None,
     threads: Annotated[int | None, typer.Option(help=_help("threads"))] = None,
+    engine_process: Annotated[bool | None, typer.Option("--engine-process/--no-engine-process",
+                                                        help=_help("engine_process"))] = None,
     watch_registry: Annotated[bool | None, typer.Option("--watch-registry/--no-watch-registry",
                                                         help=_help("watch_registry"))] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
@@ -87,7 +89,7 @@ def serve(
         "upstream_api_key": upstream_api_key, "vllm_python": vllm_python, "vllm_replicas": vllm_replicas,
         "vllm_args": vllm_arg, "vllm_devices": vllm_device, "api_keys": api_key, "max_batch_size": max_batch_size,
         "max_model_len": max_model_len, "batch_invariant": batch_invariant, "dtype": dtype, "threads": threads,
-        "watch_registry": watch_registry,
+        "watch_registry": watch_registry, "engine_process": engine_process,
     }
     try:
         if api_key_file is not None:

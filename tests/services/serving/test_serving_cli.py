@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -64,6 +66,7 @@ def test_neo_serve_runs_as_a_process_with_keys_from_files(checkpoint, tmp_path):
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, timeout_s=90)
         assert b"sk-file" not in open(f"/proc/{proc.pid}/cmdline", "rb").read()
+        (engine,) = engine_processes(proc.pid)  # the model loop runs in a child of its own
         body = {"model": "demo", "prompt": "Hi", "max_tokens": 3}
         url = f"http://127.0.0.1:{port}"
         assert httpx.post(f"{url}/v1/completions", json=body).status_code == 401
@@ -74,9 +77,42 @@ def test_neo_serve_runs_as_a_process_with_keys_from_files(checkpoint, tmp_path):
                           headers={"Authorization": "Bearer sk-file-one"}).status_code == 401
         assert httpx.post(f"{url}/v1/admin/reload", json=reload, timeout=60,
                           headers={"Authorization": "Bearer sk-file-admin"}).status_code == 200
+        wait_gone(engine, 30)  # the old version's engine process stops once it has no requests
+        (engine,) = engine_processes(proc.pid)  # the reloaded version's
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    wait_gone(engine, 30)  # a stopped server leaves no engine process behind
+
+
+def engine_processes(pid: int) -> list[int]:
+    """Children of ``pid`` that are multiprocessing spawn children (engine processes; not the resource tracker)."""
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children |= {int(c) for c in (task / "children").read_text().split()}
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def wait_gone(pid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while Path(f"/proc/{pid}").exists() and b"Z" not in Path(f"/proc/{pid}/stat").read_bytes().split()[2:3]:
+        assert time.monotonic() < deadline, f"process {pid} still runs"
+        time.sleep(0.1)
+
+
+def test_a_killed_server_takes_its_engine_process_with_it(checkpoint):
+    """SIGKILL of `neo serve` (no shutdown hook runs): the engine process sees its pipe close and exits, so no
+    orphan holds the weights and the cores."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "neo.cli", "serve", "--model", f"demo={checkpoint}",
+                             "--port", str(port), "--max-batch-size", "2", "--log-level", "warning"])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, timeout_s=90)
+        (engine,) = engine_processes(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    wait_gone(engine, 30)
 
 
 def test_a_model_that_is_not_a_checkpoint_is_one_line(tmp_path):
