@@ -9,9 +9,9 @@ They talk over one ``multiprocessing`` pipe, pickled messages:
 
 * API → core: ``("add", key, EngineRequest)``, ``("abort", request_id)``, ``("stop",)``; a reader thread in
   the child puts them under the loop's lock.
-* core → API: ``("ready", max_batch_size, vocab_size)`` once, then one ``("out", items, stats)`` per loop
+* core → API: ``("ready", max_batch_size, vocab_size, stats)`` once, then one ``("out", items, stats)`` per loop
   iteration: every output of the step as ``(key, EngineOutput | (error kind, message))`` and the loop's
-  counters, read by an ``add_reader`` callback that fills each stream's queue; ``("died", why)`` last.
+  ``TorchEngine.stats()``, read by an ``add_reader`` callback that fills each stream's queue; ``("died", why)`` last.
 
 The child dying (an exception in the loop, SIGKILL, OOM) closes the pipe: every open stream gets a 503
 error, ``/health`` says 503 with the reason, and the child is started again after the same doubling backoff
@@ -29,10 +29,10 @@ import pickle
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import replace
 
 from neo_serving.engines.base import EngineOutput, EngineRequest, EngineStats, ModelInfo
-from neo_serving.engines.streams import next_output, restart_delay, validate_request
+from neo_serving.engines.streams import RESTART_MAX_S, next_output, restart_delay, validate_request
 from neo_serving.errors import EngineUnavailableError, ModelStartError, ServingError
 from neo_serving.tokens import ServedTokenizer
 
@@ -40,17 +40,6 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 600.0  # loading the weights in the child (a 7B checkpoint from a slow disk)
 STOP_TIMEOUT_S = 30.0  # after ("stop",), then SIGKILL
-
-
-@dataclass
-class _Snapshot:
-    """The core's numbers as of its last message."""
-
-    waiting: int = 0
-    running: int = 0
-    steps: int = 0
-    prefills: int = 0
-    prefix: tuple[int, int, int, int, int] | None = None  # queries, hits, evictions, blocks, blocks in use
 
 
 class ProcessEngine:
@@ -71,8 +60,8 @@ class ProcessEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._streams: dict[int, asyncio.Queue] = {}
         self._keys = itertools.count()
-        self._snap = _Snapshot()
-        self._base = _Snapshot(prefix=(0, 0, 0, 0, 0))  # counters of earlier children, so totals never go back
+        self._snap = EngineStats()  # the core's stats as of its last message
+        self._base: dict[str, float] = {}  # counters of earlier children, so totals never go back
         self._error: str | None = None
         self._stopping = False
         self._deaths = 0
@@ -102,8 +91,8 @@ class ProcessEngine:
             conn.close()
             process.kill()
             raise
-        _, self.max_batch_size, self.vocab_size = msg
-        self.process, self._conn, self._snap = process, conn, _Snapshot()
+        _, self.max_batch_size, self.vocab_size, self._snap = msg
+        self.process, self._conn = process, conn
         self._started_at, self._error = time.monotonic(), None
         assert self._loop is not None
         self._loop.add_reader(conn.fileno(), self._on_readable)
@@ -146,12 +135,8 @@ class ProcessEngine:
             exitcode = self.process.exitcode
         self._error = self._error or f"its process exited (exit code {exitcode})"
         self._close(EngineUnavailableError(f"the engine for {self.info.name} stopped: it died of {self._error}"))
-        # counters continue from the dead child's, so the _total series never go back
-        old, base = self._snap, self._base
-        self._base = _Snapshot(steps=base.steps + old.steps, prefills=base.prefills + old.prefills,
-                               prefix=base.prefix if old.prefix is None else tuple(
-                                   a + b for a, b in zip(base.prefix, old.prefix, strict=True)))
-        self._snap = _Snapshot()
+        self._base = self._totals()  # counters continue from the dead child's: the _total series never go back
+        self._snap = EngineStats()
         up_for = time.monotonic() - self._started_at
         self._deaths, delay = restart_delay(up_for, self._deaths, self.restart_backoff_s)
         log.warning("engine process of %s died after %.0f s (%s); restarting it in %.1f s", self.info.name, up_for,
@@ -169,7 +154,7 @@ class ProcessEngine:
             await self._spawn()
         except Exception as exc:  # noqa: BLE001 - it failed to come back: try again after a longer backoff
             self._error = f"its restart failed: {exc}"
-            self._deaths, delay = self._deaths + 1, min(delay * 2, 60.0)
+            self._deaths, delay = self._deaths + 1, min(delay * 2, RESTART_MAX_S)
             log.warning("engine process of %s failed to restart (%s); next try in %.1f s", self.info.name, exc, delay)
             self._restart_task = asyncio.get_running_loop().create_task(self._restart(delay))
             return
@@ -188,32 +173,35 @@ class ProcessEngine:
             raise EngineUnavailableError(f"the engine for {self.info.name} is not running{reason}"
                                          + ("; restarting" if restarting else ""))
 
+    def _totals(self) -> dict[str, float]:
+        """Running totals over this child and the dead ones: the core's counters and prefix-cache tokens."""
+        snap, base = self._snap, self._base
+        now = dict(snap.counters, prefix_cache_queries=snap.prefix_cache_queries or 0,
+                   prefix_cache_hits=snap.prefix_cache_hits or 0)
+        return {k: base.get(k, 0.0) + now.get(k, 0.0) for k in {*base, *now}}
+
     @property
     def steps(self) -> int:
-        return self._base.steps + self._snap.steps
+        return int(self._totals().get("decode_steps", 0))
 
     @property
     def prefills(self) -> int:
-        return self._base.prefills + self._snap.prefills
+        return int(self._totals().get("prefill_forwards", 0))
 
     def stats(self) -> EngineStats:
-        snap = self._snap
-        stats = EngineStats(waiting=snap.waiting, running=snap.running, healthy=self.healthy(),
-                            counters={"decode_steps": float(self.steps), "prefill_forwards": float(self.prefills),
-                                      "restarts": float(self.restarts)},
-                            kv_cache_usage=snap.running / (self.max_batch_size or 1),
-                            error=None if self._error is None else f"it died of {self._error}")
-        if snap.prefix is not None or self.core_kwargs.get("prefix_cache_mb"):
-            now, base = snap.prefix or (0, 0, 0, 0, 0), self._base.prefix or (0, 0, 0, 0, 0)
-            stats.prefix_cache_queries, stats.prefix_cache_hits = now[0] + base[0], now[1] + base[1]
-            stats.extra |= {"prefix_cache_blocks": float(now[3]), "prefix_cache_blocks_in_use": float(now[4])}
-            stats.counters["prefix_cache_evictions"] = float(now[2] + base[2])
-        return stats
+        """The core's last stats, with totals over restarts and this side's health, error and restart count."""
+        totals = self._totals()
+        queries, hits = totals.pop("prefix_cache_queries"), totals.pop("prefix_cache_hits")
+        prefix = self._snap.prefix_cache_queries is not None  # the core has a prefix cache
+        return replace(self._snap, healthy=self.healthy(), counters=totals | {"restarts": float(self.restarts)},
+                       prefix_cache_queries=int(queries) if prefix else None,
+                       prefix_cache_hits=int(hits) if prefix else None,
+                       error=None if self._error is None else f"it died of {self._error}")
 
     # --- requests --------------------------------------------------------------------------------------
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         self.check_available()
-        waiting = max(0, len(self._streams) - self._snap.running)
+        waiting = max(0, len(self._streams) - self._snap.running)  # the core's count is a step old
         validate_request(request, self.info, self.vocab_size, waiting, self.max_waiting)
         key = next(self._keys)
         queue: asyncio.Queue = asyncio.Queue()
@@ -248,7 +236,7 @@ class ProcessEngine:
                 msg = pickle.loads(conn.recv_bytes())
                 if msg[0] == "out":
                     self._deliver(msg[1])
-                    self._snap = _Snapshot(*msg[2])
+                    self._snap = msg[2]
                 elif msg[0] == "died":
                     self._error = msg[1]
         except (EOFError, OSError):
@@ -301,7 +289,7 @@ def core_main(conn, info: ModelInfo, core_kwargs: dict, threads: int, log_level:
         conn.send_bytes(pickle.dumps(("failed", f"{type(exc).__name__}: {exc}")))
         return
     core.deliver = lambda items: _send_outputs(conn, core, items)
-    conn.send_bytes(pickle.dumps(("ready", core.max_batch_size, core.model.config.vocab_size)))
+    conn.send_bytes(pickle.dumps(("ready", core.max_batch_size, core.model.config.vocab_size, core.stats())))
     threading.Thread(target=_read_commands, args=(conn, core), name="engine-commands", daemon=True).start()
     core._run()  # returns on ("stop",); an exception inside has failed every request and set core._error
     if core._error is not None:
@@ -325,11 +313,7 @@ def available_cores() -> int:
 def _send_outputs(conn, core, items: list[tuple[object, EngineOutput | BaseException]]) -> None:
     encoded = [(key, (("unavailable" if isinstance(out, EngineUnavailableError) else "serving"), str(out))
                 if isinstance(out, BaseException) else out) for key, out in items]
-    prefix = core.prefix
-    stats = (len(core._waiting), len(core._running), core.steps, core.prefills,
-             None if prefix is None else (prefix.stats.queries, prefix.stats.hits, prefix.stats.evictions,
-                                          len(prefix), prefix.blocks_in_use))
-    conn.send_bytes(pickle.dumps(("out", encoded, stats), protocol=pickle.HIGHEST_PROTOCOL))
+    conn.send_bytes(pickle.dumps(("out", encoded, core.stats()), protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _read_commands(conn, core) -> None:
