@@ -12,6 +12,11 @@ count (``run_sgemm``): the target is the share of a step its matmuls alone would
 
     .venv/bin/python bench/train/bench_train.py                      # tiny preset, the `neo up` workload
     .venv/bin/python bench/train/bench_train.py --preset neo-250m --steps 6 --batch 2 --seq-len 512
+
+On a GPU (``--device cuda``) both trainers run in bf16 (Neo: DeepSpeed's bf16 mode; HF: ``bf16=True`` autocast),
+tokens/s are wall-clock, and MFU is reported against the bf16 GEMM rate at the step's shapes (timed with CUDA
+events) and against the device's datasheet peak (``neo_trainer.metrics.PEAK_FLOPS``). ``bench/train/gpu/run.sh``
+is that run for neo-250m at MAP-Neo's 64,000-piece vocabulary, prepared here by ``bench/train/gpu/prepare.sh``.
 """
 
 from __future__ import annotations
@@ -89,8 +94,10 @@ def run_neo(args: argparse.Namespace, compile_blocks: bool = False) -> dict:
         run_pretrain(cfg)
     rows = read_jsonl(cfg.run_dir / "metrics.jsonl")
     times = [r["time"] for r in rows]
-    return {"tokens_per_s": _rates(times, args.warmup, args.batch * args.seq_len),
-            "cpu_tokens_per_s": _cpu_rates(clock.at(times), args.warmup, args.batch * args.seq_len),
+    tokens = args.batch * args.seq_len
+    wall = _rates(times, args.warmup, tokens)
+    return {"tokens_per_s": wall,  # on a GPU the host thread waits for the device: CPU time means nothing there
+            "cpu_tokens_per_s": wall if args.device == "cuda" else _cpu_rates(clock.at(times), args.warmup, tokens),
             "mean_loss": statistics.mean(r["loss"] for r in rows), "steps": len(rows), "threads": _threads()}
 
 
@@ -98,12 +105,13 @@ def _neo_config(args: argparse.Namespace, compile_blocks: bool) -> dict:
     files = sorted((REPO / "data" / "sample").glob("*.jsonl.gz"))
     return {
         "name": "bench", "run_dir": str(args.work / ("neo-run-compiled" if compile_blocks else "neo-run")),
-        "model": {"preset": args.preset, "compile": compile_blocks},
+        "model": {"preset": args.preset, "compile": compile_blocks,
+                  "overrides": {"vocab_size": args.vocab_size} if args.vocab_size else {}},
         "data": {"text_files": [str(f) for f in files], "tokenizer": str(args.tokenizer), "seq_len": args.seq_len,
                  "max_tokens": args.max_tokens, "val_fraction": 0.0},
         "train": {"steps": args.steps, "micro_batch_size": args.batch, "lr": 1e-3, "warmup_steps": 0,
                   "schedule": "constant", "seed": 0},
-        "distributed": {"zero_stage": args.zero_stage},
+        "distributed": {"zero_stage": args.zero_stage, "precision": "bf16" if args.device == "cuda" else "fp32"},
         "metrics": {"log_every": 1, "eval_every": 10**9, "tensorboard": False, "progress": False},
         "checkpoint": {"export_dir": str(args.work / "neo-export")},
     }
@@ -140,16 +148,18 @@ def run_hf(args: argparse.Namespace) -> dict:
             return {"input_ids": rows[i], "labels": rows[i]}
 
     tok = NeoTokenizer.load(args.tokenizer)
-    mcfg = ModelConfig.from_name(args.preset, vocab_size=tok.vocab_size)
+    mcfg = ModelConfig.from_name(args.preset, vocab_size=args.vocab_size or tok.vocab_size)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in hf_config(mcfg, tok, torch.float32).items()
                                             if k not in ("architectures", "model_type")}))
     times: list[float] = []
-
     cpu_times: list[float] = []
+    cuda = args.device == "cuda"
 
     class Clock(TrainerCallback):
         def on_step_end(self, *a, **k):  # transformers' callback signature
+            if cuda:  # HF keeps the loss on the device: wait for the step (Neo's trainer reads its loss each step)
+                torch.cuda.synchronize()
             times.append(time.time())
             cpu_times.append(time.thread_time())  # the main thread: one torch thread runs every op here
 
@@ -157,11 +167,12 @@ def run_hf(args: argparse.Namespace) -> dict:
         output_dir=str(args.work / "hf-out"), per_device_train_batch_size=args.batch, max_steps=args.steps,
         learning_rate=1e-3, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0,
         lr_scheduler_type="constant", optim="adamw_torch", logging_steps=10**9, save_strategy="no", report_to=[],
-        dataloader_num_workers=0, use_cpu=True, seed=0, disable_tqdm=True)
+        dataloader_num_workers=0, use_cpu=not cuda, bf16=cuda, seed=0, disable_tqdm=True)
     trainer = Trainer(model=model, args=targs, train_dataset=Rows(), callbacks=[Clock()])
     out = trainer.train()
-    return {"tokens_per_s": _rates(times, args.warmup, args.batch * args.seq_len),
-            "cpu_tokens_per_s": _cpu_rates(cpu_times, args.warmup, args.batch * args.seq_len),
+    wall = _rates(times, args.warmup, args.batch * args.seq_len)
+    return {"tokens_per_s": wall,
+            "cpu_tokens_per_s": wall if cuda else _cpu_rates(cpu_times, args.warmup, args.batch * args.seq_len),
             "mean_loss": out.training_loss, "steps": len(times) - 1, "threads": _threads(),
             "params": sum(p.numel() for p in model.parameters())}
 
@@ -216,23 +227,33 @@ def run_sgemm(args: argparse.Namespace) -> dict:
 
     from neo.tokenizer import NeoTokenizer
 
-    vocab = NeoTokenizer.load(args.tokenizer).vocab_size
+    vocab = args.vocab_size or NeoTokenizer.load(args.tokenizer).vocab_size
+    cuda = args.device == "cuda"
+    dtype, device = (torch.bfloat16, "cuda") if cuda else (torch.float32, "cpu")
     shapes: dict[tuple, list] = {}
     for name, layout, count, b, m, k, n in step_gemms(args.preset, vocab, args.batch, args.seq_len):
         shapes.setdefault((layout, b, m, k, n), []).append((name, count))
     gen = torch.Generator().manual_seed(0)
     calls = {}
     for layout, b, m, k, n in shapes:
-        a = torch.randn(b, *((k, m) if layout == "tn" else (m, k)), generator=gen)
-        w = torch.randn(b, *((n, k) if layout == "nt" else (k, n)), generator=gen)
+        a = torch.randn(b, *((k, m) if layout == "tn" else (m, k)), generator=gen).to(device, dtype)
+        w = torch.randn(b, *((n, k) if layout == "nt" else (k, n)), generator=gen).to(device, dtype)
         a, w = (a.transpose(1, 2) if layout == "tn" else a), (w.transpose(1, 2) if layout == "nt" else w)
-        out = torch.empty(b, m, n)
+        out = torch.empty(b, m, n, device=device, dtype=dtype)
         calls[(layout, b, m, k, n)] = (torch.mm, a[0], w[0], out[0]) if b == 1 else (torch.bmm, a, w, out)
     best = dict.fromkeys(shapes, float("inf"))
     for _ in range(args.sgemm_passes):
         for key, (mm, a, w, out) in calls.items():
             mm(a, w, out=out)  # warm: caches, page faults
             for _ in range(args.sgemm_repeats):
+                if cuda:  # device time of the one kernel, from CUDA events
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    mm(a, w, out=out)
+                    end.record()
+                    end.synchronize()
+                    best[key] = min(best[key], start.elapsed_time(end) / 1e3)
+                    continue
                 t0 = time.thread_time()  # one torch thread: the product runs on this thread
                 mm(a, w, out=out)
                 best[key] = min(best[key], time.thread_time() - t0)
@@ -249,7 +270,12 @@ def run_sgemm(args: argparse.Namespace) -> dict:
     def rate(rows: list[dict]) -> float:
         return sum(r["flops_per_step"] for r in rows) / sum(r["s_per_step"] for r in rows)
 
-    return {"peak_flops_per_s": rate(per_shape), "weights_flops_per_s": rate(weights),
+    datasheet = None
+    if cuda:
+        from neo_trainer.metrics import device_peak_flops
+
+        datasheet = device_peak_flops(torch.device("cuda"), bf16=True)
+    return {"peak_flops_per_s": rate(per_shape), "weights_flops_per_s": rate(weights), "datasheet": datasheet,
             "attention_bmm_flops_per_s": rate(attention), "step_gemm_s": sum(r["s_per_step"] for r in per_shape),
             "step_flops": sum(r["flops_per_step"] for r in per_shape),
             "best_flops_per_s": max(r["gflops_per_s"] for r in per_shape) * 1e9, "shapes": per_shape,
@@ -289,6 +315,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for both (1: stable numbers on a shared 2-core box; OpenMP threads "
                         "busy-wait, so two contending ones can be 10× slower)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: both trainers in bf16, wall-clock rates, MFU against bf16 GEMMs and the datasheet")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="model vocabulary (default: the tokenizer's); e.g. 64000, MAP-Neo's, with the demo tokenizer")
     p.add_argument("--tokenizer", type=Path, default=None)
     p.add_argument("--work", type=Path, default=Path(".neo/bench/train"))
     p.add_argument("--no-compile", action="store_true", help="skip the Neo run with model.compile=true")
@@ -319,22 +349,30 @@ def main() -> None:
     from neo.config import ModelConfig
     from neo.tokenizer import NeoTokenizer
 
-    mcfg = ModelConfig.from_name(args.preset, vocab_size=NeoTokenizer.load(args.tokenizer).vocab_size)
+    vocab = args.vocab_size or NeoTokenizer.load(args.tokenizer).vocab_size
+    mcfg = ModelConfig.from_name(args.preset, vocab_size=vocab)
     flops_per_token = mcfg.flops_per_token(args.seq_len)
     peak = sgemm["peak_flops_per_s"]
-    print(f"\nconfig: preset={args.preset} params={hf['params']:,} seq_len={args.seq_len} batch={args.batch} "
-          f"steps={args.steps} (first {args.warmup} untimed) fp32 CPU threads={neo['threads']} "
+    cuda = args.device == "cuda"
+    where = (f"bf16 on {sgemm['datasheet'][1]}" if cuda else f"fp32 CPU threads={neo['threads']}")
+    print(f"\nconfig: preset={args.preset} vocab={vocab} params={hf['params']:,} seq_len={args.seq_len} "
+          f"batch={args.batch} steps={args.steps} (first {args.warmup} untimed) {where} "
           f"ZeRO-{args.zero_stage}; transformers {transformers.__version__}")
     best = sgemm["best_flops_per_s"]
-    print(f"sgemm at the step's shapes (torch.mm/bmm fp32, {sgemm['threads']} thread(s), this run): the step's "
+    if cuda and sgemm["datasheet"][0]:  # on a GPU the stricter reference is the datasheet's dense bf16 peak
+        best = sgemm["datasheet"][0]
+        print(f"datasheet peak (dense bf16, neo_trainer.metrics.PEAK_FLOPS): {best / 1e12:.1f} TFLOP/s")
+    kind = "torch.mm/bmm bf16, CUDA events" if cuda else f"torch.mm/bmm fp32, {sgemm['threads']} thread(s)"
+    print(f"GEMMs at the step's shapes ({kind}, this run): the step's "
           f"{sgemm['step_flops'] / 1e9:.2f} GFLOP take {sgemm['step_gemm_s'] * 1e3:.0f} ms as standalone GEMMs = "
           f"{peak / 1e9:.1f} GFLOP/s (weight matmuls {sgemm['weights_flops_per_s'] / 1e9:.1f}, attention as bmm "
-          f"{sgemm['attention_bmm_flops_per_s'] / 1e9:.1f}); best shape {best / 1e9:.1f} GFLOP/s; "
+          f"{sgemm['attention_bmm_flops_per_s'] / 1e9:.1f}); best shape {sgemm['best_flops_per_s'] / 1e9:.1f} GFLOP/s; "
           f"model FLOPs/token {flops_per_token:,.0f} (peak before the trainers {before['peak_flops_per_s'] / 1e9:.1f}, "
           f"after {after['peak_flops_per_s'] / 1e9:.1f} GFLOP/s)")
     print("| trainer | tokens/s (wall, median step) | × HF | tokens per CPU-second (median step) | × HF | "
-          "MFU vs sgemm at the step's shapes (CPU time) | MFU vs best shape | mean train loss |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|")
+          + ("MFU vs bf16 GEMMs at the step's shapes | MFU vs datasheet |" if cuda else
+             "MFU vs sgemm at the step's shapes (CPU time) | MFU vs best shape |")
+          + " mean train loss |\n|---|---:|---:|---:|---:|---:|---:|---:|")
 
     def row(label: str, r: dict) -> str:
         achieved = flops_per_token * r["cpu_tokens_per_s"]
@@ -346,7 +384,7 @@ def main() -> None:
     print(row("Neo (DeepSpeed engine, fused LM-head loss)", neo))
     if compiled:
         print(row("Neo, model.compile=true (Inductor blocks)", compiled))
-    print("\nGEMMs of one step (ms per step = count × least CPU time of a call):")
+    print(f"\nGEMMs of one step (ms per step = count × least {'device' if cuda else 'CPU'} time of a call):")
     for r in sorted(sgemm["shapes"], key=lambda r: -r["s_per_step"]):
         print(f"  {r['s_per_step'] * 1e3:8.1f} ms  {r['gflops_per_s']:6.1f} GFLOP/s  ×{r['per_step']:<3} {r['shape']}  "
               f"[{r['gemms']}]")
