@@ -49,7 +49,12 @@ class ServingSettings(NeoSettings):
         default=None, ge=2, description="context length served (default: the model's max_seq_len)")
     max_prefill_tokens: int = Field(
         default=2048, ge=1, description="prompt tokens (padded to the longest prompt) prefilled in one forward "
-                                     "between two decode steps (bounds ITL spikes)")
+                                     "between two decode steps (bounds ITL spikes); a longer prompt is "
+                                     "prefilled in chunks of this size (NEO_CHUNKED_PREFILL)")
+    chunked_prefill: bool = Field(
+        default=True, description="prefill a prompt longer than max_prefill_tokens in chunks, decoding the "
+                                  "running requests between them (vLLM's chunked prefill); off: one forward, "
+                                  "during which every other stream waits. Always off with batch_invariant")
     batch_invariant: bool = Field(
         default=False,
         description="pad every decode step to one shape so a request's logits are bitwise independent of "

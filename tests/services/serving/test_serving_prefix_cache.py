@@ -123,6 +123,35 @@ def test_a_hit_gives_the_cold_runs_tokens_and_logprobs(checkpoint, process):
         torch.testing.assert_close(lps, ref_lps, rtol=0, atol=1e-4)
 
 
+def test_a_long_prompt_prefilled_in_chunks_reuses_and_stores_blocks(checkpoint):
+    """Chunked prefill (chunks of 16 < the prompts): a cold 100-token prompt takes 7 chunk forwards and stores its
+    6 full blocks; the same prompt again prefills from block 6 (one forward for its last 4 tokens), and another
+    sharing 80 tokens hits 5 blocks and chunks only its tail: each gives a cold unchunked run's tokens/logprobs."""
+    shared = prompt(3, 100)
+    other = shared[:80] + prompt(4, 60)
+    reqs = [request("first", shared), request("again", shared), request("other", other, temperature=0.8, seed=3)]
+
+    async def cold(engine):
+        return [await collect(engine, r) for r in reqs]
+
+    async def cached(engine):
+        out, hits, forwards = [], [], []
+        for r in reqs:
+            before, prefills = engine.stats().prefix_cache_hits, engine.prefills
+            out.append(await collect(engine, r))
+            hits.append(engine.stats().prefix_cache_hits - before)
+            forwards.append(engine.prefills - prefills)
+        return out, hits, forwards
+
+    reference = run(make_engine(checkpoint, prefix_cache_mb=0, chunked_prefill=False), cold)
+    got, hits, forwards = run(make_engine(checkpoint, prefix_cache_mb=64, max_prefill_tokens=16), cached)
+    assert hits == [0, 96, 80]  # (100 - 1) // 16 = 6 blocks; the other prompt shares 5 full ones
+    assert forwards == [7, 1, 4]  # ceil(100 / 16); 4 tokens; ceil(60 / 16)
+    for (tokens, lps), (ref_tokens, ref_lps) in zip(got, reference, strict=True):
+        assert tokens == ref_tokens
+        torch.testing.assert_close(lps, ref_lps, rtol=0, atol=1e-4)
+
+
 def test_requests_admitted_together_with_hits_of_different_lengths(checkpoint):
     """One batched prefill mixing a long hit, a short hit and a miss, right-padded at different offsets."""
     base = prompt(3, 70)

@@ -251,3 +251,131 @@ def test_an_unset_batch_size_is_sized_from_the_kv_cache_budget(checkpoint, token
     assert asyncio.run(rows(kv_cache_gb=0.5 * row / 2**30)) == (1, 1)  # at least one row
     assert asyncio.run(rows(kv_cache_gb=64)) == (128, 128)
     assert asyncio.run(rows(kv_cache_gb=64, batch_invariant=True)) == (16, 17)  # + the anchor row
+
+
+def long_request(tokenizer, request_id: str, tokens: int, **params) -> EngineRequest:
+    text = "The quick brown fox jumps over the lazy dog. 北京是中国的首都。 def add(a, b): return a + b\n" * 20
+    ids = tokenizer.encode(text, add_bos=True)[:tokens]
+    assert len(ids) == tokens
+    return EngineRequest(request_id, ids, SamplingParams(**({"max_new_tokens": 8, "seed": 7} | params)), logprobs=2)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_result(checkpoint, tokenizer, kind):
+    """A prompt of 8 chunks: 8 prefill forwards, and the same tokens, logprobs and prompt logprobs as one forward
+    (chunking off); a prompt that fits one chunk still takes one."""
+    chunk, n = 16, 121  # 7 full chunks and one of 9 tokens
+    scored = long_request(tokenizer, "scored", n, temperature=0.8)
+    scored.prompt_logprobs = 1
+
+    async def run(chunked: bool):
+        engine = make_engine(checkpoint, kind, max_prefill_tokens=chunk, chunked_prefill=chunked)
+        await engine.start()
+        try:
+            outs = [out async for out in engine.generate(scored)]
+            prefills = engine.stats().counters["prefill_forwards"]
+            short = await collect(engine, requests(tokenizer, 1)[0])
+            return outs, prefills, engine.stats().counters["prefill_forwards"] - prefills, short
+        finally:
+            await engine.shutdown()
+
+    outs, prefills, short_prefills, short = asyncio.run(run(True))
+    ref, ref_prefills, _, ref_short = asyncio.run(run(False))
+    assert (prefills, short_prefills, ref_prefills) == (8, 1, 1)
+    assert [t for o in outs for t in o.token_ids] == [t for o in ref for t in o.token_ids]
+    assert len([t for o in outs for t in o.token_ids]) == 8
+    lps = [[lp.logprob for o in run_ for lp in o.logprobs or ()] for run_ in (outs, ref)]
+    torch.testing.assert_close(lps[0], lps[1], rtol=1e-5, atol=1e-5)
+    prompt_lps = [[lp and lp.logprob for o in run_ for lp in o.prompt_logprobs or ()] for run_ in (outs, ref)]
+    assert len(prompt_lps[0]) == n and prompt_lps[0][0] is None
+    torch.testing.assert_close(prompt_lps[0][1:], prompt_lps[1][1:], rtol=1e-5, atol=1e-5)
+    assert short[0] == ref_short[0]
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "one-forward"])
+def test_running_streams_decode_between_the_chunks_of_a_long_prompt(checkpoint, tokenizer, chunked):
+    """While a 40-chunk prompt is prefilled, a running stream gets a token after every chunk (39 before the long
+    prompt's first token), and a short request sent meanwhile is admitted and answered before the long prompt's
+    first token, with what it gets alone; with chunking off the running stream waits for the whole prefill.
+    What the running stream logs after the submission but before the long prompt's first token is otherwise
+    only tokens already on their way (0-1 seen; the bound leaves room for an event loop that falls behind the
+    engine thread on a loaded machine)."""
+    running, short = requests(tokenizer, 2, max_new=200)
+    short.params.max_new_tokens = 6
+    long = long_request(tokenizer, "long", 160, max_new_tokens=2)
+    log: list[str] = []
+
+    async def main():
+        engine = make_engine(checkpoint, max_prefill_tokens=4, chunked_prefill=chunked)
+        await engine.start()
+        alone = await collect(engine, short)
+        started, chunking = asyncio.Event(), asyncio.Event()
+
+        async def stream_running():
+            async for out in engine.generate(running):
+                log.extend("r" * len(out.token_ids))
+                if len(log) >= 3:
+                    started.set()
+                if "submit" in log and log.count("r") >= log.index("submit") + 5:
+                    chunking.set()
+
+        async def stream_long():
+            await started.wait()
+            log.append("submit")  # the request is queued in this same step of this task
+            async for _ in engine.generate(long):
+                log.append("long")
+
+        async def stream_short():
+            await chunking.wait()  # 5 iterations since the long prompt came: its chunks are under way
+            log.append("short sent")
+            tokens, _, _ = await collect(engine, short)
+            log.append("short done")
+            return tokens
+
+        try:
+            *_, tokens = await asyncio.gather(stream_running(), stream_long(), stream_short())
+            return engine.prefills, tokens, alone[0]
+        finally:
+            await engine.shutdown()
+
+    prefills, tokens, alone = asyncio.run(main())
+    between = log[log.index("submit"):log.index("long")].count("r")
+    assert tokens == alone
+    if chunked:
+        assert prefills == 2 + 40 + 1 and between >= 39, log[:60]
+        assert log.index("short done") < log.index("long"), log[:60]
+    else:
+        assert prefills == 4 and between <= 12, log[:60]
+
+
+def test_aborting_a_prompt_between_its_chunks_frees_its_row(checkpoint, tokenizer, kind):
+    """A 40-chunk prompt whose client leaves while a running stream decodes beside it: its chunks stop, its row is
+    freed (nothing runs once the other stream ends) and a request after it is served from the freed row."""
+    running, after = requests(tokenizer, 2, max_new=60)
+    long = long_request(tokenizer, "long", 160, max_new_tokens=2)
+
+    async def main():
+        engine = make_engine(checkpoint, kind, max_batch_size=2, max_prefill_tokens=4)
+        await engine.start()
+        try:
+            stream = engine.generate(long)
+            pending = asyncio.ensure_future(stream.__anext__())  # queues it; its first output is 40 chunks away
+            got = 0
+            async for out in engine.generate(running):
+                got += len(out.token_ids)
+                if got == 5:  # the long prompt is being chunked beside this stream: its client leaves
+                    pending.cancel()  # the stream ends inside its read, as when a server task is cancelled
+                    await asyncio.gather(pending, return_exceptions=True)
+                    await stream.aclose()
+            deadline = time.monotonic() + 5
+            while engine.stats().running and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            idle = engine.stats().running == 0
+            prefills = engine.stats().counters["prefill_forwards"]
+            tokens, _, finish = await asyncio.wait_for(collect(engine, after), 30)
+            return idle, prefills, got, len(tokens), finish
+        finally:
+            await engine.shutdown()
+
+    idle, prefills, got, n, finish = asyncio.run(main())
+    assert idle and got == 60 and n == 60 and finish == "length"
+    assert prefills < 1 + 40  # the running stream's, then chunks until the abort: not all 40

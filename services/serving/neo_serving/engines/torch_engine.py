@@ -17,6 +17,13 @@ full cache plus an anchor row (the last, pinned to the last position), so every 
 attention runs on SDPA's math backend: a row's logits are then bitwise the same whatever its batch-mates
 and row are (checked on CPU in the tests); otherwise they agree to float rounding.
 
+A prompt with more tokens to compute than ``max_prefill_tokens`` is prefilled in chunks of that many, one
+chunk per loop iteration with a decode step of the running rows in between (vLLM's chunked prefill), so a long
+prompt delays the others' next tokens by one chunk's forward, not by its whole prefill. It holds the last running
+row until its last chunk; shorter prompts are still admitted meanwhile (their rows go before it, its keys/values
+move up a row), another prompt to chunk waits for it. Off under ``batch_invariant`` (each prompt stays one
+forward there, so its rounding never depends on the chunk size).
+
 With a ``PrefixCache`` (``prefix_cache.py``, off under ``batch_invariant``), step 2 first copies the longest
 cached block prefix of each admitted prompt into its row and prefills only the rest, at its own offset;
 a prompt's full blocks are stored after its prefill, its generated ones when it leaves.
@@ -85,6 +92,8 @@ class _Seq:
     held: list[bytes] = field(default_factory=list)  # prefix-cache blocks it references
     looked_up: bool = False  # its prompt was matched against the prefix cache
     prefilled: bool = False
+    filled: int = 0  # prompt positions whose keys/values are in its row (chunked prefill)
+    prompt_lp: list | None = None  # prompt logprobs gathered chunk by chunk (chunked prefill)
 
 
 @dataclass
@@ -102,11 +111,14 @@ class TorchEngine:
         max_prefill_tokens: int = 2048, batch_invariant: bool = False, device: str = "cpu",
         dtype: str = "auto", max_waiting: int = 1024, prefix_cache_mb: float = 0.0,
         prefix_block_size: int = DEFAULT_BLOCK_SIZE, restart_backoff_s: float = RESTART_BASE_S,
-        kv_cache_gb: float = 1.0,
+        kv_cache_gb: float = 1.0, chunked_prefill: bool = True,
     ):
         self.info, self.tokenizer = info, tokenizer
         self.max_batch_size, self.max_prefill_tokens = max_batch_size, max_prefill_tokens
         self.kv_cache_gb = kv_cache_gb  # sizes the rows when max_batch_size is None
+        # a longer prompt is prefilled max_prefill_tokens at a time; never under batch_invariant (see the docstring)
+        self.chunked_prefill = chunked_prefill and not batch_invariant
+        self._partial: _Seq | None = None  # the prompt being prefilled chunk by chunk (in the last running row)
         self.batch_invariant, self.device, self.dtype = batch_invariant, torch.device(device), dtype
         self.max_waiting = max_waiting  # sequences queued for a row before new ones are refused
         # off in batch-invariant mode: a hit prefills a shorter suffix, whose rounding differs from a cold run
@@ -133,7 +145,7 @@ class TorchEngine:
         self.prefill_threads: int | None = None
         self.decode_threads: int | None = None
         self.steps = 0  # decode steps run, for tests and metrics
-        self.prefills = 0  # prefill forwards run (one per admitted group)
+        self.prefills = 0  # prefill forwards run (one per admitted group, one per chunk of a long prompt)
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -288,6 +300,7 @@ class TorchEngine:
                 left = list(self._waiting) + self._running
                 self._waiting.clear()
                 self._running = []
+                self._partial = None
             self._batch.items += [(seq.sink, error) for seq in left]
             self._flush()
             if self._error is not None and self._loop is not None and not self._loop.is_closed():
@@ -313,10 +326,17 @@ class TorchEngine:
             # usually nobody is listening any more; if someone is, they learn why the stream ended
             self._batch.items += [(s.sink, EngineUnavailableError(f"request {s.req.request_id} was aborted"))
                                   for s in dropped]
+        if self._partial is None and len(admitted) == 1 and self._chunks(admitted[0]):
+            self._begin_chunked(admitted.pop())
+        work = sum(len(q.req.prompt_ids) - q.start for q in admitted) + (
+            0 if self._partial is None
+            else min(self.max_prefill_tokens, len(self._partial.req.prompt_ids) - self._partial.filled))
         switch = (self.prefill_threads is not None and self.prefill_threads != self.decode_threads
-                  and sum(len(q.req.prompt_ids) - q.start for q in admitted) >= PARALLEL_PREFILL_MIN_TOKENS)
+                  and work >= PARALLEL_PREFILL_MIN_TOKENS)
         if switch:
             torch.set_num_threads(self.prefill_threads)
+        if self._partial is not None:
+            self._prefill_chunk(self._partial)
         if len(admitted) > 1 and not self.batch_invariant:
             try:
                 hidden = self._prefill_forward(admitted)
@@ -337,7 +357,7 @@ class TorchEngine:
                 self._prefill_finish([seq], hidden)
         if switch:
             torch.set_num_threads(self.decode_threads)
-        if self._running:
+        if self._ready():
             self._decode()
         self._flush()
         return True
@@ -352,10 +372,14 @@ class TorchEngine:
             n = len(seq.req.prompt_ids) - seq.start
             if taken and (len(taken) + 1) * max(longest, n) > self.max_prefill_tokens:  # padded size
                 break
+            if self._chunks(seq) and (taken or self._partial is not None):  # chunked alone, one at a time
+                break
             self._waiting.popleft()
             seq.queue_time = time.perf_counter() - seq.arrived
             taken.append(seq)
             longest = max(longest, n)
+            if self._chunks(seq):  # prefilled alone, chunk by chunk
+                break
         return taken
 
     def _match_prefix(self, seq: _Seq) -> None:
@@ -388,21 +412,90 @@ class TorchEngine:
                 break  # full of blocks that running requests hold
             seq.held.append(seq.hashes[j])
 
+    def _chunks(self, seq: _Seq) -> bool:
+        """Whether ``seq``'s prompt is prefilled in chunks (more tokens to compute than one forward takes)."""
+        return self.chunked_prefill and len(seq.req.prompt_ids) - seq.start > self.max_prefill_tokens
+
+    def _ready(self) -> list[_Seq]:
+        """The running requests that decode: all but a prompt still being prefilled (always the last row)."""
+        return self._running if self._partial is None else self._running[:-1]
+
+    def _begin_chunked(self, seq: _Seq) -> None:
+        """Give ``seq`` the next free row (the last running one) and its cached prefix blocks' keys/values."""
+        assert self.cache is not None
+        seq.row = len(self._running)
+        self._running.append(seq)
+        self._partial = seq
+        seq.filled = seq.pos = seq.start  # ``pos``: the row's computed span, for _remove's row moves
+        if seq.start:
+            self._copy_prefix(seq)
+        if seq.req.prompt_logprobs is not None:
+            seq.prompt_lp = [None]
+
+    def _prefill_chunk(self, seq: _Seq) -> None:
+        """The next ``max_prefill_tokens`` positions of the partly prefilled ``seq``; after the last one its
+        first token is sampled and it decodes with the others from the next step on."""
+        assert self.model is not None and self.cache is not None
+        prompt = seq.req.prompt_ids
+        a = seq.filled
+        b = min(len(prompt), a + self.max_prefill_tokens)
+        try:
+            self.prefills += 1
+            ids = torch.tensor([prompt[a:b]], device=self.device)
+            positions = torch.arange(a, b, device=self.device)[None]
+            view = KVCache(k=[k[seq.row:seq.row + 1] for k in self.cache.k],
+                           v=[v[seq.row:seq.row + 1] for v in self.cache.v])
+            hidden = self.model.hidden_states(ids, positions=positions, cache=view)[0]  # (b - a, d)
+            if seq.prompt_lp is not None:  # position t predicts prompt token t + 1
+                end = min(b, len(prompt) - 1)
+                if end > a:
+                    seq.prompt_lp += _logprobs(self.model.lm_head(hidden[:end - a]), prompt[a + 1:end + 1],
+                                               seq.req.prompt_logprobs)
+        except (RuntimeError, ValueError, IndexError) as exc:  # this request's failure, not the engine's
+            log.exception("prefill failed for %s", seq.req.request_id)
+            self._batch.items.append((seq.sink, ServingError(f"prefill failed for this request: {exc}")))
+            self._partial = None
+            self._remove([seq])
+            return
+        seq.filled = seq.pos = b
+        if b == len(prompt):
+            self._partial = None
+            self._first_token(seq, self.model.lm_head(hidden[-1]), seq.prompt_lp)
+
+    def _move_row(self, seq: _Seq, row: int) -> None:
+        """Copy ``seq``'s computed keys/values (slots 0..pos) to ``row`` (a free one) and give it that row."""
+        assert self.cache is not None
+        if seq.row != row:
+            span = seq.pos + 1
+            for k, v in zip(self.cache.k, self.cache.v, strict=True):
+                k[row, :, :span] = k[seq.row, :, :span]
+                v[row, :, :span] = v[seq.row, :, :span]
+            seq.row = row
+
+    def _copy_prefix(self, seq: _Seq) -> None:
+        """A prefix-cache hit: its blocks' keys/values go to slots 0..start-1 of ``seq``'s row."""
+        kv = self.prefix.gather(seq.held[:seq.start // self.prefix.block_size])
+        for layer, (k, v) in enumerate(zip(self.cache.k, self.cache.v, strict=True)):
+            k[seq.row, :, :seq.start] = kv[layer, 0]
+            v[seq.row, :, :seq.start] = kv[layer, 1]
+
     def _prefill_forward(self, seqs: list[_Seq]) -> torch.Tensor:
         """Put ``seqs`` in the next free rows and run their prompts through the model in one forward,
         right-padded to the longest; returns the final hidden states (n, T, d)."""
         assert self.model is not None and self.cache is not None
         self.prefills += 1
-        first = len(self._running)
+        partial = self._partial
+        first = len(self._running) - (partial is not None)
         for i, seq in enumerate(seqs):
             seq.row = first + i
-        self._running.extend(seqs)
-        for seq in seqs:  # a prefix-cache hit: its blocks' keys/values go to slots 0..start-1 of the row
+        if partial is None:
+            self._running.extend(seqs)
+        else:  # the prompt being chunked stays in the last running row: its keys/values move past the new rows
+            self._running[-1:] = [*seqs, partial]
+            self._move_row(partial, first + len(seqs))
+        for seq in seqs:
             if seq.start:
-                kv = self.prefix.gather(seq.held[:seq.start // self.prefix.block_size])
-                for layer, (k, v) in enumerate(zip(self.cache.k, self.cache.v, strict=True)):
-                    k[seq.row, :, :seq.start] = kv[layer, 0]
-                    v[seq.row, :, :seq.start] = kv[layer, 1]
+                self._copy_prefix(seq)
         ids = torch.zeros(len(seqs), max(len(seq.req.prompt_ids) - seq.start for seq in seqs), dtype=torch.long)
         for i, seq in enumerate(seqs):
             ids[i, :len(seq.req.prompt_ids) - seq.start] = torch.tensor(seq.req.prompt_ids[seq.start:])  # pads: 0
@@ -424,10 +517,6 @@ class TorchEngine:
         done = []
         for i, seq in enumerate(seqs):
             prompt, prompt_lp = seq.req.prompt_ids, None
-            seq.pos = len(prompt)
-            seq.prefilled = True
-            if self.prefix is not None:
-                self._store_blocks(seq, len(prompt))
             try:
                 if seq.req.prompt_logprobs is not None:  # position t predicts prompt token t + 1
                     prompt_lp = [None] + _logprobs(lm_head(hidden[i, :lengths[i] - 1]), prompt[1:],
@@ -437,19 +526,33 @@ class TorchEngine:
                 self._batch.items.append((seq.sink, ServingError(f"prefill failed for this request: {exc}")))
                 done.append(seq)
                 continue
-            if seq.budget == 0:  # echo-only scoring: no token to sample
-                self._emit(seq, EngineOutput([], None, prompt_lp, "length"))
-                done.append(seq)
-            elif self._sample(seq, last[i], prompt_lp):
+            if self._first_token(seq, last[i], prompt_lp, remove=False):
                 done.append(seq)
         if done:
             self._remove(done)
 
+    def _first_token(self, seq: _Seq, logits: torch.Tensor, prompt_lp: list | None, remove: bool = True) -> bool:
+        """``seq``'s prompt is in its row: cache its blocks, emit its prompt logprobs and sample its first token
+        from ``logits`` (V,). True when it is done (then it leaves its row, unless ``remove`` is False)."""
+        seq.pos = len(seq.req.prompt_ids)
+        seq.prefilled = True
+        if self.prefix is not None:
+            self._store_blocks(seq, seq.pos)
+        if seq.budget == 0:  # echo-only scoring: no token to sample
+            self._emit(seq, EngineOutput([], None, prompt_lp, "length"))
+            done = True
+        else:
+            done = self._sample(seq, logits, prompt_lp)
+        if done and remove:
+            self._remove([seq])
+        return done
+
     def _decode(self) -> None:
         assert self.model is not None and self.cache is not None
-        n = len(self._running)
-        last = torch.tensor([[s.last] for s in self._running], device=self.device)  # (R, 1)
-        pos = torch.tensor([[s.pos] for s in self._running], device=self.device)  # (R, 1)
+        ready = self._ready()
+        n = len(ready)
+        last = torch.tensor([[s.last] for s in ready], device=self.device)  # (R, 1)
+        pos = torch.tensor([[s.pos] for s in ready], device=self.device)  # (R, 1)
         if self.batch_invariant:  # one shape for every step: all rows, span pinned by the anchor row
             rows = self.cache.k[0].shape[0]
             ids = torch.zeros(rows, 1, dtype=torch.long, device=self.device)
@@ -461,11 +564,11 @@ class TorchEngine:
             logits = self.model(last, positions=pos, cache=view)[:, 0]  # (R, V)
         self.steps += 1
         # greedy rows without a repetition penalty: one argmax for all of them (the same ids, first max on ties)
-        greedy = [i for i, s in enumerate(self._running)
+        greedy = [i for i, s in enumerate(ready)
                   if s.req.params.temperature == 0 and s.req.params.repetition_penalty == 1.0]
         picks = dict(zip(greedy, logits[greedy].argmax(-1).tolist(), strict=True)) if len(greedy) > 1 else {}
         done = []
-        for i, seq in enumerate(self._running):
+        for i, seq in enumerate(ready):
             seq.pos += 1
             if self._sample(seq, logits[i], token=picks.get(i)):
                 done.append(seq)
@@ -506,14 +609,11 @@ class TorchEngine:
                 self.prefix.release(seq.held)
                 seq.held = []
         gone = set(map(id, seqs))
+        if self._partial is not None and id(self._partial) in gone:
+            self._partial = None
         kept = [s for s in self._running if id(s) not in gone]
         for row, seq in enumerate(kept):  # rows only move down, so a source is never overwritten first
-            if seq.row != row:
-                span = seq.pos + 1
-                for k, v in zip(self.cache.k, self.cache.v, strict=True):
-                    k[row, :, :span] = k[seq.row, :, :span]
-                    v[row, :, :span] = v[seq.row, :, :span]
-                seq.row = row
+            self._move_row(seq, row)
         self._running = kept
 
     def _emit(self, seq: _Seq, out: EngineOutput) -> None:
@@ -574,7 +674,8 @@ def torch_engine_kwargs(settings) -> dict:
                 max_waiting=settings.max_waiting,
                 prefix_cache_mb=settings.prefix_cache_mb if settings.prefix_cache else 0.0,
                 prefix_block_size=settings.prefix_cache_block_size,
-                restart_backoff_s=settings.engine_restart_backoff_s, kv_cache_gb=settings.kv_cache_gb)
+                restart_backoff_s=settings.engine_restart_backoff_s, kv_cache_gb=settings.kv_cache_gb,
+                chunked_prefill=settings.chunked_prefill)
 
 
 def build_torch_engine(info: ModelInfo, tokenizer: ServedTokenizer, settings) -> TorchEngine:
