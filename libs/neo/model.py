@@ -104,8 +104,10 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
         positions: torch.Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
+        """``mask``: None (causal over these T tokens), a (B, 1, T, S) bool/additive mask, or with a cache an int
+        ``offset``: every row's queries sit at positions offset..offset+T-1 and see slots 0..their own."""
         B, T, _ = x.shape
         if self.qkv_weight is None:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -122,16 +124,42 @@ class Attention(nn.Module):
             rows = torch.arange(B, device=x.device)[:, None].expand(B, T)  # (B, T)
             cache.k[layer][rows, :, positions] = k.transpose(1, 2).to(cache.k[layer].dtype)
             cache.v[layer][rows, :, positions] = v.transpose(1, 2).to(cache.v[layer].dtype)
-            span = mask.shape[-1]  # only the slots any row can see
+            span = mask + T if isinstance(mask, int) else mask.shape[-1]  # only the slots any row can see
             k, v = cache.k[layer][:, :, :span].to(q.dtype), cache.v[layer][:, :, :span].to(q.dtype)
 
         # GQA/MQA: SDPA shares each k/v head with its group of query heads (no repeated copies)
         gqa = self.n_kv_heads != self.n_heads
-        if mask is None:
+        if isinstance(mask, int):
+            y = attend_from(q, k, v, mask, gqa)
+        elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def attend_from(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int, gqa: bool) -> torch.Tensor:
+    """Causal attention of queries at positions offset..offset+T-1 over keys at slots 0..offset+T-1.
+
+    Prefill from the start (offset 0) is SDPA's causal kernel. A later chunk (chunked prefill, a prefix-cache
+    hit) on CPU is two flash-kernel calls, the chunk's queries over the earlier keys (no mask) and over the chunk
+    itself (causal), whose outputs are merged by their log-sum-exp: ~2x faster on CPU than one call with a
+    (T, offset + T) mask, which computes the masked triangle too. Other devices take the mask.
+    """
+    if offset == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    T = q.shape[2]
+    if q.device.type != "cpu":
+        seen = torch.arange(offset + T, device=q.device) <= torch.arange(offset, offset + T, device=q.device)[:, None]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=seen, enable_gqa=gqa)
+    if gqa:  # the flash op wants one k/v head per query head
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    past, lse_past = flash(q, k[:, :, :offset], v[:, :, :offset])[:2]
+    new, lse_new = flash(q, k[:, :, offset:], v[:, :, offset:], is_causal=True)[:2]
+    lse = torch.logaddexp(lse_past, lse_new)  # (B, h, T)
+    weight_past, weight_new = ((part - lse).exp().unsqueeze(-1).to(q.dtype) for part in (lse_past, lse_new))
+    return past * weight_past + new * weight_new
 
 
 class SwiGLU(nn.Module):
@@ -256,8 +284,14 @@ class NeoModel(nn.Module):
             span = int(positions.max()) + 1
             if span > cache.max_len:
                 raise ValueError(f"position {span - 1} is past the KV cache length {cache.max_len}")
-            slots = torch.arange(span, device=input_ids.device)
-            mask = (slots[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, span) bool
+            offset = int(positions[0, 0])
+            if T > 1 and bool((positions == torch.arange(offset, offset + T, device=positions.device)).all()):
+                mask = offset  # every row's tokens at offset..offset+T-1 (a prefill): causal kernels, no mask
+            else:  # rows at their own positions (decode steps, mixed prefix hits): one additive mask for all layers
+                slots = torch.arange(span, device=input_ids.device)
+                seen = (slots[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, span)
+                dtype = self.embed.weight.dtype
+                mask = torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill_(~seen, float("-inf"))
         cos, sin = self.rope(positions)
         x = self.embed(input_ids)  # (B, T, d)
         recompute = self.activation_checkpointing and self.training and cache is None
