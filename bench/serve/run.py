@@ -16,7 +16,11 @@ Random workloads (``--scenarios CONC:IN:OUT``) are like ``vllm bench serve --dat
 token prompts, a fixed number of output tokens (EOS ignored, greedy), Poisson arrivals at ``--request-rate``
 (default inf: all at once) with at most CONC requests in flight. The chat workload (``--chat CONC``) is
 conversations sharing a system prompt, each turn resending the history plus a new user message, CONC
-conversations at a time: what prefix caching is for. The hit rate column is the server's own
+conversations at a time: what prefix caching is for. The long-prompt workload (``--long-prompts N:LEN``)
+starts ``--long-streams`` short streams and sends N prompts of LEN tokens while they decode: what chunked
+prefill is for; its own table gives the short streams' inter-token latency (a long prefill stalls them) and
+the long prompts' TTFT, with a Neo row that prefills each long prompt in one forward
+(``NEO_CHUNKED_PREFILL=false``). The hit rate column is the server's own
 ``prefix_cache_hits_total / prefix_cache_queries_total`` (tokens) over the workload. Servers run in their
 own process and are measured over HTTP streaming (TTFT and ITL from the arrival of text chunks). The
 baseline is ``model.generate`` on the same weights in this process, one request at a time: every request
@@ -211,6 +215,8 @@ def measure(url: str, workloads: list[Workload], prefix: str) -> list[tuple[str,
         before = prefix_counters(url, prefix)
         if w.conversations:
             summary = summarize(*asyncio.run(run_chat(url, w.conversations, w.output_len, w.concurrency)))
+        elif w.long_prompts:
+            summary = summarize_mixed(*asyncio.run(run_mixed(url, w)))
         else:
             summary = summarize(*asyncio.run(run_neo(url, w.prompts, w.schedule, w.output_len, w.concurrency)))
         after = prefix_counters(url, prefix)
@@ -246,6 +252,9 @@ class Workload:
     prompts: list[list[int]] = field(default_factory=list)
     schedule: list[float] = field(default_factory=list)
     conversations: list[list[list[int]]] = field(default_factory=list)
+    long_prompts: list[list[int]] = field(default_factory=list)  # sent at long_schedule amid ``prompts``
+    long_schedule: list[float] = field(default_factory=list)
+    long_output_len: int = 16
 
 
 def chat_conversations(n: int, system_len: int, turns: int, user_len: int, answer_len: int, low: int, high: int,
@@ -285,6 +294,46 @@ async def run_chat(url: str, conversations, output_len: int, concurrency: int) -
 
         await asyncio.gather(*(talk(c) for c in conversations))
         return results, time.perf_counter() - start
+
+
+async def run_mixed(url: str, w: Workload) -> tuple[list[Result], list[Result], float]:
+    """The short streams (all sent at once) and the long prompts (at ``long_schedule``), on one client."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=None)) as client:
+        start = time.perf_counter()
+        short = [Result(arrival=start) for _ in w.prompts]
+        long = [Result(arrival=start + t) for t in w.long_schedule]
+
+        async def send(result: Result, prompt: list[int], output_len: int) -> None:
+            await asyncio.sleep(max(0.0, result.arrival - time.perf_counter()))
+            result.arrival = time.perf_counter()
+            await one_request(client, prompt, output_len, result)
+
+        await asyncio.gather(*(send(r, p, w.output_len) for r, p in zip(short, w.prompts, strict=True)),
+                             *(send(r, p, w.long_output_len) for r, p in zip(long, w.long_prompts, strict=True)))
+        return short, long, time.perf_counter() - start
+
+
+def summarize_mixed(short: list[Result], long: list[Result], duration: float) -> dict[str, float]:
+    """The short streams' summary (their ITL is what a long prefill stalls) plus the long prompts' TTFT."""
+    out = summarize(short, duration)
+    itl = [(b - a) * 1000 for r in short for a, b in zip(r.token_times, r.token_times[1:], strict=False)]
+    ttft = [(r.token_times[0] - r.arrival) * 1000 for r in long if r.token_times]
+    return out | {"ITL max": max(itl, default=float("nan")), "long TTFT p50": pct(ttft, 50),
+                  "long TTFT max": max(ttft, default=float("nan")), "long done": len(ttft)}
+
+
+def mixed_table(rows: list[tuple[str, str, dict[str, float]]]) -> str:
+    head = (f"| {'engine':<38} | {'workload':<22} | {'short out tok/s':>15} | {'short ITL p50 ms':>16} | "
+            f"{'short ITL p99 ms':>16} | {'short ITL max ms':>16} | {'long TTFT p50 ms':>16} | "
+            f"{'long TTFT max ms':>16} |")
+    lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
+    for name, w, s in rows:
+        lines.append(f"| {name:<38} | {w:<22} | {s['out tok/s']:>15.1f} | {s['ITL p50']:>16.2f} | "
+                     f"{s['ITL p99']:>16.2f} | {s['ITL max']:>16.1f} | {s['long TTFT p50']:>16.1f} | "
+                     f"{s['long TTFT max']:>16.1f} |")
+    return "\n".join(lines)
 
 
 # --- Hugging Face, one at a time ---------------------------------------------------------------------------
@@ -366,11 +415,16 @@ def table(rows: list[tuple[str, str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-HF, VLLM, VLLM_NO_PC, GATEWAY, GATEWAY_TOKENS, TORCH, TORCH_NO_PC, TORCH_THREAD = (
+HF, VLLM, VLLM_NO_PC, GATEWAY, GATEWAY_TOKENS, TORCH, TORCH_NO_PC, TORCH_THREAD, TORCH_NO_CHUNK = (
     "HF generate, one at a time", "vLLM-CPU direct", "vLLM-CPU, no prefix cache", "Neo gateway -> vLLM (relay)",
     "Neo gateway -> vLLM (tokens)", "Neo torch engine (HTTP)", "Neo torch engine, no prefix cache",
-    "Neo torch engine, loop on a thread")
-ORDER = (HF, VLLM, VLLM_NO_PC, GATEWAY, GATEWAY_TOKENS, TORCH, TORCH_NO_PC, TORCH_THREAD)
+    "Neo torch engine, loop on a thread", "Neo torch engine, one-forward prefill")
+ORDER = (HF, VLLM, VLLM_NO_PC, GATEWAY, GATEWAY_TOKENS, TORCH, TORCH_NO_PC, TORCH_THREAD, TORCH_NO_CHUNK)
+
+
+def parse_long(text: str) -> tuple[int, int]:
+    n, length = (int(x) for x in text.split(":"))
+    return n, length
 
 
 def parse_scenario(text: str) -> tuple[int, int, int]:
@@ -402,6 +456,13 @@ def main() -> None:
     p.add_argument("--chat-user-len", type=int, default=24)
     p.add_argument("--chat-output-len", type=int, default=32, help="tokens generated per turn (and per "
                                                                   "assistant turn in the history)")
+    p.add_argument("--long-prompts", type=parse_long, metavar="N:LEN",
+                   help="add the long-prompt workload: N prompts of LEN tokens amid --long-streams short streams "
+                        "(and a Neo row with chunked prefill off), e.g. 4:4096")
+    p.add_argument("--long-streams", type=parse_scenario, default=(16, 64, 256), metavar="CONC:IN:OUT",
+                   help="the short streams of the long-prompt workload (all sent at once)")
+    p.add_argument("--long-every", type=float, default=1.0, help="seconds between the long prompts (the first "
+                                                                 "after one interval)")
     p.add_argument("--max-batch-size", type=int, help="the server's KV-cache rows (default: its own, sized from "
                                                        "NEO_KV_CACHE_GB)")
     p.add_argument("--seed", type=int, default=0)
@@ -430,8 +491,9 @@ def main() -> None:
     load = [Path("/proc/loadavg").read_text().split()[:3]]
     with tempfile.TemporaryDirectory(prefix="neo-bench-") as tmp:
         chat_len = (args.chat_system_len + args.chat_turns * (args.chat_user_len + args.chat_output_len))
+        long_len = args.long_prompts[1] + 16 if args.long_prompts else 0
         model_dir = args.model or build_model(Path(tmp), args.preset, args.vocab_size,
-                                              max(512, chat_len, *(i + o for _, i, o in scenarios)))
+                                              max(512, chat_len, long_len, *(i + o for _, i, o in scenarios)))
         from neo.tokenizer import NeoTokenizer
 
         tok = NeoTokenizer.load(model_dir)
@@ -447,14 +509,25 @@ def main() -> None:
                 conversations=chat_conversations(args.chat_conversations, args.chat_system_len, args.chat_turns,
                                                  args.chat_user_len, args.chat_output_len, 6, tok.vocab_size,
                                                  args.seed)))
+        if args.long_prompts:
+            (n_long, n_tokens), (conc, input_len, output_len) = args.long_prompts, args.long_streams
+            workloads.append(Workload(
+                f"{conc} streams + {n_long}×{n_tokens}", conc, output_len,
+                prompts=make_prompts(conc, input_len, 6, tok.vocab_size, args.seed + 10),
+                long_prompts=make_prompts(n_long, n_tokens, 6, tok.vocab_size, args.seed + 11),
+                long_schedule=[args.long_every * (i + 1) for i in range(n_long)]))
+        mixed = [w for w in workloads if w.long_prompts]
         rows: list[tuple[str, str, dict]] = []
-        neo_rows = [(TORCH, True, None), (TORCH_NO_PC, False, None)][:1 if args.no_prefix_cache_rows else 2]
+        neo_rows = [(TORCH, True, None, workloads), (TORCH_NO_PC, False, None, workloads)][
+            :1 if args.no_prefix_cache_rows else 2]
         if args.thread_engine:  # the engine-core process split against the loop on a thread of the API process
-            neo_rows.append((TORCH_THREAD, True, {"NEO_ENGINE_PROCESS": "false"}))
-        for name, cache, env in neo_rows:
+            neo_rows.append((TORCH_THREAD, True, {"NEO_ENGINE_PROCESS": "false"}, workloads))
+        if mixed:  # the long prompts each in one forward, as before chunked prefill
+            neo_rows.append((TORCH_NO_CHUNK, True, {"NEO_CHUNKED_PREFILL": "false"}, mixed))
+        for name, cache, env, runs in neo_rows:
             proc, url = start_server(model_dir, args.max_batch_size, prefix_cache=cache, env=env)
             try:
-                rows += [(name, w, r) for w, r in measure(url, workloads, "neo")]
+                rows += [(name, w, r) for w, r in measure(url, runs, "neo")]
             finally:
                 stop(proc)
             load.append(Path("/proc/loadavg").read_text().split()[:3])
@@ -485,6 +558,8 @@ def main() -> None:
             load.append(Path("/proc/loadavg").read_text().split()[:3])
         labels = [w.label for w in workloads]
         rows.sort(key=lambda row: (labels.index(row[1]), ORDER.index(row[0])))
+        mixed_rows = [row for row in rows if row[1] in {w.label for w in mixed}]
+        rows = [row for row in rows if row not in mixed_rows]
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
     print(f"model: {args.model or args.preset} ({cfg['num_hidden_layers']} layers, d={cfg['hidden_size']}, "
           f"vocab {cfg['vocab_size']}), {args.num_prompts} requests per random workload, greedy, EOS ignored, "
@@ -495,6 +570,11 @@ def main() -> None:
               f"{args.chat_system_len} tokens, user turns {args.chat_user_len}, answers {args.chat_output_len}")
     print("load average (1/5/15 min) at start and after each engine: " + " → ".join("/".join(x) for x in load))
     print(table(rows))
+    if mixed_rows:
+        conc, input_len, output_len = args.long_streams
+        print(f"\nlong prompts amid streams: {conc} streams of {input_len}/{output_len} tokens sent at once, then "
+              f"{args.long_prompts[0]} prompts of {args.long_prompts[1]} tokens ({16} out) every {args.long_every} s")
+        print(mixed_table(mixed_rows))
 
 
 if __name__ == "__main__":
