@@ -157,9 +157,9 @@ def attend_from(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int, 
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     past, lse_past = flash(q, k[:, :, :offset], v[:, :, :offset])[:2]
     new, lse_new = flash(q, k[:, :, offset:], v[:, :, offset:], is_causal=True)[:2]
-    lse = torch.logaddexp(lse_past, lse_new)  # (B, h, T)
-    weight_past, weight_new = ((part - lse).exp().unsqueeze(-1).to(q.dtype) for part in (lse_past, lse_new))
-    return past * weight_past + new * weight_new
+    lse = torch.logaddexp(lse_past, lse_new)  # (B, h, T), fp32: the merge is done in fp32 for bf16 models too
+    weight_past, weight_new = ((part - lse).exp().unsqueeze(-1) for part in (lse_past, lse_new))
+    return (past.float() * weight_past + new.float() * weight_new).to(q.dtype)
 
 
 class SwiGLU(nn.Module):
