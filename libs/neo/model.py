@@ -89,6 +89,10 @@ class KVCache:
     def max_len(self) -> int:
         return self.k[0].shape[2]
 
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A view of rows ``start..stop-1`` (writes through it land in this cache)."""
+        return KVCache(k=[k[start:stop] for k in self.k], v=[v[start:stop] for v in self.v])
+
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):

@@ -82,7 +82,7 @@ class _Seq:
     stop_ids: frozenset[int]
     n_seen: int = 0
     row: int = -1
-    pos: int = 0  # position (= cache slot) of ``last``, the next token to feed
+    pos: int = 0  # position (= cache slot) of ``last``, the next token to feed; while chunked: prompt slots filled
     last: int = 0
     generated: int = 0
     arrived: float = 0.0  # perf_counter when it was queued
@@ -92,7 +92,6 @@ class _Seq:
     held: list[bytes] = field(default_factory=list)  # prefix-cache blocks it references
     looked_up: bool = False  # its prompt was matched against the prefix cache
     prefilled: bool = False
-    filled: int = 0  # prompt positions whose keys/values are in its row (chunked prefill)
     prompt_lp: list | None = None  # prompt logprobs gathered chunk by chunk (chunked prefill)
 
 
@@ -330,7 +329,7 @@ class TorchEngine:
             self._begin_chunked(admitted.pop())
         work = sum(len(q.req.prompt_ids) - q.start for q in admitted) + (
             0 if self._partial is None
-            else min(self.max_prefill_tokens, len(self._partial.req.prompt_ids) - self._partial.filled))
+            else min(self.max_prefill_tokens, len(self._partial.req.prompt_ids) - self._partial.pos))
         switch = (self.prefill_threads is not None and self.prefill_threads != self.decode_threads
                   and work >= PARALLEL_PREFILL_MIN_TOKENS)
         if switch:
@@ -426,7 +425,7 @@ class TorchEngine:
         seq.row = len(self._running)
         self._running.append(seq)
         self._partial = seq
-        seq.filled = seq.pos = seq.start  # ``pos``: the row's computed span, for _remove's row moves
+        seq.pos = seq.start  # slots filled so far (also the span _move_row copies)
         if seq.start:
             self._copy_prefix(seq)
         if seq.req.prompt_logprobs is not None:
@@ -437,15 +436,14 @@ class TorchEngine:
         first token is sampled and it decodes with the others from the next step on."""
         assert self.model is not None and self.cache is not None
         prompt = seq.req.prompt_ids
-        a = seq.filled
+        a = seq.pos
         b = min(len(prompt), a + self.max_prefill_tokens)
         try:
             self.prefills += 1
             ids = torch.tensor([prompt[a:b]], device=self.device)
             positions = torch.arange(a, b, device=self.device)[None]
-            view = KVCache(k=[k[seq.row:seq.row + 1] for k in self.cache.k],
-                           v=[v[seq.row:seq.row + 1] for v in self.cache.v])
-            hidden = self.model.hidden_states(ids, positions=positions, cache=view)[0]  # (b - a, d)
+            row = self.cache.rows(seq.row, seq.row + 1)
+            hidden = self.model.hidden_states(ids, positions=positions, cache=row)[0]  # (b - a, d)
             if seq.prompt_lp is not None:  # position t predicts prompt token t + 1
                 end = min(b, len(prompt) - 1)
                 if end > a:
@@ -457,10 +455,11 @@ class TorchEngine:
             self._partial = None
             self._remove([seq])
             return
-        seq.filled = seq.pos = b
+        seq.pos = b
         if b == len(prompt):
             self._partial = None
-            self._first_token(seq, self.model.lm_head(hidden[-1]), seq.prompt_lp)
+            if self._first_token(seq, self.model.lm_head(hidden[-1]), seq.prompt_lp):
+                self._remove([seq])
 
     def _move_row(self, seq: _Seq, row: int) -> None:
         """Copy ``seq``'s computed keys/values (slots 0..pos) to ``row`` (a free one) and give it that row."""
@@ -503,9 +502,7 @@ class TorchEngine:
         starts = torch.tensor([[seq.start] for seq in seqs], device=self.device)
         # a pad past the cache's end writes to its last slot, which no real token of these rows reaches
         positions = (starts + torch.arange(ids.shape[1], device=self.device)).clamp(max=self.info.max_model_len - 1)
-        view = KVCache(k=[k[first:first + len(seqs)] for k in self.cache.k],
-                       v=[v[first:first + len(seqs)] for v in self.cache.v])
-        return self.model.hidden_states(ids, positions=positions, cache=view)
+        return self.model.hidden_states(ids, positions=positions, cache=self.cache.rows(first, first + len(seqs)))
 
     def _prefill_finish(self, seqs: list[_Seq], hidden: torch.Tensor) -> None:
         """Each prefilled request's prompt logprobs (if asked) and first token; finished ones leave."""
@@ -526,26 +523,22 @@ class TorchEngine:
                 self._batch.items.append((seq.sink, ServingError(f"prefill failed for this request: {exc}")))
                 done.append(seq)
                 continue
-            if self._first_token(seq, last[i], prompt_lp, remove=False):
+            if self._first_token(seq, last[i], prompt_lp):
                 done.append(seq)
         if done:
             self._remove(done)
 
-    def _first_token(self, seq: _Seq, logits: torch.Tensor, prompt_lp: list | None, remove: bool = True) -> bool:
+    def _first_token(self, seq: _Seq, logits: torch.Tensor, prompt_lp: list | None) -> bool:
         """``seq``'s prompt is in its row: cache its blocks, emit its prompt logprobs and sample its first token
-        from ``logits`` (V,). True when it is done (then it leaves its row, unless ``remove`` is False)."""
+        from ``logits`` (V,). True when it is done (the caller takes it out)."""
         seq.pos = len(seq.req.prompt_ids)
         seq.prefilled = True
         if self.prefix is not None:
             self._store_blocks(seq, seq.pos)
         if seq.budget == 0:  # echo-only scoring: no token to sample
             self._emit(seq, EngineOutput([], None, prompt_lp, "length"))
-            done = True
-        else:
-            done = self._sample(seq, logits, prompt_lp)
-        if done and remove:
-            self._remove([seq])
-        return done
+            return True
+        return self._sample(seq, logits, prompt_lp)
 
     def _decode(self) -> None:
         assert self.model is not None and self.cache is not None
@@ -560,8 +553,7 @@ class TorchEngine:
             ids[:n], positions[:n], positions[-1] = last, pos, self.info.max_model_len - 1
             logits = self.model(ids, positions=positions, cache=self.cache)[:n, 0]  # (R, V)
         else:
-            view = KVCache(k=[k[:n] for k in self.cache.k], v=[v[:n] for v in self.cache.v])
-            logits = self.model(last, positions=pos, cache=view)[:, 0]  # (R, V)
+            logits = self.model(last, positions=pos, cache=self.cache.rows(0, n))[:, 0]  # (R, V)
         self.steps += 1
         # greedy rows without a repetition penalty: one argmax for all of them (the same ids, first max on ties)
         greedy = [i for i, s in enumerate(ready)
