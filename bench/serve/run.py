@@ -127,6 +127,15 @@ async def one_request(client, prompt: list[int], output_len: int, result: Result
                 result.token_times.append(time.perf_counter())
 
 
+async def send_at(client, result: Result, prompt: list[int], output_len: int,
+                  limit: contextlib.AbstractAsyncContextManager | None = None) -> None:
+    """``prompt`` once ``result.arrival`` (its due time) has come and ``limit`` lets it through."""
+    await asyncio.sleep(max(0.0, result.arrival - time.perf_counter()))
+    async with limit or contextlib.nullcontext():
+        result.arrival = time.perf_counter()  # TTFT counts from sending, as vllm bench does
+        await one_request(client, prompt, output_len, result)
+
+
 async def run_neo(url: str, prompts, schedule, output_len: int, concurrency: int) -> tuple[list[Result], float]:
     import httpx
 
@@ -134,14 +143,7 @@ async def run_neo(url: str, prompts, schedule, output_len: int, concurrency: int
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=None)) as client:
         start = time.perf_counter()
         results = [Result(arrival=start + t) for t in schedule]
-
-        async def send(i: int) -> None:
-            await asyncio.sleep(max(0.0, results[i].arrival - time.perf_counter()))
-            async with limit:
-                results[i].arrival = time.perf_counter()  # TTFT counts from sending, as vllm bench does
-                await one_request(client, prompts[i], output_len, results[i])
-
-        await asyncio.gather(*(send(i) for i in range(len(prompts))))
+        await asyncio.gather(*(send_at(client, r, p, output_len, limit) for r, p in zip(results, prompts, strict=True)))
         return results, time.perf_counter() - start
 
 
@@ -304,24 +306,17 @@ async def run_mixed(url: str, w: Workload) -> tuple[list[Result], list[Result], 
         start = time.perf_counter()
         short = [Result(arrival=start) for _ in w.prompts]
         long = [Result(arrival=start + t) for t in w.long_schedule]
-
-        async def send(result: Result, prompt: list[int], output_len: int) -> None:
-            await asyncio.sleep(max(0.0, result.arrival - time.perf_counter()))
-            result.arrival = time.perf_counter()
-            await one_request(client, prompt, output_len, result)
-
-        await asyncio.gather(*(send(r, p, w.output_len) for r, p in zip(short, w.prompts, strict=True)),
-                             *(send(r, p, w.long_output_len) for r, p in zip(long, w.long_prompts, strict=True)))
+        await asyncio.gather(*(send_at(client, r, p, w.output_len) for r, p in zip(short, w.prompts, strict=True)),
+                             *(send_at(client, r, p, w.long_output_len)
+                               for r, p in zip(long, w.long_prompts, strict=True)))
         return short, long, time.perf_counter() - start
 
 
 def summarize_mixed(short: list[Result], long: list[Result], duration: float) -> dict[str, float]:
     """The short streams' summary (their ITL is what a long prefill stalls) plus the long prompts' TTFT."""
-    out = summarize(short, duration)
-    itl = [(b - a) * 1000 for r in short for a, b in zip(r.token_times, r.token_times[1:], strict=False)]
-    ttft = [(r.token_times[0] - r.arrival) * 1000 for r in long if r.token_times]
-    return out | {"ITL max": max(itl, default=float("nan")), "long TTFT p50": pct(ttft, 50),
-                  "long TTFT max": max(ttft, default=float("nan")), "long done": len(ttft)}
+    ttft = ttfts_ms(long)
+    return summarize(short, duration) | {"long TTFT p50": pct(ttft, 50),
+                                         "long TTFT max": max(ttft, default=float("nan")), "long done": len(ttft)}
 
 
 def mixed_table(rows: list[tuple[str, str, dict[str, float]]]) -> str:
@@ -390,13 +385,21 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def ttfts_ms(results: list[Result]) -> list[float]:
+    return [(r.token_times[0] - r.arrival) * 1000 for r in results if r.token_times]
+
+
+def itls_ms(results: list[Result]) -> list[float]:
+    return [(b - a) * 1000 for r in results for a, b in zip(r.token_times, r.token_times[1:], strict=False)]
+
+
 def summarize(results: list[Result], duration: float) -> dict[str, float]:
-    ttft = [(r.token_times[0] - r.arrival) * 1000 for r in results if r.token_times]
-    itl = [(b - a) * 1000 for r in results for a, b in zip(r.token_times, r.token_times[1:], strict=False)]
+    ttft, itl = ttfts_ms(results), itls_ms(results)
     tokens = sum(r.tokens for r in results)
     return {"req/s": len(results) / duration, "out tok/s": tokens / duration, "TTFT p50": pct(ttft, 50),
             "TTFT p99": pct(ttft, 99), "ITL p50": pct(itl, 50), "ITL p99": pct(itl, 99),
-            "ITL mean": statistics.fmean(itl) if itl else float("nan"), "tokens": tokens}
+            "ITL mean": statistics.fmean(itl) if itl else float("nan"), "ITL max": max(itl, default=float("nan")),
+            "tokens": tokens}
 
 
 def table(rows: list[tuple[str, str, dict[str, float]]]) -> str:

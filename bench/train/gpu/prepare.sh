@@ -19,16 +19,8 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" -
 # DeepSpeed is published as a source distribution: its wheel is pure Python (ops build at run time, if ever)
 ds=$($PY -m pip freeze | grep -i '^deepspeed==')
 ls "$DEST"/whl/deepspeed-*.whl >/dev/null 2>&1 || $PY -m pip wheel -q --no-deps --no-build-isolation "$ds" -w "$DEST/whl"
-if [ ! -f "$DEST/tokenizer/tokenizer.json" ]; then
-  $PY - "$DEST/tokenizer" <<'PYEOF'
-import sys
-from pathlib import Path
-
-from neo.stack import DEMO_VOCAB_SIZE, sample_files
-from neo.tokenizer import TokenizerConfig, train_tokenizer
-
-train_tokenizer(sample_files(), Path(sys.argv[1]), TokenizerConfig(vocab_size=DEMO_VOCAB_SIZE))
-PYEOF
+if [ ! -f "$DEST/tokenizer/tokenizer.json" ]; then  # the demo tokenizer: `neo up`'s size on the sample corpus
+  "$(dirname "$PY")/neo" tokenizer train data/sample/*.jsonl.gz --out "$DEST/tokenizer" --vocab-size 8000
 fi
 du -sh "$DEST"
 ls "$DEST/whl"
